@@ -1,0 +1,177 @@
+//! Per-Ingress settings from `portcullis.dev/*` annotations, each parsed into a typed
+//! value. An annotation under `portcullis.dev/` that this version does not know is an
+//! error that rejects the Ingress: a misspelled or not-yet-supported security setting
+//! must never silently leave a route open.
+
+use std::collections::BTreeMap;
+
+use crate::problem::{ObjectRef, Problem};
+use crate::settings::Settings;
+use crate::snapshot::{BackendProtocol, RouteOptions};
+use crate::units::{parse_byte_size, parse_duration};
+
+pub const PREFIX: &str = "portcullis.dev/";
+
+/// Every annotation this version understands, with what it takes.
+pub const KNOWN: &[(&str, &str)] = &[
+    (
+        "ssl-redirect",
+        "\"true\" (default) or \"false\": redirect plain HTTP to HTTPS for hosts with TLS",
+    ),
+    (
+        "max-body-size",
+        "largest request body, like 10m; \"0\" is unlimited",
+    ),
+    ("backend-protocol", "HTTP (default), HTTPS, H2C, GRPC or GRPCS"),
+    (
+        "proxy-read-timeout",
+        "time to wait for the backend's response headers and between body reads, like 60s",
+    ),
+    (
+        "auth",
+        "\"none\" (the default); oidc and jwt arrive with authentication support",
+    ),
+];
+
+fn field(key: &str) -> String {
+    format!("metadata.annotations[\"{PREFIX}{key}\"]")
+}
+
+/// Parses the annotations of one Ingress. Returns the options, or every Problem.
+pub fn route_options(
+    object: &ObjectRef,
+    annotations: Option<&BTreeMap<String, String>>,
+    settings: &Settings,
+) -> Result<RouteOptions, Vec<Problem>> {
+    let mut options = RouteOptions {
+        ssl_redirect: true,
+        max_body_size: non_zero(settings.limits.max_body_size.0),
+        backend_protocol: BackendProtocol::Http,
+        read_timeout: settings.timeouts.read.0,
+    };
+    let mut problems = Vec::new();
+    let mut bad =
+        |key: &str, message: String| problems.push(Problem::error(Some(object.clone()), field(key), message));
+    for (full_key, value) in annotations.into_iter().flatten() {
+        let Some(key) = full_key.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let value = value.trim();
+        match key {
+            "ssl-redirect" => match value {
+                "true" => options.ssl_redirect = true,
+                "false" => options.ssl_redirect = false,
+                _ => bad(key, format!("{value:?} is not \"true\" or \"false\"")),
+            },
+            "max-body-size" => match parse_byte_size(value) {
+                Ok(n) => options.max_body_size = non_zero(n),
+                Err(e) => bad(key, e),
+            },
+            "backend-protocol" => match value.to_ascii_uppercase().as_str() {
+                "HTTP" => options.backend_protocol = BackendProtocol::Http,
+                "HTTPS" => options.backend_protocol = BackendProtocol::Https,
+                "H2C" => options.backend_protocol = BackendProtocol::H2c,
+                "GRPC" => options.backend_protocol = BackendProtocol::Grpc,
+                "GRPCS" => options.backend_protocol = BackendProtocol::Grpcs,
+                _ => bad(key, format!("{value:?} is not one of HTTP, HTTPS, H2C, GRPC, GRPCS")),
+            },
+            "proxy-read-timeout" => match parse_duration(value) {
+                Ok(d) if !d.is_zero() => options.read_timeout = d,
+                Ok(_) => bad(key, "must be more than zero".to_string()),
+                Err(e) => bad(key, e),
+            },
+            "auth" => match value {
+                "none" => {}
+                "oidc" | "jwt" => bad(
+                    key,
+                    format!("{value:?} is not supported by this version yet; the Ingress is rejected rather than served without authentication"),
+                ),
+                _ => bad(key, format!("{value:?} is not one of none, oidc, jwt")),
+            },
+            _ => {
+                let known: Vec<&str> = KNOWN.iter().map(|(k, _)| *k).collect();
+                bad(
+                    key,
+                    format!(
+                        "unknown annotation: the Ingress is rejected so that a misspelled setting never goes unnoticed (known: {})",
+                        known.join(", ")
+                    ),
+                )
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(options)
+    } else {
+        Err(problems)
+    }
+}
+
+fn non_zero(n: u64) -> Option<u64> {
+    (n != 0).then_some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<RouteOptions, Vec<Problem>> {
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        route_options(
+            &ObjectRef::new("Ingress", Some("ns"), "i"),
+            Some(&map),
+            &Settings::default(),
+        )
+    }
+
+    #[test]
+    fn defaults_come_from_settings() {
+        let o = parse(&[("other.io/x", "whatever")]).unwrap();
+        assert!(o.ssl_redirect);
+        assert_eq!(o.max_body_size, Some(64 << 20));
+        assert_eq!(o.read_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn typed_values() {
+        let o = parse(&[
+            ("portcullis.dev/ssl-redirect", "false"),
+            ("portcullis.dev/max-body-size", "0"),
+            ("portcullis.dev/backend-protocol", "grpc"),
+            ("portcullis.dev/proxy-read-timeout", "2s"),
+            ("portcullis.dev/auth", "none"),
+        ])
+        .unwrap();
+        assert!(!o.ssl_redirect);
+        assert_eq!(o.max_body_size, None);
+        assert_eq!(o.backend_protocol, BackendProtocol::Grpc);
+        assert_eq!(o.read_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_with_its_field() {
+        let problems = parse(&[
+            ("portcullis.dev/ssl-redirect", "yes"),
+            ("portcullis.dev/max-body-size", "big"),
+            ("portcullis.dev/alow-groups", "admins"),
+            ("portcullis.dev/auth", "oidc"),
+        ])
+        .unwrap_err();
+        assert_eq!(problems.len(), 4);
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        assert!(
+            text.iter()
+                .any(|t| t.contains("[\"portcullis.dev/alow-groups\"]: unknown annotation")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.contains("[\"portcullis.dev/auth\"]") && t.contains("rejected")),
+            "{text:?}"
+        );
+    }
+}

@@ -1,0 +1,852 @@
+//! Manifests in, one validated [`Snapshot`] out, with every Problem found on the way.
+//!
+//! Each Ingress is validated whole before any of it is served: an Ingress with an
+//! error is rejected alone and the rest still compile. Ingresses are then applied
+//! oldest first (by `creationTimestamp`, then namespace/name), so when two claim the
+//! same host and path the older one keeps it, and the result never depends on file
+//! or watch order.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Secret, Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::annotations;
+use crate::manifest::{Manifests, Object};
+use crate::path;
+use crate::problem::{Origin, Problem};
+use crate::routes::{HostMatch, IngressKey, PathType, Route, RouteTable};
+use crate::settings::Settings;
+use crate::snapshot::{
+    Backend, BackendId, BackendTarget, Certificate, CertificateStore, RouteOptions, Snapshot, Stats,
+};
+use crate::tls;
+
+/// Annotation that makes an IngressClass the cluster default.
+pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
+/// The class annotation that predates `spec.ingressClassName`.
+pub const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+/// Label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// A certificate expiring sooner than this gets a warning.
+const EXPIRY_WARNING_SECONDS: i64 = 14 * 24 * 3600;
+
+/// The outcome of a compilation: always a snapshot (possibly empty), and the problems.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub snapshot: Snapshot,
+    pub problems: Vec<Problem>,
+}
+
+impl Compiled {
+    pub fn error_count(&self) -> usize {
+        self.problems.iter().filter(|p| p.is_error()).count()
+    }
+}
+
+/// Compiles manifests. `now` is Unix seconds (certificates are checked against it).
+pub fn compile(manifests: &Manifests, settings: &Settings, now: i64) -> Compiled {
+    let mut c = Compiler::new(manifests, settings, now);
+    c.run();
+    let mut problems = c.problems;
+    problems.sort_by(|a, b| {
+        (&a.object, &a.field)
+            .cmp(&(&b.object, &b.field))
+            .then(a.severity.cmp(&b.severity))
+    });
+    let mut all = manifests.problems.clone();
+    all.extend(problems);
+    Compiled {
+        snapshot: Snapshot {
+            routes: c.table,
+            backends: c.backends,
+            certificates: c.certificates,
+            tls_hosts: c.tls_hosts,
+            tls_wildcards: c.tls_wildcards,
+            stats: c.stats,
+        },
+        problems: all,
+    }
+}
+
+/// A backend as an Ingress names it.
+#[derive(Debug, Clone)]
+struct BackendRef {
+    service: String,
+    /// Port number or name, as written.
+    port: PortRef,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum PortRef {
+    Number(i32),
+    Name(String),
+}
+
+impl std::fmt::Display for PortRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortRef::Number(n) => write!(f, "{n}"),
+            PortRef::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+struct PlannedPath {
+    host: String,
+    path: String,
+    path_type: PathType,
+    field: String,
+    backend: BackendRef,
+}
+
+struct PlannedTls {
+    hosts: Vec<String>,
+    secret: Option<String>,
+    field: String,
+}
+
+/// An Ingress that passed validation, ready to be applied.
+struct IngressPlan<'a> {
+    object: &'a Object<Ingress>,
+    key: IngressKey,
+    options: Arc<RouteOptions>,
+    paths: Vec<PlannedPath>,
+    default_backend: Option<BackendRef>,
+    tls: Vec<PlannedTls>,
+}
+
+struct Compiler<'a> {
+    m: &'a Manifests,
+    settings: &'a Settings,
+    now: i64,
+    problems: Vec<Problem>,
+    services: HashMap<(&'a str, &'a str), &'a Object<Service>>,
+    slices: HashMap<(&'a str, &'a str), Vec<&'a Object<EndpointSlice>>>,
+    secrets: HashMap<(&'a str, &'a str), &'a Object<Secret>>,
+    backends: Vec<Backend>,
+    backend_ids: HashMap<(String, String, PortRef), BackendId>,
+    warned_backends: HashSet<(IngressKey, BackendId)>,
+    loaded_certs: HashMap<(String, String), Option<Arc<Certificate>>>,
+    table: RouteTable,
+    certificates: CertificateStore,
+    tls_hosts: HashSet<String>,
+    tls_wildcards: HashSet<String>,
+    stats: Stats,
+}
+
+impl<'a> Compiler<'a> {
+    fn new(m: &'a Manifests, settings: &'a Settings, now: i64) -> Self {
+        let mut services = HashMap::new();
+        for s in &m.services {
+            services.insert((s.namespace(), s.name()), s);
+        }
+        let mut slices: HashMap<(&str, &str), Vec<&Object<EndpointSlice>>> = HashMap::new();
+        for s in &m.endpoint_slices {
+            let label = s
+                .value
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL));
+            if let Some(service) = label {
+                slices
+                    .entry((s.namespace(), service.as_str()))
+                    .or_default()
+                    .push(s);
+            }
+        }
+        let mut secrets = HashMap::new();
+        for s in &m.secrets {
+            secrets.insert((s.namespace(), s.name()), s);
+        }
+        Compiler {
+            m,
+            settings,
+            now,
+            problems: Vec::new(),
+            services,
+            slices,
+            secrets,
+            backends: Vec::new(),
+            backend_ids: HashMap::new(),
+            warned_backends: HashSet::new(),
+            loaded_certs: HashMap::new(),
+            table: RouteTable::default(),
+            certificates: CertificateStore::default(),
+            tls_hosts: HashSet::new(),
+            tls_wildcards: HashSet::new(),
+            stats: Stats {
+                services: m.services.len(),
+                endpoint_slices: m.endpoint_slices.len(),
+                secrets: m.secrets.len(),
+                ignored: m.ignored.clone(),
+                ..Stats::default()
+            },
+        }
+    }
+
+    fn run(&mut self) {
+        self.warn_slices_without_service();
+        let mut selected = self.select_ingresses();
+        selected.sort_by(|a, b| {
+            let ta = a.value.metadata.creation_timestamp.as_ref();
+            let tb = b.value.metadata.creation_timestamp.as_ref();
+            (ta.is_none(), ta, a.namespace(), a.name()).cmp(&(tb.is_none(), tb, b.namespace(), b.name()))
+        });
+        let mut plans = Vec::new();
+        for ingress in selected {
+            match self.plan(ingress) {
+                Ok(plan) => plans.push(plan),
+                Err(problems) => {
+                    self.stats.ingresses_rejected += 1;
+                    let origin = ingress.origin.clone();
+                    self.problems
+                        .extend(problems.into_iter().map(|p| p.at(Some(origin.clone()))));
+                }
+            }
+        }
+        self.stats.ingresses_served = plans.len();
+        for plan in &plans {
+            self.apply_tls(plan);
+        }
+        for plan in &plans {
+            self.apply_routes(plan);
+        }
+        self.load_default_certificate();
+        let (tls_hosts, tls_wildcards) = (&self.tls_hosts, &self.tls_wildcards);
+        for route in self.table.routes_mut() {
+            route.tls = match &route.host {
+                HostMatch::Exact(h) => {
+                    tls_hosts.contains(h)
+                        || crate::routes::parent_domain(h).is_some_and(|p| tls_wildcards.contains(p))
+                }
+                HostMatch::Wildcard(s) => tls_wildcards.contains(s),
+                HostMatch::Any => false,
+            };
+        }
+        self.warn_plain_http(&plans);
+    }
+
+    /// Picks the Ingresses of our class (or class-less ones, if our class is the default).
+    fn select_ingresses(&mut self) -> Vec<&'a Object<Ingress>> {
+        let ours = self.settings.ingress_class.as_str();
+        let our_class = self.m.ingress_classes.iter().find(|c| c.name() == ours);
+        let default_class = our_class.is_some_and(|c| c.annotation(DEFAULT_CLASS_ANNOTATION) == Some("true"));
+        let mut selected = Vec::new();
+        for ingress in &self.m.ingresses {
+            let spec_class = ingress
+                .value
+                .spec
+                .as_ref()
+                .and_then(|s| s.ingress_class_name.as_deref());
+            let legacy_class = ingress.annotation(LEGACY_CLASS_ANNOTATION);
+            if let (Some(s), Some(l)) = (spec_class, legacy_class) {
+                if s != l {
+                    self.problems.push(
+                        Problem::warning(
+                            Some(ingress.object_ref()),
+                            format!("metadata.annotations[\"{LEGACY_CLASS_ANNOTATION}\"]"),
+                            format!(
+                                "says {l:?} but spec.ingressClassName says {s:?}; spec.ingressClassName wins"
+                            ),
+                        )
+                        .at(Some(ingress.origin.clone())),
+                    );
+                }
+            }
+            let served = match spec_class.or(legacy_class) {
+                Some(class) => class == ours,
+                None => default_class,
+            };
+            if served {
+                selected.push(ingress);
+            } else {
+                self.stats.ingresses_other_class += 1;
+            }
+        }
+        selected
+    }
+
+    /// Validates one Ingress completely.
+    fn plan(&self, object: &'a Object<Ingress>) -> Result<IngressPlan<'a>, Vec<Problem>> {
+        let oref = object.object_ref();
+        let mut problems = Vec::new();
+        let options = match annotations::route_options(
+            &oref,
+            object.value.metadata.annotations.as_ref(),
+            self.settings,
+        ) {
+            Ok(o) => Some(Arc::new(o)),
+            Err(p) => {
+                problems.extend(p);
+                None
+            }
+        };
+        let mut err = |field: String, message: String| {
+            problems.push(Problem::error(Some(oref.clone()), field, message))
+        };
+        let spec = object.value.spec.clone().unwrap_or_default();
+        let mut paths = Vec::new();
+        for (ri, rule) in spec.rules.iter().flatten().enumerate() {
+            let host = rule.host.clone().unwrap_or_default();
+            if let Err(m) = validate_host(&host) {
+                err(format!("spec.rules[{ri}].host"), m);
+            }
+            let Some(http) = &rule.http else { continue };
+            for (pi, p) in http.paths.iter().enumerate() {
+                let field = format!("spec.rules[{ri}].http.paths[{pi}]");
+                let path_type = match p.path_type.as_str() {
+                    "Exact" => PathType::Exact,
+                    "Prefix" => PathType::Prefix,
+                    "ImplementationSpecific" => PathType::ImplementationSpecific,
+                    other => {
+                        err(
+                            format!("{field}.pathType"),
+                            format!("{other:?} is not Exact, Prefix or ImplementationSpecific"),
+                        );
+                        continue;
+                    }
+                };
+                let path_text = p.path.clone().unwrap_or_else(|| "/".to_string());
+                if let Err(m) = validate_path(&path_text) {
+                    err(format!("{field}.path"), m);
+                    continue;
+                }
+                match backend_ref(&p.backend) {
+                    Ok(backend) => paths.push(PlannedPath {
+                        host: host.clone(),
+                        path: path_text,
+                        path_type,
+                        field,
+                        backend,
+                    }),
+                    Err((sub, m)) => err(format!("{field}.backend{sub}"), m),
+                }
+            }
+        }
+        let default_backend = match &spec.default_backend {
+            Some(b) => match backend_ref(b) {
+                Ok(b) => Some(b),
+                Err((sub, m)) => {
+                    err(format!("spec.defaultBackend{sub}"), m);
+                    None
+                }
+            },
+            None => None,
+        };
+        let rule_hosts: BTreeSet<String> = paths
+            .iter()
+            .map(|p| p.host.clone())
+            .filter(|h| !h.is_empty())
+            .collect();
+        let mut tls = Vec::new();
+        for (ti, t) in spec.tls.iter().flatten().enumerate() {
+            let field = format!("spec.tls[{ti}]");
+            let mut hosts = t.hosts.clone().unwrap_or_default();
+            for (hi, h) in hosts.iter().enumerate() {
+                if h.is_empty() {
+                    err(format!("{field}.hosts[{hi}]"), "must not be empty".into());
+                } else if let Err(m) = validate_host(h) {
+                    err(format!("{field}.hosts[{hi}]"), m);
+                }
+            }
+            if hosts.is_empty() {
+                // "Defaults to the wildcard host setting of the load balancer": here, the
+                // hosts this Ingress routes.
+                hosts = rule_hosts.iter().cloned().collect();
+            }
+            tls.push(PlannedTls {
+                hosts,
+                secret: t.secret_name.clone().filter(|s| !s.is_empty()),
+                field,
+            });
+        }
+        if paths.is_empty() && default_backend.is_none() && problems.is_empty() {
+            problems.push(Problem::warning(
+                Some(oref.clone()),
+                "spec",
+                "has no rules with paths and no defaultBackend: it serves nothing",
+            ));
+            return Err(problems);
+        }
+        match options {
+            Some(options) if problems.is_empty() => Ok(IngressPlan {
+                object,
+                key: IngressKey {
+                    namespace: object.namespace().to_string(),
+                    name: object.name().to_string(),
+                },
+                options,
+                paths,
+                default_backend,
+                tls,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    fn problem(&mut self, plan: &IngressPlan, problem: Problem) {
+        self.problems.push(problem.at(Some(plan.object.origin.clone())));
+    }
+
+    fn apply_routes(&mut self, plan: &IngressPlan) {
+        let oref = plan.object.object_ref();
+        for p in &plan.paths {
+            let backend = self.backend(plan, &p.backend, &p.field);
+            let route = Route {
+                ingress: plan.key.clone(),
+                host: HostMatch::parse(&p.host),
+                path: p.path.clone(),
+                path_type: p.path_type,
+                field: p.field.clone(),
+                backend,
+                options: plan.options.clone(),
+                tls: false,
+            };
+            let (host, path, path_type) = (route.host.clone(), route.path.clone(), route.path_type);
+            if let Err(conflict) = self.table.insert(route) {
+                let winner = self.table.route(conflict.0);
+                let who = if winner.ingress == plan.key {
+                    format!("duplicates {} of this Ingress", winner.field)
+                } else {
+                    format!(
+                        "is already served by Ingress {} ({}), which is older",
+                        winner.ingress, winner.field
+                    )
+                };
+                let message = format!("host {host} path {path} ({path_type}) {who}: this path is not served");
+                self.problem(plan, Problem::error(Some(oref.clone()), p.field.clone(), message));
+            }
+        }
+        if let Some(b) = &plan.default_backend {
+            let backend = self.backend(plan, b, "spec.defaultBackend");
+            let route = Route {
+                ingress: plan.key.clone(),
+                host: HostMatch::Any,
+                path: "/".to_string(),
+                path_type: PathType::Prefix,
+                field: "spec.defaultBackend".to_string(),
+                backend,
+                options: plan.options.clone(),
+                tls: false,
+            };
+            if let Err(conflict) = self.table.set_default(route) {
+                let winner = self.table.route(conflict.0).ingress.clone();
+                let message = format!(
+                    "Ingress {winner} already provides the default backend and is older: this one is not used"
+                );
+                self.problem(plan, Problem::error(Some(oref), "spec.defaultBackend", message));
+            }
+        }
+    }
+
+    /// Resolves a Service port to a backend, once per (namespace, service, port).
+    fn backend(&mut self, plan: &IngressPlan, b: &BackendRef, field: &str) -> BackendId {
+        let ns = plan.key.namespace.clone();
+        let key = (ns.clone(), b.service.clone(), b.port.clone());
+        let id = match self.backend_ids.get(&key) {
+            Some(id) => *id,
+            None => {
+                let target = self.resolve(&ns, b);
+                let id = BackendId(self.backends.len());
+                self.backends.push(Backend {
+                    namespace: ns,
+                    service: b.service.clone(),
+                    port: b.port.to_string(),
+                    target,
+                });
+                self.backend_ids.insert(key, id);
+                id
+            }
+        };
+        if self.warned_backends.insert((plan.key.clone(), id)) {
+            let warning = match &self.backends[id.0].target {
+                BackendTarget::Unavailable(reason) => Some(format!("{reason}: requests get 503")),
+                BackendTarget::Endpoints(e) if e.is_empty() => Some(format!(
+                    "Service {}/{} has no ready endpoints: requests get 503",
+                    self.backends[id.0].namespace, b.service
+                )),
+                _ => None,
+            };
+            if let Some(message) = warning {
+                let oref = plan.object.object_ref();
+                self.problem(
+                    plan,
+                    Problem::warning(Some(oref), format!("{field}.service"), message),
+                );
+            }
+        }
+        id
+    }
+
+    fn resolve(&self, ns: &str, b: &BackendRef) -> BackendTarget {
+        let Some(service) = self.services.get(&(ns, b.service.as_str())) else {
+            return BackendTarget::Unavailable(format!("Service {ns}/{} not found", b.service));
+        };
+        let spec = service.value.spec.clone().unwrap_or_default();
+        let ports = spec.ports.unwrap_or_default();
+        let port = ports.iter().find(|p| match &b.port {
+            PortRef::Number(n) => p.port == *n,
+            PortRef::Name(name) => p.name.as_deref() == Some(name.as_str()),
+        });
+        if spec.type_.as_deref() == Some("ExternalName") {
+            let host = spec.external_name.unwrap_or_default();
+            let number = match (&b.port, port) {
+                (_, Some(p)) => p.port,
+                (PortRef::Number(n), None) => *n,
+                (PortRef::Name(name), None) => {
+                    return BackendTarget::Unavailable(format!(
+                        "ExternalName Service {ns}/{} has no port named {name:?}",
+                        b.service
+                    ))
+                }
+            };
+            return match u16::try_from(number) {
+                Ok(port) if !host.is_empty() && port != 0 => BackendTarget::External { host, port },
+                _ => BackendTarget::Unavailable(format!(
+                    "ExternalName Service {ns}/{} has no externalName or a bad port",
+                    b.service
+                )),
+            };
+        }
+        let Some(port) = port else {
+            return BackendTarget::Unavailable(format!("Service {ns}/{} has no port {}", b.service, b.port));
+        };
+        let mut addresses = BTreeSet::new();
+        for slice in self.slices.get(&(ns, b.service.as_str())).into_iter().flatten() {
+            let slice = &slice.value;
+            if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+                continue;
+            }
+            let Some(target_port) = slice_port(slice, port) else {
+                continue;
+            };
+            for endpoint in slice.endpoints.iter().flatten() {
+                let ready = endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                if !ready {
+                    continue;
+                }
+                for address in &endpoint.addresses {
+                    if let Ok(ip) = address.parse::<IpAddr>() {
+                        addresses.insert(SocketAddr::new(ip, target_port));
+                    }
+                }
+            }
+        }
+        BackendTarget::Endpoints(addresses.into_iter().collect())
+    }
+
+    fn warn_slices_without_service(&mut self) {
+        for slice in &self.m.endpoint_slices {
+            let label = slice
+                .value
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL));
+            if label.is_none() {
+                self.problems.push(
+                    Problem::warning(
+                        Some(slice.object_ref()),
+                        format!("metadata.labels[\"{SERVICE_NAME_LABEL}\"]"),
+                        "missing: the slice belongs to no Service and is not used",
+                    )
+                    .at(Some(slice.origin.clone())),
+                );
+            }
+        }
+    }
+
+    fn apply_tls(&mut self, plan: &IngressPlan) {
+        let oref = plan.object.object_ref();
+        for t in &plan.tls {
+            for host in &t.hosts {
+                match HostMatch::parse(host) {
+                    HostMatch::Wildcard(s) => self.tls_wildcards.insert(s),
+                    HostMatch::Exact(h) => self.tls_hosts.insert(h),
+                    HostMatch::Any => false,
+                };
+            }
+            let Some(secret_name) = &t.secret else {
+                let message = format!(
+                    "no secretName: {} served with the default certificate",
+                    t.hosts.join(", ")
+                );
+                self.problem(
+                    plan,
+                    Problem::warning(Some(oref.clone()), format!("{}.secretName", t.field), message),
+                );
+                continue;
+            };
+            let Some(cert) = self.certificate(plan, secret_name, &format!("{}.secretName", t.field)) else {
+                continue;
+            };
+            for host in &t.hosts {
+                if !tls::covers(&cert.names, host) {
+                    let message = format!(
+                        "the certificate in Secret {}/{secret_name} does not cover {host} (it names {}): {host} is served with the default certificate",
+                        plan.key.namespace,
+                        cert.names.join(", ")
+                    );
+                    self.problem(
+                        plan,
+                        Problem::error(Some(oref.clone()), format!("{}.hosts", t.field), message),
+                    );
+                    continue;
+                }
+                let slot = match HostMatch::parse(host) {
+                    HostMatch::Wildcard(s) => self.certificates.wildcard.entry(s),
+                    HostMatch::Exact(h) => self.certificates.exact.entry(h),
+                    HostMatch::Any => continue,
+                };
+                match slot {
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(cert.clone());
+                    }
+                    std::collections::hash_map::Entry::Occupied(e) if e.get().secret != cert.secret => {
+                        let message = format!(
+                            "{host} already uses the certificate of Secret {} from an older Ingress: Secret {} is not used for it",
+                            e.get().secret, cert.secret
+                        );
+                        self.problem(
+                            plan,
+                            Problem::warning(Some(oref.clone()), t.field.clone(), message),
+                        );
+                    }
+                    std::collections::hash_map::Entry::Occupied(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Loads and checks a TLS Secret once; Problems go on the Ingress (not found) or
+    /// the Secret (invalid).
+    fn certificate(
+        &mut self,
+        plan: &IngressPlan,
+        secret_name: &str,
+        field: &str,
+    ) -> Option<Arc<Certificate>> {
+        let ns = plan.key.namespace.clone();
+        let key = (ns.clone(), secret_name.to_string());
+        if let Some(loaded) = self.loaded_certs.get(&key) {
+            return loaded.clone();
+        }
+        let Some(secret) = self.secrets.get(&(ns.as_str(), secret_name)).copied() else {
+            let message = format!(
+                "Secret {ns}/{secret_name} not found: its hosts are served with the default certificate"
+            );
+            self.problem(
+                plan,
+                Problem::error(Some(plan.object.object_ref()), field, message),
+            );
+            self.loaded_certs.insert(key, None);
+            return None;
+        };
+        let loaded = self.load_secret(secret);
+        self.loaded_certs.insert(key, loaded.clone());
+        loaded
+    }
+
+    fn load_secret(&mut self, secret: &Object<Secret>) -> Option<Arc<Certificate>> {
+        let name = format!("{}/{}", secret.namespace(), secret.name());
+        let oref = secret.object_ref();
+        let origin: Option<Origin> = Some(secret.origin.clone());
+        if let Some(t) = secret.value.type_.as_deref() {
+            if t != "kubernetes.io/tls" {
+                self.problems.push(
+                    Problem::warning(
+                        Some(oref.clone()),
+                        "type",
+                        format!("is {t:?}, expected kubernetes.io/tls"),
+                    )
+                    .at(origin.clone()),
+                );
+            }
+        }
+        match tls::load_certificate(&name, &secret.value, self.now) {
+            Ok(cert) => {
+                if cert.not_after - self.now < EXPIRY_WARNING_SECONDS {
+                    let days = (cert.not_after - self.now) / 86400;
+                    self.problems.push(
+                        Problem::warning(
+                            Some(oref),
+                            "data[\"tls.crt\"]",
+                            format!("the certificate expires in {days} days"),
+                        )
+                        .at(origin),
+                    );
+                }
+                Some(Arc::new(cert))
+            }
+            Err(message) => {
+                self.problems
+                    .push(Problem::error(Some(oref), "data", message).at(origin));
+                None
+            }
+        }
+    }
+
+    fn load_default_certificate(&mut self) {
+        let Some(name) = self.settings.tls.default_certificate.clone() else {
+            return;
+        };
+        let Some((ns, n)) = crate::split_namespaced(&name) else {
+            return;
+        };
+        match self.secrets.get(&(ns, n)).copied() {
+            Some(secret) => self.certificates.default = self.load_secret(secret),
+            None => self.problems.push(Problem::error(
+                None,
+                "config tls.defaultCertificate",
+                format!("Secret {name} not found: a self-signed certificate is served instead"),
+            )),
+        }
+    }
+
+    fn warn_plain_http(&mut self, plans: &[IngressPlan]) {
+        for plan in plans {
+            let mut hosts = BTreeSet::new();
+            for p in &plan.paths {
+                if !p.host.is_empty() {
+                    hosts.insert(p.host.as_str());
+                }
+            }
+            for host in hosts {
+                let covered = match HostMatch::parse(host) {
+                    HostMatch::Exact(h) => {
+                        self.tls_hosts.contains(&h)
+                            || crate::routes::parent_domain(&h)
+                                .is_some_and(|p| self.tls_wildcards.contains(p))
+                    }
+                    HostMatch::Wildcard(s) => self.tls_wildcards.contains(&s),
+                    HostMatch::Any => true,
+                };
+                if !covered {
+                    let message = format!("{host} has no spec.tls entry: it is also served over plain HTTP");
+                    self.problem(
+                        plan,
+                        Problem::warning(Some(plan.object.object_ref()), "spec.tls", message),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The EndpointSlice port for a Service port: the slice port of the same name (the
+/// EndpointSlice controller names them after the Service's ports), else a numeric
+/// `targetPort`, else the Service port itself.
+fn slice_port(slice: &EndpointSlice, port: &ServicePort) -> Option<u16> {
+    let wanted = port.name.as_deref().unwrap_or_default();
+    let from_slice = slice
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref().unwrap_or_default() == wanted)
+        .and_then(|p| p.port);
+    let number = match (from_slice, &port.target_port) {
+        (Some(n), _) => n,
+        (None, Some(IntOrString::Int(n))) => *n,
+        (None, None) => port.port,
+        (None, Some(IntOrString::String(_))) => return None,
+    };
+    u16::try_from(number).ok().filter(|n| *n != 0)
+}
+
+fn backend_ref(b: &IngressBackend) -> Result<BackendRef, (String, String)> {
+    if b.resource.is_some() {
+        return Err((
+            ".resource".into(),
+            "resource backends are not supported: use a Service backend".into(),
+        ));
+    }
+    let Some(service) = &b.service else {
+        return Err((".service".into(), "missing: a backend needs a Service".into()));
+    };
+    if service.name.is_empty() {
+        return Err((".service.name".into(), "must not be empty".into()));
+    }
+    let port = service.port.as_ref();
+    let port = match (port.and_then(|p| p.number), port.and_then(|p| p.name.clone())) {
+        (Some(n), None) if (1..=65535).contains(&n) => PortRef::Number(n),
+        (Some(n), None) => return Err((".service.port.number".into(), format!("{n} is not a port number"))),
+        (None, Some(name)) if !name.is_empty() => PortRef::Name(name),
+        (Some(_), Some(_)) => {
+            return Err((
+                ".service.port".into(),
+                "set either number or name, not both".into(),
+            ))
+        }
+        _ => return Err((".service.port".into(), "missing: set number or name".into())),
+    };
+    Ok(BackendRef {
+        service: service.name.clone(),
+        port,
+    })
+}
+
+/// Validates an Ingress host: a lower-case DNS name, optionally `*.` + DNS name; not an
+/// IP address (as the Ingress API requires).
+pub fn validate_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Ok(());
+    }
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    if name.parse::<IpAddr>().is_ok() {
+        return Err(format!(
+            "{host:?} is an IP address; Ingress hosts must be DNS names"
+        ));
+    }
+    if name.len() > 253 || name.is_empty() {
+        return Err(format!("{host:?} is not a valid DNS name"));
+    }
+    for label in name.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!(
+                "{host:?} is not a valid DNS name (lower-case letters, digits and '-', optionally starting with \"*.\")"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// RFC 3986 `pchar` and `/`, plus non-ASCII text.
+fn is_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/%".contains(c) || (!c.is_ascii() && !c.is_control())
+}
+
+/// Validates an Ingress path: absolute, only characters valid in a URL path, and
+/// already in normalized form, because it is compared with normalized request paths.
+pub fn validate_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("{p:?} must start with /"));
+    }
+    if let Some(c) = p.chars().find(|c| !is_path_char(*c)) {
+        return Err(format!(
+            "{p:?} contains {c:?}, which is not valid in a URL path (regular expressions are not supported)"
+        ));
+    }
+    match path::normalize(p) {
+        Ok(n) if n == p => Ok(()),
+        Ok(n) => Err(format!(
+            "{p:?} is not in normalized form: requests are matched after normalization, so write {n:?}"
+        )),
+        Err(e) => Err(format!("{p:?}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,413 @@
+//! The route table and its matching rules, exactly as the Kubernetes Ingress
+//! documentation specifies them. IO-free: a (host, normalized path) in, a route out.
+//!
+//! Hosts: an exact host beats a wildcard (`*.example.com` matches exactly one extra
+//! label), which beats rules without a host. Paths: an `Exact` path matches only
+//! itself; a `Prefix` path matches element-wise (`/foo` matches `/foo`, `/foo/` and
+//! `/foo/bar`, never `/foobar`; trailing slashes are ignored on both sides). The longest
+//! match wins, and `Exact` beats `Prefix` of the same length. Host tiers are tried in
+//! order of specificity and the first tier with a matching path wins (as Gateway API
+//! precedence orders them); when nothing matches, `spec.defaultBackend` serves.
+//!
+//! Lookup costs one hash probe per path segment, whatever the size of the table.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::snapshot::{BackendId, RouteOptions};
+
+/// Index of a route in [`RouteTable::routes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteId(pub usize);
+
+/// `pathType` of an Ingress path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PathType {
+    Exact,
+    Prefix,
+    /// Matched as `Prefix`, as this implementation documents.
+    ImplementationSpecific,
+}
+
+impl PathType {
+    /// How the path is matched.
+    pub fn is_exact(self) -> bool {
+        self == PathType::Exact
+    }
+}
+
+impl fmt::Display for PathType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PathType::Exact => "Exact",
+            PathType::Prefix => "Prefix",
+            PathType::ImplementationSpecific => "ImplementationSpecific",
+        })
+    }
+}
+
+/// Which hosts a rule applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostMatch {
+    /// `app.example.com`
+    Exact(String),
+    /// `*.example.com`, stored as `example.com`.
+    Wildcard(String),
+    /// A rule without `host`.
+    Any,
+}
+
+impl HostMatch {
+    /// Parses a validated Ingress host.
+    pub fn parse(host: &str) -> HostMatch {
+        match host.strip_prefix("*.") {
+            Some(suffix) => HostMatch::Wildcard(suffix.to_string()),
+            None if host.is_empty() => HostMatch::Any,
+            None => HostMatch::Exact(host.to_string()),
+        }
+    }
+
+    /// Whether this pattern matches a (lower-case, port-less) request host.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Exact(h) => h == host,
+            HostMatch::Wildcard(suffix) => parent_domain(host) == Some(suffix.as_str()),
+            HostMatch::Any => true,
+        }
+    }
+}
+
+impl fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostMatch::Exact(h) => f.write_str(h),
+            HostMatch::Wildcard(s) => write!(f, "*.{s}"),
+            HostMatch::Any => f.write_str("*"),
+        }
+    }
+}
+
+/// `bar.foo.com` -> `foo.com`; a single label has no parent.
+pub fn parent_domain(host: &str) -> Option<&str> {
+    host.split_once('.')
+        .map(|(_, rest)| rest)
+        .filter(|r| !r.is_empty())
+}
+
+/// Lower-cases a request's host and removes the port and a trailing dot.
+pub fn normalize_host(authority: &str) -> String {
+    let host = if authority.starts_with('[') {
+        // IPv6 literal: keep the brackets, drop the port.
+        authority.split_inclusive(']').next().unwrap_or(authority)
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Who an Ingress is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IngressKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for IngressKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One served path of one Ingress rule (or an Ingress's default backend).
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub ingress: IngressKey,
+    pub host: HostMatch,
+    /// The path as written in the Ingress (`/` for a default backend).
+    pub path: String,
+    pub path_type: PathType,
+    /// Where in the Ingress it is: `spec.rules[0].http.paths[1]` or `spec.defaultBackend`.
+    pub field: String,
+    pub backend: BackendId,
+    pub options: Arc<RouteOptions>,
+    /// The host is named in some served Ingress's `spec.tls`: plain HTTP redirects.
+    pub tls: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+struct PathTable {
+    exact: HashMap<String, RouteId>,
+    /// Prefix paths without trailing slashes; the root is the empty string.
+    prefix: HashMap<String, RouteId>,
+}
+
+impl PathTable {
+    fn lookup(&self, path: &str) -> Option<RouteId> {
+        if let Some(id) = self.exact.get(path) {
+            return Some(*id);
+        }
+        if self.prefix.is_empty() {
+            return None;
+        }
+        let mut key = path.trim_end_matches('/');
+        loop {
+            if let Some(id) = self.prefix.get(key) {
+                return Some(*id);
+            }
+            match key.rfind('/') {
+                Some(i) => key = &key[..i],
+                None => return None,
+            }
+        }
+    }
+
+    fn slot(&mut self, path: &str, path_type: PathType) -> &mut HashMap<String, RouteId> {
+        let _ = path;
+        if path_type.is_exact() {
+            &mut self.exact
+        } else {
+            &mut self.prefix
+        }
+    }
+}
+
+/// The key a path is stored under: Prefix paths lose their trailing slashes.
+fn path_key(path: &str, path_type: PathType) -> String {
+    if path_type.is_exact() {
+        path.to_string()
+    } else {
+        path.trim_end_matches('/').to_string()
+    }
+}
+
+/// All routes of a snapshot, indexed for lookup.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    exact_hosts: HashMap<String, PathTable>,
+    wildcard_hosts: HashMap<String, PathTable>,
+    any_host: PathTable,
+    default_route: Option<RouteId>,
+}
+
+/// A route could not be added because an earlier one holds the same host and path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conflict(pub RouteId);
+
+impl RouteTable {
+    /// Adds a route; the first route to claim a host+path keeps it.
+    pub fn insert(&mut self, route: Route) -> Result<RouteId, Conflict> {
+        let id = RouteId(self.routes.len());
+        let table = match &route.host {
+            HostMatch::Exact(h) => self.exact_hosts.entry(h.clone()).or_default(),
+            HostMatch::Wildcard(s) => self.wildcard_hosts.entry(s.clone()).or_default(),
+            HostMatch::Any => &mut self.any_host,
+        };
+        let slot = table.slot(&route.path, route.path_type);
+        match slot.entry(path_key(&route.path, route.path_type)) {
+            std::collections::hash_map::Entry::Occupied(e) => Err(Conflict(*e.get())),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(id);
+                self.routes.push(route);
+                Ok(id)
+            }
+        }
+    }
+
+    /// Sets the route for requests that match no rule; the first one set keeps it.
+    pub fn set_default(&mut self, route: Route) -> Result<RouteId, Conflict> {
+        if let Some(existing) = self.default_route {
+            return Err(Conflict(existing));
+        }
+        let id = RouteId(self.routes.len());
+        self.routes.push(route);
+        self.default_route = Some(id);
+        Ok(id)
+    }
+
+    /// Finds the route for a normalized host (see [`normalize_host`]) and a normalized
+    /// path (see [`crate::path::normalize`]).
+    pub fn lookup(&self, host: &str, path: &str) -> Option<RouteId> {
+        if let Some(id) = self.exact_hosts.get(host).and_then(|t| t.lookup(path)) {
+            return Some(id);
+        }
+        if let Some(parent) = parent_domain(host) {
+            if let Some(id) = self.wildcard_hosts.get(parent).and_then(|t| t.lookup(path)) {
+                return Some(id);
+            }
+        }
+        self.any_host.lookup(path).or(self.default_route)
+    }
+
+    pub fn route(&self, id: RouteId) -> &Route {
+        &self.routes[id.0]
+    }
+
+    pub fn get(&self, id: RouteId) -> Option<&Route> {
+        self.routes.get(id.0)
+    }
+
+    pub fn routes(&self) -> impl Iterator<Item = (RouteId, &Route)> {
+        self.routes.iter().enumerate().map(|(i, r)| (RouteId(i), r))
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    pub(crate) fn routes_mut(&mut self) -> &mut [Route] {
+        &mut self.routes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(host: &str, path: &str, path_type: PathType, tag: usize) -> Route {
+        Route {
+            ingress: IngressKey {
+                namespace: "ns".into(),
+                name: format!("r{tag}"),
+            },
+            host: HostMatch::parse(host),
+            path: path.into(),
+            path_type,
+            field: String::new(),
+            backend: BackendId(tag),
+            options: Arc::new(RouteOptions::default()),
+            tls: false,
+        }
+    }
+
+    /// Builds a table of (pathType, path) on any host; returns the index of the matching
+    /// entry, if any.
+    fn matching(paths: &[(PathType, &str)], request: &str) -> Option<usize> {
+        let mut t = RouteTable::default();
+        for (i, (pt, p)) in paths.iter().enumerate() {
+            t.insert(route("", p, *pt, i)).unwrap();
+        }
+        t.lookup("example.com", request).map(|id| t.route(id).backend.0)
+    }
+
+    use PathType::{Exact, ImplementationSpecific, Prefix};
+
+    /// The table of examples in the Kubernetes Ingress documentation ("Examples" under
+    /// "Path types"), row by row.
+    #[test]
+    fn kubernetes_documentation_examples() {
+        assert_eq!(matching(&[(Prefix, "/")], "/"), Some(0));
+        assert_eq!(matching(&[(Prefix, "/")], "/anything/at/all"), Some(0));
+        assert_eq!(matching(&[(Exact, "/foo")], "/foo"), Some(0));
+        assert_eq!(matching(&[(Exact, "/foo")], "/bar"), None);
+        assert_eq!(matching(&[(Exact, "/foo")], "/foo/"), None);
+        assert_eq!(matching(&[(Exact, "/foo/")], "/foo"), None);
+        assert_eq!(matching(&[(Prefix, "/foo")], "/foo"), Some(0));
+        assert_eq!(matching(&[(Prefix, "/foo")], "/foo/"), Some(0));
+        assert_eq!(matching(&[(Prefix, "/foo/")], "/foo"), Some(0));
+        assert_eq!(matching(&[(Prefix, "/foo/")], "/foo/"), Some(0));
+        assert_eq!(matching(&[(Prefix, "/aaa/bb")], "/aaa/bbb"), None);
+        assert_eq!(matching(&[(Prefix, "/aaa/bbb")], "/aaa/bbb"), Some(0));
+        assert_eq!(matching(&[(Prefix, "/aaa/bbb/")], "/aaa/bbb"), Some(0));
+        assert_eq!(matching(&[(Prefix, "/aaa/bbb")], "/aaa/bbb/"), Some(0));
+        assert_eq!(matching(&[(Prefix, "/aaa/bbb")], "/aaa/bbb/ccc"), Some(0));
+        assert_eq!(matching(&[(Prefix, "/aaa/bbb")], "/aaa/bbbxyz"), None);
+        assert_eq!(matching(&[(Prefix, "/"), (Prefix, "/aaa")], "/aaa/ccc"), Some(1));
+        assert_eq!(
+            matching(
+                &[(Prefix, "/"), (Prefix, "/aaa"), (Prefix, "/aaa/bbb")],
+                "/aaa/bbb"
+            ),
+            Some(2)
+        );
+        assert_eq!(
+            matching(&[(Prefix, "/"), (Prefix, "/aaa"), (Prefix, "/aaa/bbb")], "/ccc"),
+            Some(0)
+        );
+        assert_eq!(matching(&[(Prefix, "/aaa")], "/ccc"), None);
+        assert_eq!(matching(&[(Prefix, "/foo"), (Exact, "/foo")], "/foo"), Some(1));
+        assert_eq!(matching(&[(Exact, "/foo"), (Prefix, "/foo")], "/foo"), Some(0));
+    }
+
+    #[test]
+    fn longest_match_and_exact_precedence() {
+        let paths = [
+            (Prefix, "/a"),
+            (Prefix, "/a/b"),
+            (Exact, "/a/b/c"),
+            (Prefix, "/a/b/c/d"),
+        ];
+        assert_eq!(matching(&paths, "/a/b/c"), Some(2));
+        assert_eq!(matching(&paths, "/a/b/c/"), Some(1));
+        assert_eq!(matching(&paths, "/a/b/cd"), Some(1));
+        assert_eq!(matching(&paths, "/a/b/c/d/e"), Some(3));
+        assert_eq!(matching(&paths, "/ab"), None);
+        // ImplementationSpecific is Prefix here.
+        assert_eq!(matching(&[(ImplementationSpecific, "/x")], "/x/y"), Some(0));
+        assert_eq!(matching(&[(ImplementationSpecific, "/x")], "/xy"), None);
+    }
+
+    #[test]
+    fn host_precedence() {
+        let mut t = RouteTable::default();
+        t.insert(route("", "/", Prefix, 0)).unwrap();
+        t.insert(route("*.foo.com", "/", Prefix, 1)).unwrap();
+        t.insert(route("bar.foo.com", "/", Prefix, 2)).unwrap();
+        t.insert(route("bar.foo.com", "/only", Exact, 3)).unwrap();
+        let at = |h: &str, p: &str| t.lookup(h, p).map(|id| t.route(id).backend.0);
+        assert_eq!(at("bar.foo.com", "/x"), Some(2));
+        assert_eq!(at("bar.foo.com", "/only"), Some(3));
+        assert_eq!(at("baz.foo.com", "/x"), Some(1));
+        // A wildcard matches exactly one label.
+        assert_eq!(at("foo.com", "/x"), Some(0));
+        assert_eq!(at("a.bar.foo.com", "/x"), Some(0));
+        assert_eq!(at("other.org", "/x"), Some(0));
+    }
+
+    #[test]
+    fn host_tiers_fall_through_to_less_specific_hosts() {
+        let mut t = RouteTable::default();
+        t.insert(route("app.example.com", "/api", Prefix, 0)).unwrap();
+        t.insert(route("*.example.com", "/static", Prefix, 1)).unwrap();
+        let at = |h: &str, p: &str| t.lookup(h, p).map(|id| t.route(id).backend.0);
+        assert_eq!(at("app.example.com", "/api/v1"), Some(0));
+        assert_eq!(at("app.example.com", "/static/x.css"), Some(1));
+        assert_eq!(at("app.example.com", "/other"), None);
+        t.set_default(route("", "/", Prefix, 9)).unwrap();
+        let at = |h: &str, p: &str| t.lookup(h, p).map(|id| t.route(id).backend.0);
+        assert_eq!(at("app.example.com", "/other"), Some(9));
+    }
+
+    #[test]
+    fn same_host_and_path_conflicts() {
+        let mut t = RouteTable::default();
+        assert!(t.insert(route("a.com", "/x", Prefix, 0)).is_ok());
+        // Trailing slashes do not make a different Prefix path.
+        assert_eq!(
+            t.insert(route("a.com", "/x/", Prefix, 1)),
+            Err(Conflict(RouteId(0)))
+        );
+        // Exact /x is a different path type: no conflict, and it wins for /x.
+        assert!(t.insert(route("a.com", "/x", Exact, 2)).is_ok());
+        assert!(t.insert(route("b.com", "/x", Prefix, 3)).is_ok());
+        assert!(t.set_default(route("", "/", Prefix, 4)).is_ok());
+        assert_eq!(
+            t.set_default(route("", "/", Prefix, 5)),
+            Err(Conflict(RouteId(3)))
+        );
+    }
+
+    #[test]
+    fn request_hosts_are_normalized() {
+        assert_eq!(normalize_host("Example.COM:8443"), "example.com");
+        assert_eq!(normalize_host("example.com."), "example.com");
+        assert_eq!(normalize_host("[::1]:8443"), "[::1]");
+        assert_eq!(normalize_host("[::1]"), "[::1]");
+        assert_eq!(normalize_host("a.b"), "a.b");
+    }
+}

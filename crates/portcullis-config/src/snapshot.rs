@@ -1,0 +1,183 @@
+//! The compiled, immutable configuration the gateway serves from. Built by
+//! [`crate::compile`], published whole, never changed in place.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::sign::CertifiedKey;
+
+use crate::routes::{parent_domain, RouteId, RouteTable};
+
+/// Index of a backend in [`Snapshot::backends`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendId(pub usize);
+
+/// How the gateway speaks to a backend (`portcullis.dev/backend-protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum BackendProtocol {
+    /// HTTP/1.1 over TCP (the default).
+    #[default]
+    Http,
+    /// HTTP/1.1 or HTTP/2 (by ALPN) over TLS.
+    Https,
+    /// HTTP/2 over TCP with prior knowledge.
+    H2c,
+    /// gRPC: HTTP/2 over TCP with prior knowledge.
+    Grpc,
+    /// gRPC over TLS.
+    Grpcs,
+}
+
+impl BackendProtocol {
+    pub fn is_tls(self) -> bool {
+        matches!(self, BackendProtocol::Https | BackendProtocol::Grpcs)
+    }
+
+    /// Whether only HTTP/2 may be spoken.
+    pub fn is_h2_only(self) -> bool {
+        matches!(
+            self,
+            BackendProtocol::H2c | BackendProtocol::Grpc | BackendProtocol::Grpcs
+        )
+    }
+}
+
+impl fmt::Display for BackendProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendProtocol::Http => "HTTP",
+            BackendProtocol::Https => "HTTPS",
+            BackendProtocol::H2c => "H2C",
+            BackendProtocol::Grpc => "GRPC",
+            BackendProtocol::Grpcs => "GRPCS",
+        })
+    }
+}
+
+/// Per-route settings, from the Ingress's annotations with the config file's defaults
+/// filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteOptions {
+    /// Plain-HTTP requests for a TLS host get 308 to HTTPS. Default true.
+    pub ssl_redirect: bool,
+    /// Largest request body; `None` is unlimited.
+    pub max_body_size: Option<u64>,
+    pub backend_protocol: BackendProtocol,
+    /// Backend response headers, and each read of its body, must arrive within this.
+    pub read_timeout: Duration,
+}
+
+impl Default for RouteOptions {
+    fn default() -> Self {
+        RouteOptions {
+            ssl_redirect: true,
+            max_body_size: Some(64 << 20),
+            backend_protocol: BackendProtocol::Http,
+            read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Where a backend's requests go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendTarget {
+    /// Ready endpoint addresses from EndpointSlices. Empty: no ready endpoint (503).
+    Endpoints(Vec<SocketAddr>),
+    /// An `ExternalName` Service: a DNS name resolved when connecting.
+    External { host: String, port: u16 },
+    /// The Service or its port does not exist (503, with this reason in the log).
+    Unavailable(String),
+}
+
+/// A Service port that routes point at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backend {
+    pub namespace: String,
+    pub service: String,
+    /// The port as the Ingress named it: a number or a port name.
+    pub port: String,
+    pub target: BackendTarget,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}:{}", self.namespace, self.service, self.port)
+    }
+}
+
+/// A certificate loaded from a `kubernetes.io/tls` Secret and checked.
+#[derive(Debug, Clone)]
+pub struct Certificate {
+    /// `namespace/name` of the Secret.
+    pub secret: String,
+    pub key: Arc<CertifiedKey>,
+    /// DNS names and IP addresses in the certificate's subjectAltName.
+    pub names: Vec<String>,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+/// Certificates by SNI name.
+#[derive(Debug, Clone, Default)]
+pub struct CertificateStore {
+    pub exact: HashMap<String, Arc<Certificate>>,
+    /// `*.example.com` entries, by `example.com`.
+    pub wildcard: HashMap<String, Arc<Certificate>>,
+    /// `tls.defaultCertificate` from the config file, when it names a valid Secret.
+    pub default: Option<Arc<Certificate>>,
+}
+
+impl CertificateStore {
+    /// The certificate for an SNI name (lower case), if an Ingress declared one. The
+    /// caller falls back to the default certificate.
+    pub fn for_server_name(&self, name: &str) -> Option<&Arc<Certificate>> {
+        self.exact
+            .get(name)
+            .or_else(|| parent_domain(name).and_then(|p| self.wildcard.get(p)))
+    }
+}
+
+/// Counts for `portcullis check` and the logs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    pub ingresses_served: usize,
+    pub ingresses_rejected: usize,
+    /// Ingresses of another IngressClass (or class-less without a default class).
+    pub ingresses_other_class: usize,
+    pub services: usize,
+    pub endpoint_slices: usize,
+    pub secrets: usize,
+    pub ignored: BTreeMap<String, usize>,
+}
+
+/// Everything a request needs, compiled and validated.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub routes: RouteTable,
+    pub backends: Vec<Backend>,
+    pub certificates: CertificateStore,
+    /// Hosts named in `spec.tls` of served Ingresses: exact names.
+    pub tls_hosts: std::collections::HashSet<String>,
+    /// `*.example.com` entries of `spec.tls`, by `example.com`.
+    pub tls_wildcards: std::collections::HashSet<String>,
+    pub stats: Stats,
+}
+
+impl Snapshot {
+    pub fn backend(&self, id: BackendId) -> &Backend {
+        &self.backends[id.0]
+    }
+
+    /// Whether some served Ingress declares TLS for this (normalized) host.
+    pub fn host_has_tls(&self, host: &str) -> bool {
+        self.tls_hosts.contains(host) || parent_domain(host).is_some_and(|p| self.tls_wildcards.contains(p))
+    }
+
+    /// Route lookup; see [`RouteTable::lookup`].
+    pub fn lookup(&self, host: &str, path: &str) -> Option<RouteId> {
+        self.routes.lookup(host, path)
+    }
+}
