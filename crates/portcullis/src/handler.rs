@@ -1,0 +1,622 @@
+//! The request path, top to bottom, as plain function calls:
+//! load snapshot once -> check framing -> host -> normalize path -> match route ->
+//! redirect to HTTPS -> (authenticate, authorize: later) -> limits -> pick endpoint ->
+//! forward upstream -> response -> access log and metrics.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use portcullis_config::path;
+use portcullis_config::routes::{normalize_host, Route};
+use portcullis_config::snapshot::BackendProtocol;
+
+use crate::metrics::{IngressLabel, RequestLabels, UpstreamErrorLabels};
+use crate::proxy::{self, Body, ReadTimeout, UpstreamFailure, Upstreams};
+use crate::state::{Gateway, Runtime, Upstream};
+
+/// The gateway's own endpoints live under this prefix on every host; never forwarded.
+pub const RESERVED_PREFIX: &str = "/.portcullis/";
+
+/// What the handler knows about the client connection.
+pub struct ClientConn {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    /// Held by everything that must finish before shutdown completes.
+    pub drain: tokio::sync::mpsc::Sender<()>,
+}
+
+/// Shared by every request.
+pub struct Proxy {
+    pub gateway: Arc<Gateway>,
+    pub upstreams: Upstreams,
+    request_ids: RequestIds,
+}
+
+impl Proxy {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        let upstreams = Upstreams::new(&gateway.settings);
+        Proxy {
+            gateway,
+            upstreams,
+            request_ids: RequestIds::new(),
+        }
+    }
+}
+
+/// A request the gateway answers itself.
+struct Refusal {
+    status: StatusCode,
+    message: String,
+    /// Close the connection afterwards (framing errors: the stream can't be trusted).
+    close: bool,
+    location: Option<String>,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Refusal {
+            status,
+            message: message.into(),
+            close: false,
+            location: None,
+        }
+    }
+}
+
+/// Fields of the access log line, filled in as the request goes.
+#[derive(Default)]
+struct Record {
+    host: String,
+    path: String,
+    ingress: Option<String>,
+    backend: Option<String>,
+    upstream: Option<String>,
+    detail: Option<String>,
+}
+
+/// Entry point for every request on the HTTP and HTTPS listeners.
+pub async fn handle(
+    proxy: Arc<Proxy>,
+    conn: Arc<ClientConn>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let runtime = proxy.gateway.runtime();
+    let request_id = proxy.request_ids.for_request(req.headers());
+    let method = req.method().clone();
+    let version = req.version();
+    let mut record = Record::default();
+
+    let mut response = match serve(&proxy, &runtime, &conn, req, &request_id, &mut record).await {
+        Ok(response) => response,
+        Err(refusal) => {
+            record.detail.get_or_insert_with(|| refusal.message.clone());
+            local_response(refusal, &request_id)
+        }
+    };
+    finish_headers(&proxy.gateway, &conn, &mut response, &request_id);
+
+    let status = response.status();
+    let ingress = record.ingress.clone().unwrap_or_else(|| "-".to_string());
+    let metrics = &proxy.gateway.metrics;
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            ingress: ingress.clone(),
+            status: status.as_u16(),
+        })
+        .inc();
+    metrics
+        .request_duration
+        .get_or_create(&IngressLabel {
+            ingress: ingress.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    tracing::info!(
+        target: "portcullis::access",
+        request_id = %request_id,
+        client = %conn.peer.ip(),
+        tls = conn.tls,
+        version = ?version,
+        method = %method,
+        host = %record.host,
+        path = %record.path,
+        status = status.as_u16(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        ingress = %ingress,
+        backend = record.backend.as_deref().unwrap_or("-"),
+        upstream = record.upstream.as_deref().unwrap_or("-"),
+        detail = record.detail.as_deref().unwrap_or(""),
+    );
+    Ok(response)
+}
+
+async fn serve(
+    proxy: &Proxy,
+    runtime: &Runtime,
+    conn: &ClientConn,
+    mut req: Request<Incoming>,
+    request_id: &str,
+    record: &mut Record,
+) -> Result<Response<Body>, Refusal> {
+    check_framing(&req)?;
+
+    let authority = request_authority(&req)?;
+    let host = normalize_host(&authority);
+    record.host = host.clone();
+
+    let path = path::normalize(req.uri().path())
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad request path: {e}")))?
+        .into_owned();
+    record.path = path.clone();
+
+    if path.starts_with(RESERVED_PREFIX) {
+        return Err(Refusal::new(StatusCode::NOT_FOUND, "no such gateway endpoint"));
+    }
+
+    let route = runtime
+        .snapshot
+        .lookup(&host, &path)
+        .map(|id| runtime.snapshot.routes.route(id));
+    if let Some(route) = route {
+        record.ingress = Some(route.ingress.to_string());
+    }
+
+    if !conn.tls && wants_https(runtime, route, &host) {
+        return Err(redirect_to_https(proxy, &host, &path, req.uri()));
+    }
+    let route =
+        route.ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no route for this host and path"))?;
+
+    if let Some(max) = route.options.max_body_size {
+        if content_length(&req).is_some_and(|n| n > max) {
+            return Err(Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than {max} bytes"),
+            ));
+        }
+    }
+
+    let backend = runtime.snapshot.backend(route.backend);
+    record.backend = Some(backend.to_string());
+    let client_upgrade = proxy::upgrade_requested(req.headers())
+        .filter(|_| req.version() == Version::HTTP_11)
+        .map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
+    let outgoing = Outgoing::new(
+        proxy,
+        conn,
+        req,
+        &authority,
+        &path,
+        request_id,
+        route,
+        client_upgrade.is_some(),
+    );
+
+    let (response, upstream) = forward(proxy, runtime, route, outgoing, record).await?;
+    record.upstream = Some(upstream.to_string());
+    Ok(relay_response(response, route, conn, client_upgrade))
+}
+
+/// Requests whose framing two parsers could read differently are refused, and the
+/// connection closed (request smuggling).
+fn check_framing(req: &Request<Incoming>) -> Result<(), Refusal> {
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(Refusal {
+            close: true,
+            ..Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "both Content-Length and Transfer-Encoding are present",
+            )
+        });
+    }
+    if h.get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(Refusal {
+            close: true,
+            ..Refusal::new(StatusCode::BAD_REQUEST, "more than one Host header")
+        });
+    }
+    Ok(())
+}
+
+/// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header.
+fn request_authority(req: &Request<Incoming>) -> Result<String, Refusal> {
+    let authority = match req.uri().authority() {
+        Some(a) => a.as_str().to_string(),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+    };
+    if authority.is_empty() || authority.parse::<http::uri::Authority>().is_err() {
+        return Err(Refusal::new(StatusCode::BAD_REQUEST, "missing or invalid Host"));
+    }
+    Ok(authority)
+}
+
+fn wants_https(runtime: &Runtime, route: Option<&Route>, host: &str) -> bool {
+    match route {
+        Some(route) => route.tls && route.options.ssl_redirect,
+        None => runtime.snapshot.host_has_tls(host),
+    }
+}
+
+fn redirect_to_https(proxy: &Proxy, host: &str, path: &str, uri: &Uri) -> Refusal {
+    let port = proxy
+        .gateway
+        .https_port
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let port = if port == 443 {
+        String::new()
+    } else {
+        format!(":{port}")
+    };
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    Refusal {
+        location: Some(format!("https://{host}{port}{path}{query}")),
+        ..Refusal::new(StatusCode::PERMANENT_REDIRECT, "this host is served over HTTPS")
+    }
+}
+
+fn content_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The request to send upstream, before an endpoint is chosen.
+struct Outgoing {
+    method: Method,
+    path_and_query: String,
+    headers: http::HeaderMap,
+    body: Option<Body>,
+    /// No body: safe to send again to another endpoint when a connection fails.
+    bodiless: bool,
+}
+
+impl Outgoing {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        proxy: &Proxy,
+        conn: &ClientConn,
+        req: Request<Incoming>,
+        authority: &str,
+        path: &str,
+        request_id: &str,
+        route: &Route,
+        upgrade: bool,
+    ) -> Self {
+        let (parts, body) = req.into_parts();
+        let mut headers = parts.headers;
+        let upgrade_protocol = headers.get(header::UPGRADE).cloned();
+        let wants_trailers = headers
+            .get(header::TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        proxy::remove_hop_by_hop(&mut headers);
+        proxy::strip_identity_headers(&mut headers);
+        let protocol = route.options.backend_protocol;
+        if upgrade {
+            if let Some(p) = upgrade_protocol {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                headers.insert(header::UPGRADE, p);
+            }
+        }
+        if wants_trailers && protocol.is_h2_only() {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        if !protocol.is_h2_only() {
+            proxy::join_cookies(&mut headers);
+        }
+        set_forwarding_headers(&proxy.gateway, conn, &mut headers, authority, request_id);
+
+        let bodiless = body.is_end_stream_hint();
+        let body = match route.options.max_body_size {
+            Some(max) => {
+                http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).boxed_unsync()
+            }
+            None => body.map_err(proxy::BoxError::from).boxed_unsync(),
+        };
+        let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        Outgoing {
+            method: parts.method,
+            path_and_query: format!("{path}{query}"),
+            headers,
+            body: Some(body),
+            bodiless,
+        }
+    }
+
+    /// The request for one attempt at one endpoint.
+    fn request(&mut self, upstream: &Upstream, protocol: BackendProtocol) -> Result<Request<Body>, Refusal> {
+        let scheme = if protocol.is_tls() { "https" } else { "http" };
+        let uri: Uri = format!("{scheme}://{upstream}{}", self.path_and_query)
+            .parse()
+            .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("cannot build upstream URI: {e}")))?;
+        let body = if self.bodiless {
+            proxy::empty()
+        } else {
+            self.body.take().unwrap_or_else(proxy::empty)
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = self.headers.clone();
+        if protocol.is_h2_only() {
+            *request.version_mut() = Version::HTTP_2;
+        }
+        Ok(request)
+    }
+}
+
+trait EndStreamHint {
+    fn is_end_stream_hint(&self) -> bool;
+}
+
+impl EndStreamHint for Incoming {
+    fn is_end_stream_hint(&self) -> bool {
+        http_body::Body::is_end_stream(self)
+    }
+}
+
+fn set_forwarding_headers(
+    gateway: &Gateway,
+    conn: &ClientConn,
+    headers: &mut http::HeaderMap,
+    authority: &str,
+    request_id: &str,
+) {
+    let peer = conn.peer.ip();
+    let trusted = gateway
+        .settings
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&peer));
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(previous) if trusted => format!("{previous}, {peer}"),
+        _ => peer.to_string(),
+    };
+    let proto = if conn.tls { "https" } else { "http" };
+    let mut set = |name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    set("x-forwarded-for", &forwarded_for);
+    set("x-real-ip", &peer.to_string());
+    set("x-forwarded-proto", proto);
+    set("x-forwarded-host", authority);
+    set("x-request-id", request_id);
+    set("host", authority);
+}
+
+/// Sends the request, trying another endpoint when a bodiless request could not
+/// connect (it never reached a backend, so sending it again is safe).
+async fn forward(
+    proxy: &Proxy,
+    runtime: &Runtime,
+    route: &Route,
+    mut outgoing: Outgoing,
+    record: &mut Record,
+) -> Result<(Response<Incoming>, Upstream), Refusal> {
+    let protocol = route.options.backend_protocol;
+    let ingress = route.ingress.to_string();
+    let failed = |kind: &'static str| {
+        proxy
+            .gateway
+            .metrics
+            .upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                ingress: ingress.clone(),
+                kind,
+            })
+            .inc();
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (upstream, endpoints) = runtime.pick(route.backend).map_err(|reason| {
+            failed("no_endpoints");
+            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, reason)
+        })?;
+        let request = outgoing.request(&upstream, protocol)?;
+        let sent = tokio::time::timeout(
+            route.options.read_timeout,
+            proxy.upstreams.send(protocol, request),
+        )
+        .await;
+        match sent {
+            Ok(Ok(response)) => return Ok((response, upstream)),
+            Err(_) => {
+                failed("timeout");
+                record.upstream = Some(upstream.to_string());
+                return Err(Refusal::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "backend {upstream} sent no response within {:?}",
+                        route.options.read_timeout
+                    ),
+                ));
+            }
+            Ok(Err(err)) => {
+                let failure = UpstreamFailure::classify(&err);
+                failed(failure.label());
+                record.upstream = Some(upstream.to_string());
+                let retry =
+                    failure == UpstreamFailure::Connect && outgoing.bodiless && attempt < endpoints.min(3);
+                if retry {
+                    tracing::debug!(%upstream, error = %err, "connect failed; trying another endpoint");
+                    continue;
+                }
+                let (status, what) = match failure {
+                    UpstreamFailure::Connect => (StatusCode::BAD_GATEWAY, "could not connect to"),
+                    UpstreamFailure::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timed out connecting to"),
+                    UpstreamFailure::BodyTooLarge => {
+                        return Err(Refusal::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "request body too large",
+                        ))
+                    }
+                    UpstreamFailure::ClientBody => {
+                        (StatusCode::BAD_REQUEST, "the request body failed on its way to")
+                    }
+                    UpstreamFailure::Protocol => (StatusCode::BAD_GATEWAY, "bad response from"),
+                };
+                return Err(Refusal::new(
+                    status,
+                    format!("{what} backend {upstream}: {}", error_chain(&err)),
+                ));
+            }
+        }
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// The backend's response, cleaned for the client; a 101 starts the tunnel.
+fn relay_response(
+    response: Response<Incoming>,
+    route: &Route,
+    conn: &ClientConn,
+    client_upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some((_, client)) = client_upgrade {
+            let mut backend_response = Response::from_parts(parts, body);
+            let backend = hyper::upgrade::on(&mut backend_response);
+            proxy::spawn_tunnel(client, backend, conn.drain.clone());
+            let (parts, _) = backend_response.into_parts();
+            return Response::from_parts(parts, proxy::empty());
+        }
+        // A 101 nobody asked for cannot be relayed.
+        return local_response(
+            Refusal::new(StatusCode::BAD_GATEWAY, "backend switched protocols unasked"),
+            "",
+        );
+    }
+    proxy::remove_hop_by_hop(&mut parts.headers);
+    let body = ReadTimeout::new(body, route.options.read_timeout).boxed_unsync();
+    Response::from_parts(parts, body)
+}
+
+fn local_response(refusal: Refusal, request_id: &str) -> Response<Body> {
+    let text = format!(
+        "{} {}\n{}\nrequest id: {request_id}\n",
+        refusal.status.as_u16(),
+        refusal.status.canonical_reason().unwrap_or(""),
+        public_message(&refusal)
+    );
+    let mut response = Response::new(proxy::full(text));
+    *response.status_mut() = refusal.status;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if refusal.close {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let Some(location) = refusal.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        h.insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// Backend addresses and error chains stay in the log; clients get the gist.
+fn public_message(refusal: &Refusal) -> &str {
+    match refusal.status {
+        StatusCode::BAD_GATEWAY => "the backend could not be reached or answered badly",
+        StatusCode::SERVICE_UNAVAILABLE => "no backend is available for this route",
+        StatusCode::GATEWAY_TIMEOUT => "the backend did not answer in time",
+        _ => &refusal.message,
+    }
+}
+
+fn finish_headers(gateway: &Gateway, conn: &ClientConn, response: &mut Response<Body>, request_id: &str) {
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert("x-request-id", v);
+    }
+    if conn.tls {
+        let tls = &gateway.settings.tls;
+        let max_age = tls.hsts_max_age.0.as_secs();
+        if max_age > 0 && !h.contains_key(header::STRICT_TRANSPORT_SECURITY) {
+            let value = if tls.hsts_include_subdomains {
+                format!("max-age={max_age}; includeSubDomains")
+            } else {
+                format!("max-age={max_age}")
+            };
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(header::STRICT_TRANSPORT_SECURITY, v);
+            }
+        }
+    }
+}
+
+/// Request ids: a client's `X-Request-Id` is kept when it is short and plain; otherwise
+/// a new one is made from a random per-process prefix and a counter.
+struct RequestIds {
+    prefix: u64,
+    counter: std::sync::atomic::AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let mut seed = [0u8; 8];
+        // Falls back to the clock only if the OS has no randomness to give.
+        let prefix = match ring_random(&mut seed) {
+            Ok(()) => u64::from_le_bytes(seed),
+            Err(()) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+        };
+        RequestIds {
+            prefix,
+            counter: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn for_request(&self, headers: &http::HeaderMap) -> String {
+        if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+            if !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+            {
+                return id.to_string();
+            }
+        }
+        let n = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{:016x}{:016x}", self.prefix, n)
+    }
+}
+
+fn ring_random(buf: &mut [u8]) -> Result<(), ()> {
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(buf)
+        .map_err(|_| ())
+}

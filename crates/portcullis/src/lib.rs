@@ -1,0 +1,14 @@
+//! The Portcullis gateway: sources of configuration, the published snapshot, listeners
+//! and TLS, the request handler, the upstream pool, metrics, and the CLI's commands.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod echo;
+pub mod handler;
+pub mod metrics;
+pub mod proxy;
+pub mod report;
+pub mod server;
+pub mod source;
+pub mod state;
+pub mod tls;

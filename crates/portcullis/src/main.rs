@@ -1,0 +1,370 @@
+//! The `portcullis` command line.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use portcullis::handler::Proxy;
+use portcullis::server::{self, Drain, Listener, Shutdown};
+use portcullis::source::{self, FileSource};
+use portcullis::state::Gateway;
+use portcullis::{admin, echo, report, tls};
+use portcullis_config::{compile, Compiled, Manifests, Settings};
+
+#[derive(Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "The secure single entry point to a Kubernetes cluster"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the Ingresses found in a directory of manifests, reloading on change.
+    Serve {
+        #[command(flatten)]
+        input: Input,
+        /// Plain HTTP listener (redirects to HTTPS for hosts with TLS).
+        #[arg(long)]
+        http_addr: Option<SocketAddr>,
+        /// HTTPS listener.
+        #[arg(long)]
+        https_addr: Option<SocketAddr>,
+        /// Health, readiness and metrics listener.
+        #[arg(long)]
+        admin_addr: Option<SocketAddr>,
+        /// How often to look for changed manifest files (SIGHUP reloads at once).
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        watch_interval: Duration,
+    },
+    /// Validate manifests: print every problem with its object and field; exit 1 on errors.
+    Check {
+        #[command(flatten)]
+        input: Input,
+    },
+    /// Print the compiled route table, or explain what one URL gets.
+    Routes {
+        #[command(flatten)]
+        input: Input,
+        /// A URL such as https://app.example.com/api/x
+        #[arg(long)]
+        explain: Option<String>,
+    },
+    /// A small backend that answers with a JSON echo of the request it received.
+    Echo {
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "echo")]
+        name: String,
+    },
+}
+
+#[derive(clap::Args)]
+struct Input {
+    /// Directory (searched recursively) or file of Kubernetes manifests; `-` for stdin.
+    #[arg(long)]
+    manifests: PathBuf,
+    /// Gateway config file (YAML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    portcullis_config::units::parse_duration(s)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match command {
+        Command::Serve {
+            input,
+            http_addr,
+            https_addr,
+            admin_addr,
+            watch_interval,
+        } => {
+            let mut settings = load_settings(input.config.as_ref())?;
+            if let Some(a) = http_addr {
+                settings.listen.http = a;
+            }
+            if let Some(a) = https_addr {
+                settings.listen.https = a;
+            }
+            if let Some(a) = admin_addr {
+                settings.listen.admin = a;
+            }
+            serve(settings, input.manifests, watch_interval).await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Check { input } => {
+            let settings = load_settings(input.config.as_ref())?;
+            let manifests = read_once(&input.manifests)?;
+            let compiled = compile(&manifests, &settings, unix_now());
+            print!(
+                "{}",
+                report::check(
+                    &compiled,
+                    &input.manifests.display().to_string(),
+                    manifests.object_count()
+                )
+            );
+            Ok(if compiled.error_count() > 0 {
+                std::process::ExitCode::FAILURE
+            } else {
+                std::process::ExitCode::SUCCESS
+            })
+        }
+        Command::Routes { input, explain } => {
+            let settings = load_settings(input.config.as_ref())?;
+            let manifests = read_once(&input.manifests)?;
+            let compiled = compile(&manifests, &settings, unix_now());
+            let errors = compiled.error_count();
+            if errors > 0 {
+                eprintln!(
+                    "note: {errors} problems; run `portcullis check` to see them (affected objects are not in the table)"
+                );
+            }
+            match explain {
+                Some(url) => print!(
+                    "{}",
+                    report::explain(&compiled.snapshot, &url).map_err(anyhow::Error::msg)?
+                ),
+                None => print!("{}", report::routes(&compiled.snapshot)),
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Echo { listen, name } => {
+            let listener = server::bind("echo", listen).await?;
+            tokio::select! {
+                r = echo::run(listener, name) => r?,
+                _ = server::termination_signal() => {}
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load_settings(path: Option<&PathBuf>) -> anyhow::Result<Settings> {
+    match path {
+        None => Ok(Settings::default()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config file {}", p.display()))?;
+            Settings::from_yaml(&text).with_context(|| format!("in {}", p.display()))
+        }
+    }
+}
+
+fn read_once(path: &PathBuf) -> anyhow::Result<Manifests> {
+    if path.as_os_str() == "-" {
+        return Ok(source::read_stdin()?);
+    }
+    Ok(FileSource::new(path).load()?)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+async fn compile_async(manifests: Manifests, settings: Settings) -> anyhow::Result<Compiled> {
+    // Compilation is CPU work that grows with the configuration: keep it off the
+    // threads that serve requests.
+    tokio::task::spawn_blocking(move || compile(&manifests, &settings, unix_now()))
+        .await
+        .context("compilation panicked")
+}
+
+async fn serve(settings: Settings, manifests: PathBuf, watch_interval: Duration) -> anyhow::Result<()> {
+    let generated = tls::generate_default_certificate()
+        .map_err(anyhow::Error::msg)
+        .context("cannot generate the default certificate")?;
+    let gateway = Arc::new(Gateway::new(settings.clone(), generated));
+
+    let stdin = manifests.as_os_str() == "-";
+    let mut source = FileSource::new(&manifests);
+    let initial = if stdin {
+        source::read_stdin()?
+    } else {
+        source.load()?
+    };
+    let compiled = compile_async(initial, settings.clone()).await?;
+    if compiled.snapshot.certificates.default.is_none() {
+        tracing::warn!("no tls.defaultCertificate configured: serving a self-signed default certificate");
+    }
+    let mut problems = compiled.problems.clone();
+    gateway.publish(compiled, &[]);
+
+    let http = server::bind("http", settings.listen.http).await?;
+    let https = server::bind("https", settings.listen.https).await?;
+    let admin_listener = server::bind("admin", settings.listen.admin).await?;
+    let https_port = https.local_addr()?.port();
+    gateway
+        .https_port
+        .store(https_port, std::sync::atomic::Ordering::Relaxed);
+    for (name, l) in [("http", &http), ("https", &https), ("admin", &admin_listener)] {
+        tracing::info!(listener = name, addr = %l.local_addr()?, "listening");
+    }
+
+    let tls_config = tls::server_config(gateway.clone()).context("cannot build the TLS configuration")?;
+    let proxy = Arc::new(Proxy::new(gateway.clone()));
+    let (stop, shutdown) = Shutdown::new();
+    let drain = Drain::default();
+    let listeners = [
+        Listener {
+            name: "http",
+            listener: http,
+            tls: None,
+        },
+        Listener {
+            name: "https",
+            listener: https,
+            tls: Some(tokio_rustls::TlsAcceptor::from(tls_config)),
+        },
+    ];
+    let mut accept_loops = Vec::new();
+    for listener in listeners {
+        accept_loops.push(tokio::spawn(server::serve(
+            proxy.clone(),
+            listener,
+            shutdown.clone(),
+            drain.sender.clone(),
+        )));
+    }
+    tokio::spawn(admin::serve(gateway.clone(), admin_listener, shutdown.clone()));
+
+    if !stdin {
+        let gateway = gateway.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut hangup = hangup_signal();
+            let mut last = source.fingerprint().ok();
+            loop {
+                let forced = tokio::select! {
+                    () = tokio::time::sleep(watch_interval) => false,
+                    () = hangup.wait() => true,
+                    () = shutdown.wait() => return,
+                };
+                let now = source.fingerprint().ok();
+                if !forced && now == last {
+                    continue;
+                }
+                last = now;
+                reload(&gateway, &mut source, &mut problems).await;
+            }
+        });
+    }
+
+    let signal = server::termination_signal().await;
+    tracing::info!(
+        signal,
+        "shutting down: no new connections, draining in-flight requests"
+    );
+    gateway.set_not_ready();
+    let _ = stop.send(true);
+    for l in accept_loops {
+        let _ = l.await;
+    }
+    if drain.wait(settings.timeouts.shutdown_grace.0).await {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!(grace = ?settings.timeouts.shutdown_grace.0, "grace period over; closing remaining connections");
+    }
+    Ok(())
+}
+
+async fn reload(gateway: &Gateway, source: &mut FileSource, problems: &mut Vec<portcullis_config::Problem>) {
+    let label = |result| portcullis::metrics::ResultLabel { result };
+    match source.load() {
+        Ok(manifests) => match compile_async(manifests, gateway.settings.clone()).await {
+            Ok(compiled) => {
+                let previous = std::mem::replace(problems, compiled.problems.clone());
+                gateway.publish(compiled, &previous);
+                gateway.metrics.reloads.get_or_create(&label("success")).inc();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; keeping the last good configuration");
+                gateway.metrics.reloads.get_or_create(&label("failure")).inc();
+            }
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "reload failed; keeping the last good configuration");
+            gateway.metrics.reloads.get_or_create(&label("failure")).inc();
+        }
+    }
+}
+
+/// SIGHUP, for an immediate reload.
+struct Hangup(#[cfg(unix)] Option<tokio::signal::unix::Signal>);
+
+fn hangup_signal() -> Hangup {
+    #[cfg(unix)]
+    {
+        Hangup(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok())
+    }
+    #[cfg(not(unix))]
+    {
+        Hangup()
+    }
+}
+
+impl Hangup {
+    async fn wait(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = self.0.as_mut() {
+            s.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await
+    }
+}

@@ -1,0 +1,435 @@
+//! Talking to backends: pooled hyper clients per backend protocol, the header rules of
+//! a reverse proxy (hop-by-hop removal, forwarding headers, identity stripping), body
+//! wrappers for size limits and read timeouts, and WebSocket/Upgrade tunnels.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use portcullis_config::snapshot::BackendProtocol;
+use portcullis_config::Settings;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::DigitallySignedStruct;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every request and response the gateway produces.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A body from bytes (local responses).
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Pooled clients, one per way of speaking to a backend.
+pub struct Upstreams {
+    http1: Client<HttpConnector, Body>,
+    h2c: Client<HttpConnector, Body>,
+    https: Client<HttpsConnector<HttpConnector>, Body>,
+    h2_tls: Client<HttpsConnector<HttpConnector>, Body>,
+}
+
+impl Upstreams {
+    pub fn new(settings: &Settings) -> Self {
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(settings.timeouts.connect.0));
+        tcp.set_nodelay(true);
+        tcp.set_keepalive(Some(Duration::from_secs(60)));
+        tcp.enforce_http(false);
+        let builder = |h2_only: bool| {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.pool_idle_timeout(settings.timeouts.upstream_idle.0)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .pool_max_idle_per_host(256)
+                .http2_only(h2_only);
+            b
+        };
+        // hyper-rustls sets ALPN from the versions enabled below.
+        let tls = || {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map(|b| {
+                    b.dangerous()
+                        .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+                        .with_no_client_auth()
+                })
+                .unwrap_or_else(|_| unreachable_config())
+        };
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls())
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(tcp.clone());
+        let h2_tls = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls())
+            .https_or_http()
+            .enable_http2()
+            .wrap_connector(tcp.clone());
+        Upstreams {
+            http1: builder(false).build(tcp.clone()),
+            h2c: builder(true).build(tcp),
+            https: builder(false).build(https),
+            h2_tls: builder(true).build(h2_tls),
+        }
+    }
+
+    /// Sends a request on the pool for its protocol.
+    pub fn send(
+        &self,
+        protocol: BackendProtocol,
+        request: http::Request<Body>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        match protocol {
+            BackendProtocol::Http => self.http1.request(request),
+            BackendProtocol::H2c | BackendProtocol::Grpc => self.h2c.request(request),
+            BackendProtocol::Https => self.https.request(request),
+            BackendProtocol::Grpcs => self.h2_tls.request(request),
+        }
+    }
+}
+
+fn unreachable_config() -> rustls::ClientConfig {
+    // The ring provider supports the safe default versions; this cannot happen.
+    rustls::ClientConfig::builder()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(EncryptOnly(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))))
+        .with_no_client_auth()
+}
+
+/// Backend TLS encrypts and checks handshake signatures, but does not verify the
+/// backend's certificate chain: in-cluster backends use private CAs that the gateway
+/// has not been given (ingress-nginx's default, `proxy-ssl-verify: off`, likewise).
+#[derive(Debug)]
+struct EncryptOnly(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Identity headers only the gateway may set; whatever a client sends is dropped.
+const IDENTITY_PREFIXES: &[&str] = &[
+    "x-portcullis-",
+    "x-auth-request-",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "remote-user",
+];
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// Drops identity headers a client tried to supply.
+pub fn strip_identity_headers(headers: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| IDENTITY_PREFIXES.iter().any(|p| k.as_str().starts_with(p)))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// Whether a request asks for a protocol upgrade (WebSocket and the like).
+pub fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if connection_upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// HTTP/2 clients may split `cookie` across several fields; an HTTP/1.1 backend
+/// expects one (RFC 9113 section 8.2.3).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<u8> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// Fails the body when the backend sends nothing for `timeout` (nginx's
+/// `proxy_read_timeout`: the time between two reads, not the whole transfer).
+pub struct ReadTimeout<B> {
+    inner: B,
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl<B> ReadTimeout<B> {
+    pub fn new(inner: B, timeout: Duration) -> Self {
+        ReadTimeout {
+            inner,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+}
+
+/// The backend stopped sending in the middle of a response.
+#[derive(Debug, thiserror::Error)]
+#[error("the backend sent nothing for {0:?}")]
+pub struct ReadTimedOut(pub Duration);
+
+impl<B> HttpBody for ReadTimeout<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = Instant::now() + this.timeout;
+                this.sleep.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ReadTimedOut(this.timeout))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Why forwarding failed, for the status code and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// Could not connect (refused, unreachable): 502.
+    Connect,
+    /// Connecting or the response took too long: 504.
+    Timeout,
+    /// The request body was larger than allowed: 413.
+    BodyTooLarge,
+    /// The client's request body failed (client went away): 400.
+    ClientBody,
+    /// The backend broke the protocol or closed early: 502.
+    Protocol,
+}
+
+impl UpstreamFailure {
+    pub fn classify(err: &hyper_util::client::legacy::Error) -> Self {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        let mut timed_out = false;
+        let mut too_large = false;
+        let mut body_error = false;
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+            }
+            too_large |= e.is::<http_body_util::LengthLimitError>();
+            if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                body_error |= h.is_body_write_aborted() || h.is_user();
+            }
+            timed_out |= e.to_string().contains("timed out");
+            source = e.source();
+        }
+        if too_large {
+            UpstreamFailure::BodyTooLarge
+        } else if err.is_connect() && timed_out {
+            UpstreamFailure::Timeout
+        } else if err.is_connect() {
+            UpstreamFailure::Connect
+        } else if body_error {
+            UpstreamFailure::ClientBody
+        } else {
+            UpstreamFailure::Protocol
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::BodyTooLarge => "body_too_large",
+            UpstreamFailure::ClientBody => "client_body",
+            UpstreamFailure::Protocol => "protocol",
+        }
+    }
+}
+
+/// Joins a client connection and a backend connection after both switched protocols,
+/// and copies bytes both ways until either side closes. The drain guard keeps
+/// graceful shutdown waiting for the tunnel.
+pub fn spawn_tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    backend: hyper::upgrade::OnUpgrade,
+    drain: tokio::sync::mpsc::Sender<()>,
+) {
+    tokio::spawn(async move {
+        let _drain = drain;
+        match tokio::try_join!(client, backend) {
+            Ok((client, backend)) => {
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut backend = hyper_util::rt::TokioIo::new(backend);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+                    tracing::debug!(error = %e, "upgraded connection ended");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Secret, close"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn identity_headers_from_clients_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert("x-auth-request-user", HeaderValue::from_static("admin"));
+        h.insert("x-portcullis-email", HeaderValue::from_static("a@b"));
+        h.insert("remote-user", HeaderValue::from_static("root"));
+        h.insert("x-other", HeaderValue::from_static("ok"));
+        strip_identity_headers(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn upgrades_need_both_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        assert!(upgrade_requested(&h).is_none());
+        h.insert("connection", HeaderValue::from_static("keep-alive, Upgrade"));
+        assert_eq!(upgrade_requested(&h), Some(HeaderValue::from_static("websocket")));
+    }
+
+    #[test]
+    fn cookies_are_joined_for_http1() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1"));
+        h.append("cookie", HeaderValue::from_static("b=2"));
+        join_cookies(&mut h);
+        assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
+    }
+}

@@ -1,0 +1,208 @@
+//! Listeners and connections: accept, TLS handshake (with a deadline), HTTP/1.1 and
+//! HTTP/2 on one port, limits on request heads, and graceful shutdown that stops
+//! accepting, lets in-flight requests and tunnels finish, then returns.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::handler::{self, ClientConn, Proxy};
+use crate::metrics::ListenerLabel;
+
+/// Tells every accept loop and connection that shutdown has begun.
+#[derive(Clone)]
+pub struct Shutdown {
+    signal: watch::Receiver<bool>,
+}
+
+impl Shutdown {
+    pub fn new() -> (watch::Sender<bool>, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Shutdown { signal: rx })
+    }
+
+    pub async fn wait(&mut self) {
+        let _ = self.signal.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Counts everything that must end before the process exits: every holder keeps a
+/// clone of the sender; when all are dropped, the receiver sees the channel close.
+pub struct Drain {
+    pub sender: mpsc::Sender<()>,
+    receiver: mpsc::Receiver<()>,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        let (sender, receiver) = mpsc::channel(1);
+        Drain { sender, receiver }
+    }
+}
+
+impl Drain {
+    /// Waits until every holder is gone, or the grace period ends. Returns whether all
+    /// finished.
+    pub async fn wait(self, grace: Duration) -> bool {
+        let Drain { sender, mut receiver } = self;
+        drop(sender);
+        tokio::time::timeout(grace, receiver.recv()).await.is_ok()
+    }
+}
+
+/// One gateway listener (plain HTTP or HTTPS).
+pub struct Listener {
+    pub name: &'static str,
+    pub listener: TcpListener,
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// Binds an address, with a message that names what failed.
+pub async fn bind(name: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for {name} on {addr}: {e}"))
+}
+
+/// Accepts connections until shutdown.
+pub async fn serve(proxy: Arc<Proxy>, listener: Listener, mut shutdown: Shutdown, drain: mpsc::Sender<()>) {
+    let settings = &proxy.gateway.settings;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.timeouts.client_header.0)
+        .max_buf_size(
+            usize::try_from(settings.limits.max_header_size.0)
+                .unwrap_or(64 << 10)
+                .max(8192),
+        );
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(250)
+        .max_header_list_size(u32::try_from(settings.limits.max_header_size.0).unwrap_or(65536))
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let handshake_timeout = settings.timeouts.client_header.0;
+    let builder = Arc::new(builder);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.listener.accept() => accepted,
+            () = shutdown.wait() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: pause rather than spin.
+                tracing::warn!(listener = listener.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Arc::new(ClientConn {
+            peer,
+            tls: listener.tls.is_some(),
+            drain: drain.clone(),
+        });
+        let task = connection(
+            proxy.clone(),
+            builder.clone(),
+            listener.tls.clone(),
+            stream,
+            conn,
+            shutdown.clone(),
+            handshake_timeout,
+            listener.name,
+        );
+        tokio::spawn(task);
+    }
+    tracing::info!(listener = listener.name, "stopped accepting");
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<TlsAcceptor>,
+    stream: TcpStream,
+    conn: Arc<ClientConn>,
+    shutdown: Shutdown,
+    handshake_timeout: Duration,
+    listener: &'static str,
+) {
+    let gauge = proxy
+        .gateway
+        .metrics
+        .active_connections
+        .get_or_create(&ListenerLabel { listener })
+        .clone();
+    gauge.inc();
+    let peer = conn.peer;
+    match tls {
+        None => serve_http(proxy, &builder, TokioIo::new(stream), conn, shutdown).await,
+        Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => serve_http(proxy, &builder, TokioIo::new(stream), conn, shutdown).await,
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+        },
+    }
+    gauge.dec();
+}
+
+async fn serve_http<I>(
+    proxy: Arc<Proxy>,
+    builder: &auto::Builder<TokioExecutor>,
+    io: TokioIo<I>,
+    conn: Arc<ClientConn>,
+    mut shutdown: Shutdown,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let service = service_fn(move |req| handler::handle(proxy.clone(), conn.clone(), req));
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = shutdown.wait() => {
+            // Finish the requests in flight, then close (GOAWAY on HTTP/2).
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C, naming which.
+pub async fn termination_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return "interrupt";
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = tokio::signal::ctrl_c() => "interrupt",
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "interrupt"
+    }
+}

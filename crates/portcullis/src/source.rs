@@ -1,0 +1,224 @@
+//! File mode's source of manifests: every `.yaml`, `.yml` and `.json` file below a
+//! directory (recursively, in sorted order), or stdin for `-`. Files are re-read only
+//! when their size or modification time changed. A file that stops parsing keeps its
+//! previous version in service (with a Problem saying so), so a half-saved edit never
+//! takes routes down.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use portcullis_config::manifest::{parse_documents, Document};
+use portcullis_config::{Manifests, Origin, Problem};
+
+/// The manifests could not be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The directory (or file) given with `--manifests` cannot be read.
+    #[error("cannot read manifests from {path}: {error}")]
+    Unreadable { path: String, error: std::io::Error },
+}
+
+#[derive(Clone)]
+struct CachedFile {
+    stamp: (Option<SystemTime>, u64),
+    /// Documents in service: this version's, or the last version that parsed cleanly.
+    documents: Vec<Document>,
+    problems: Vec<Problem>,
+    clean: bool,
+}
+
+/// Reads manifests from disk, caching parsed files between reloads.
+pub struct FileSource {
+    root: PathBuf,
+    cache: HashMap<PathBuf, CachedFile>,
+}
+
+impl FileSource {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        FileSource {
+            root: root.into(),
+            cache: HashMap::new(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The files and their stamps: cheap, used to notice changes.
+    pub fn fingerprint(&self) -> Result<Vec<(PathBuf, Option<SystemTime>, u64)>, SourceError> {
+        let files = list_files(&self.root).map_err(|error| SourceError::Unreadable {
+            path: self.root.display().to_string(),
+            error,
+        })?;
+        Ok(files
+            .into_iter()
+            .map(|p| {
+                let meta = std::fs::metadata(&p).ok();
+                let stamp = (
+                    meta.as_ref().and_then(|m| m.modified().ok()),
+                    meta.map_or(0, |m| m.len()),
+                );
+                (p, stamp.0, stamp.1)
+            })
+            .collect())
+    }
+
+    /// Reads every manifest file, re-parsing only the changed ones.
+    pub fn load(&mut self) -> Result<Manifests, SourceError> {
+        let mut manifests = Manifests::default();
+        let mut next = HashMap::new();
+        for (path, modified, len) in self.fingerprint()? {
+            let name = path.display().to_string();
+            let stamp = (modified, len);
+            let cached = match self.cache.get(&path) {
+                Some(c) if c.stamp == stamp => c.clone(),
+                previous => read_file(&path, &name, stamp, previous),
+            };
+            manifests.problems.extend(cached.problems.iter().cloned());
+            manifests.add_documents(&name, cached.documents.clone());
+            next.insert(path, cached);
+        }
+        self.cache = next;
+        Ok(manifests)
+    }
+}
+
+fn read_file(
+    path: &Path,
+    name: &str,
+    stamp: (Option<SystemTime>, u64),
+    previous: Option<&CachedFile>,
+) -> CachedFile {
+    let (documents, problems) = match std::fs::read(path) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => parse_documents(name, &text),
+            Err(_) => (
+                Vec::new(),
+                vec![Problem::error(None, "", "file is not UTF-8 text").at(Some(origin(name)))],
+            ),
+        },
+        Err(e) => (
+            Vec::new(),
+            vec![Problem::error(None, "", format!("cannot read file: {e}")).at(Some(origin(name)))],
+        ),
+    };
+    let clean = problems.is_empty();
+    match previous {
+        Some(previous) if !clean && previous.clean => {
+            let mut problems = problems;
+            problems.push(
+                Problem::warning(
+                    None,
+                    "",
+                    "the previous version of this file stays in service until it parses again",
+                )
+                .at(Some(origin(name))),
+            );
+            CachedFile {
+                stamp,
+                documents: previous.documents.clone(),
+                problems,
+                clean: false,
+            }
+        }
+        _ => CachedFile {
+            stamp,
+            documents,
+            problems,
+            clean,
+        },
+    }
+}
+
+fn origin(name: &str) -> Origin {
+    Origin {
+        file: name.to_string(),
+        line: None,
+    }
+}
+
+/// Reads manifests from stdin once.
+pub fn read_stdin() -> Result<Manifests, SourceError> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|error| {
+        SourceError::Unreadable {
+            path: "-".into(),
+            error,
+        }
+    })?;
+    let mut manifests = Manifests::default();
+    manifests.add_text("-", &text);
+    Ok(manifests)
+}
+
+fn is_manifest(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+}
+
+/// Manifest files below `root` (or `root` itself), sorted. Hidden entries (such as the
+/// `..data` links Kubernetes uses in mounted ConfigMaps) are skipped.
+fn list_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let meta = std::fs::metadata(root)?;
+    if meta.is_file() {
+        return Ok(vec![root.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let file_type = std::fs::metadata(&path).map(|m| m.file_type());
+            match file_type {
+                Ok(t) if t.is_dir() => dirs.push(path),
+                Ok(t) if t.is_file() && is_manifest(&path) => files.push(path),
+                _ => {}
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SVC: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n";
+
+    #[test]
+    fn a_broken_edit_keeps_the_previous_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sub/svc.yaml");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, SVC).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a manifest").unwrap();
+        let mut source = FileSource::new(dir.path());
+        let m = source.load().unwrap();
+        assert_eq!(m.services.len(), 1);
+        assert!(m.problems.is_empty());
+
+        std::fs::write(&file, "apiVersion: v1\nkind: [broken\n# a longer file\n").unwrap();
+        let m = source.load().unwrap();
+        assert_eq!(m.services.len(), 1, "previous version still served");
+        assert_eq!(m.problems.len(), 2, "{:?}", m.problems);
+
+        std::fs::remove_file(&file).unwrap();
+        let m = source.load().unwrap();
+        assert_eq!(m.services.len(), 0);
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error() {
+        let mut source = FileSource::new("/nonexistent/portcullis");
+        let err = source.load().unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/portcullis"), "{err}");
+    }
+}

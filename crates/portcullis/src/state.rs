@@ -1,0 +1,156 @@
+//! The published configuration: one [`ArcSwap`] holding the current [`Runtime`]. A
+//! request loads it once and uses that one snapshot from start to end; a reload builds
+//! a whole new Runtime and swaps it in atomically, so in-flight requests never see a
+//! half-applied change. The last good Runtime stays when a reload fails entirely.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use portcullis_config::snapshot::{BackendId, BackendTarget};
+use portcullis_config::{Compiled, Problem, Settings, Snapshot};
+use rustls::sign::CertifiedKey;
+
+use crate::metrics::{Metrics, SeverityLabel};
+
+/// A snapshot plus what serving it needs at run time.
+pub struct Runtime {
+    pub snapshot: Snapshot,
+    /// Served when no Ingress certificate matches the SNI name.
+    pub default_certificate: Arc<CertifiedKey>,
+    /// Round-robin position per backend.
+    cursors: Vec<AtomicUsize>,
+    pub generation: u64,
+}
+
+/// Where one request goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Upstream {
+    Address(std::net::SocketAddr),
+    Named { host: String, port: u16 },
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::Address(a) => write!(f, "{a}"),
+            Upstream::Named { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl Runtime {
+    pub fn new(snapshot: Snapshot, generated_default: &Arc<CertifiedKey>, generation: u64) -> Self {
+        let default_certificate = snapshot
+            .certificates
+            .default
+            .as_ref()
+            .map(|c| c.key.clone())
+            .unwrap_or_else(|| generated_default.clone());
+        let cursors = snapshot.backends.iter().map(|_| AtomicUsize::new(0)).collect();
+        Runtime {
+            snapshot,
+            default_certificate,
+            cursors,
+            generation,
+        }
+    }
+
+    /// The next endpoint of a backend, round robin, skipping the first `skip` picks
+    /// (for a retry on another endpoint). `Err` carries why there is none.
+    pub fn pick(&self, id: BackendId) -> Result<(Upstream, usize), String> {
+        let backend = self.snapshot.backend(id);
+        match &backend.target {
+            BackendTarget::Endpoints(endpoints) if !endpoints.is_empty() => {
+                let n = self.cursors[id.0].fetch_add(1, Ordering::Relaxed);
+                Ok((Upstream::Address(endpoints[n % endpoints.len()]), endpoints.len()))
+            }
+            BackendTarget::Endpoints(_) => Err(format!("Service {backend} has no ready endpoints")),
+            BackendTarget::External { host, port } => Ok((
+                Upstream::Named {
+                    host: host.clone(),
+                    port: *port,
+                },
+                1,
+            )),
+            BackendTarget::Unavailable(reason) => Err(reason.clone()),
+        }
+    }
+}
+
+/// State shared by every listener and request.
+pub struct Gateway {
+    pub settings: Settings,
+    current: ArcSwap<Runtime>,
+    generated_default: Arc<CertifiedKey>,
+    generation: AtomicU64,
+    ready: AtomicBool,
+    pub metrics: Metrics,
+    /// Port of the HTTPS listener, for redirects.
+    pub https_port: std::sync::atomic::AtomicU16,
+}
+
+impl Gateway {
+    pub fn new(settings: Settings, generated_default: Arc<CertifiedKey>) -> Self {
+        let empty = Runtime::new(Snapshot::default(), &generated_default, 0);
+        let https_port = settings.listen.https.port();
+        Gateway {
+            settings,
+            current: ArcSwap::from_pointee(empty),
+            generated_default,
+            generation: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            metrics: Metrics::new(),
+            https_port: std::sync::atomic::AtomicU16::new(https_port),
+        }
+    }
+
+    /// The current runtime; load once per request.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.current.load_full()
+    }
+
+    /// Publishes a compilation: logs each Problem once (those not in `previous`), swaps
+    /// the snapshot in, and marks the gateway ready.
+    pub fn publish(&self, compiled: Compiled, previous: &[Problem]) {
+        for problem in compiled.problems.iter().filter(|p| !previous.contains(p)) {
+            if problem.is_error() {
+                tracing::error!(problem = %problem, "configuration problem");
+            } else {
+                tracing::warn!(problem = %problem, "configuration problem");
+            }
+        }
+        let errors = compiled.error_count() as i64;
+        let warnings = compiled.problems.len() as i64 - errors;
+        let m = &self.metrics.config_problems;
+        m.get_or_create(&SeverityLabel { severity: "error" }).set(errors);
+        m.get_or_create(&SeverityLabel { severity: "warning" })
+            .set(warnings);
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let stats = &compiled.snapshot.stats;
+        tracing::info!(
+            generation,
+            routes = compiled.snapshot.routes.len(),
+            ingresses = stats.ingresses_served,
+            rejected = stats.ingresses_rejected,
+            errors,
+            warnings,
+            "configuration published"
+        );
+        self.current.store(Arc::new(Runtime::new(
+            compiled.snapshot,
+            &self.generated_default,
+            generation,
+        )));
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Readiness goes false at shutdown so load balancers stop sending traffic.
+    pub fn set_not_ready(&self) {
+        self.ready.store(false, Ordering::Release);
+    }
+}
