@@ -462,10 +462,11 @@ async fn forward(
                     UpstreamFailure::Connect => (StatusCode::BAD_GATEWAY, "could not connect to"),
                     UpstreamFailure::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timed out connecting to"),
                     UpstreamFailure::BodyTooLarge => {
-                        return Err(Refusal::new(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "request body too large",
-                        ))
+                        // The rest of the body is still on the wire: close rather than read it.
+                        return Err(Refusal {
+                            close: true,
+                            ..Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+                        });
                     }
                     UpstreamFailure::ClientBody => {
                         (StatusCode::BAD_REQUEST, "the request body failed on its way to")

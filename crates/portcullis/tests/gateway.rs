@@ -1,0 +1,766 @@
+//! Integration tests: the real binary, real sockets on 127.0.0.1, real TLS.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
+use support::backend::{refused_addr, Backend};
+use support::client::{self, http_get, https_get, request, send_h1, send_h2, trusting};
+use support::{ingress, service, Gateway, Pki};
+
+fn concat(parts: &[String]) -> String {
+    parts.concat()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_each_hosts_certificate_and_unknown_names_get_the_default() {
+    let pki = Pki::new();
+    let a = Backend::named("a").await;
+    let b = Backend::named("b").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "a", &[a.addr]),
+            service("ns", "b", &[b.addr]),
+            pki.tls_secret("ns", "a-tls", &["a.test"]),
+            pki.tls_secret("ns", "b-tls", &["*.b.test"]),
+            ingress("ns", "ia", &[], &[("a.test", "a-tls")], &[("a.test", "/", "a")]),
+            ingress(
+                "ns",
+                "ib",
+                &[],
+                &[("*.b.test", "b-tls")],
+                &[("*.b.test", "/", "b")],
+            ),
+        ]),
+        "",
+    );
+    let r = https_get(gw.https, &pki, "a.test", "/x?q=1").await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "a /x?q=1"));
+    assert_eq!(r.header("strict-transport-security"), "max-age=31536000");
+    let r = https_get(gw.https, &pki, "one.b.test", "/y").await;
+    assert_eq!(r.text(), "b /y");
+
+    let s = client::tls(gw.https, "a.test", client::inspecting(&[]))
+        .await
+        .unwrap();
+    assert_eq!(client::presented_names(&s), ["a.test"]);
+    let s = client::tls(gw.https, "two.b.test", client::inspecting(&[]))
+        .await
+        .unwrap();
+    assert_eq!(client::presented_names(&s), ["*.b.test"]);
+    let s = client::tls(gw.https, "unknown.test", client::inspecting(&[]))
+        .await
+        .unwrap();
+    assert_eq!(client::presented_names(&s), ["portcullis-default.invalid"]);
+    // A client that verifies refuses the default certificate for a name it does not cover.
+    assert!(client::tls(gw.https, "unknown.test", trusting(&pki, &[]))
+        .await
+        .is_err());
+    assert!(gw.logs().contains("serving a self-signed default certificate"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_redirects_tls_hosts_unless_opted_out() {
+    let pki = Pki::new();
+    let web = Backend::named("web").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            pki.tls_secret("ns", "t", &["secure.test"]),
+            ingress(
+                "ns",
+                "secure",
+                &[],
+                &[("secure.test", "t")],
+                &[("secure.test", "/", "web")],
+            ),
+            ingress(
+                "ns",
+                "optout",
+                &[("portcullis.dev/ssl-redirect", "false")],
+                &[("optout.test", "missing-secret")],
+                &[("optout.test", "/", "web")],
+            ),
+            ingress("ns", "plain", &[], &[], &[("plain.test", "/", "web")]),
+            ingress(
+                "ns",
+                "nosecret",
+                &[],
+                &[("nosecret.test", "missing")],
+                &[("nosecret.test", "/", "web")],
+            ),
+        ]),
+        "",
+    );
+    let r = http_get(gw.http, "secure.test", "/a/./b?x=1").await;
+    assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        r.header("location"),
+        format!("https://secure.test:{}/a/b?x=1", gw.https.port())
+    );
+    // A TLS host whose Secret is missing still never serves in the clear.
+    let r = http_get(gw.http, "nosecret.test", "/").await;
+    assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
+    // Unknown paths on a TLS host redirect too, rather than answer 404 in the clear.
+    assert_eq!(
+        http_get(gw.http, "secure.test", "/").await.status,
+        StatusCode::PERMANENT_REDIRECT
+    );
+    let r = http_get(gw.http, "optout.test", "/p").await;
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "web /p"));
+    let r = http_get(gw.http, "plain.test", "/p").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("strict-transport-security"), "");
+    assert_eq!(
+        http_get(gw.http, "nowhere.test", "/").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_to_clients_and_grpc_to_backends_with_trailers() {
+    let pki = Pki::new();
+    let web = Backend::named("web").await;
+    let grpc = Backend::grpc().await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            service("ns", "grpc", &[grpc.addr]),
+            pki.tls_secret("ns", "t", &["h2.test", "grpc.test"]),
+            ingress("ns", "web", &[], &[("h2.test", "t")], &[("h2.test", "/", "web")]),
+            ingress(
+                "ns",
+                "grpc",
+                &[("portcullis.dev/backend-protocol", "GRPC")],
+                &[("grpc.test", "t")],
+                &[("grpc.test", "/", "grpc")],
+            ),
+        ]),
+        "",
+    );
+    let stream = client::tls(gw.https, "h2.test", trusting(&pki, &[b"h2", b"http/1.1"]))
+        .await
+        .unwrap();
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut h2 = client::h2(stream).await;
+    for i in 0..3 {
+        let r = send_h2(&mut h2, "GET", &format!("https://h2.test/stream/{i}"))
+            .await
+            .unwrap();
+        assert_eq!(r.version, http::Version::HTTP_2);
+        assert_eq!(r.text(), format!("web /stream/{i}"));
+    }
+    // The backend got HTTP/1.1 with a Host header.
+    let seen = web.requests();
+    assert_eq!(seen[0].version, http::Version::HTTP_11);
+    assert_eq!(seen[0].headers["host"], "h2.test");
+
+    let stream = client::tls(gw.https, "grpc.test", trusting(&pki, &[b"h2"]))
+        .await
+        .unwrap();
+    let mut h2 = client::h2(stream).await;
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("https://grpc.test/pkg.Service/Method")
+        .version(http::Version::HTTP_2)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let res = h2.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let collected = res.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(collected.to_bytes(), "grpc over HTTP/2.0");
+    assert_eq!(grpc.requests()[0].headers["te"], "trailers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_are_tunnelled() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let pki = Pki::new();
+    let ws = Backend::websocket_echo().await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "ws", &[ws.addr]),
+            pki.tls_secret("ns", "t", &["ws.test"]),
+            ingress("ns", "ws", &[], &[("ws.test", "t")], &[("ws.test", "/", "ws")]),
+        ]),
+        "",
+    );
+    let stream = client::tls(gw.https, "ws.test", trusting(&pki, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    let (mut socket, response) = tokio_tungstenite::client_async("wss://ws.test/chat", stream)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for text in ["hello", "through the portcullis"] {
+        socket.send(Message::text(text)).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    // The tunnel outlives a reload that changes the routes.
+    let generation = gw.generation();
+    gw.write_manifest(
+        "more.yaml",
+        &ingress("ns", "other", &[], &[], &[("other.test", "/", "ws")]),
+    );
+    gw.wait_for_generation_after(generation);
+    socket.send(Message::text("after reload")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), socket.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), "after reload");
+    socket.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_without_the_gateway_holding_them() {
+    const SIZE: u64 = 100 << 20;
+    let pki = Pki::new();
+    let bulk = Backend::bulk(SIZE).await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "bulk", &[bulk.addr]),
+            pki.tls_secret("ns", "t", &["bulk.test"]),
+            ingress(
+                "ns",
+                "bulk",
+                &[("portcullis.dev/max-body-size", "200m")],
+                &[("bulk.test", "t")],
+                &[("bulk.test", "/", "bulk")],
+            ),
+        ]),
+        "",
+    );
+    // Warm up, then take the baseline.
+    https_get(gw.https, &pki, "bulk.test", "/warm").await;
+    let (_, baseline_peak) = gw.memory_kib();
+
+    // 100 MB down.
+    let stream = client::tls(gw.https, "bulk.test", trusting(&pki, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    let mut send = client::h1(stream).await;
+    let res = send
+        .send_request(request("GET", "bulk.test", "/download", ""))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    let mut received = 0u64;
+    while let Some(frame) = body.frame().await {
+        received += frame.unwrap().data_ref().map_or(0, |d| d.len() as u64);
+    }
+    assert_eq!(received, SIZE);
+
+    // 100 MB up, streamed from the client in chunks.
+    let stream = client::tls(gw.https, "bulk.test", trusting(&pki, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let chunk = Bytes::from(vec![b'u'; 256 * 1024]);
+    let frames = futures_util::stream::iter(
+        (0..SIZE / chunk.len() as u64)
+            .map(move |_| Ok::<_, std::io::Error>(hyper::body::Frame::data(chunk.clone()))),
+    );
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/upload")
+        .header("host", "bulk.test")
+        .body(http_body_util::StreamBody::new(frames))
+        .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    let text = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(text, SIZE.to_string());
+
+    let (_, peak) = gw.memory_kib();
+    let growth_mib = (peak.saturating_sub(baseline_peak)) / 1024;
+    assert!(
+        growth_mib < 32,
+        "peak RSS grew by {growth_mib} MiB while moving 200 MB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_limit_get_413() {
+    let pki = Pki::new();
+    let bulk = Backend::bulk(0).await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "bulk", &[bulk.addr]),
+            pki.tls_secret("ns", "t", &["small.test"]),
+            ingress(
+                "ns",
+                "small",
+                &[("portcullis.dev/max-body-size", "1k")],
+                &[("small.test", "t")],
+                &[("small.test", "/", "bulk")],
+            ),
+        ]),
+        "",
+    );
+    let stream = client::tls(gw.https, "small.test", trusting(&pki, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    let mut send = client::h1(stream).await;
+    let r = send_h1(&mut send, request("POST", "small.test", "/", &"x".repeat(2000)))
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        bulk.requests().is_empty(),
+        "a declared oversized body never reaches the backend"
+    );
+    let r = send_h1(&mut send, request("POST", "small.test", "/", "small"))
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "5"));
+
+    // A chunked body that turns out too large is cut off with 413 too.
+    let chunked = "POST / HTTP/1.1\r\nHost: small.test\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n"
+        .to_string()
+        + &"y".repeat(0x800)
+        + "\r\n0\r\n\r\n";
+    let stream = client::tls(gw.https, "small.test", trusting(&pki, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    let (reply, closed) = raw_over(stream, chunked.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(
+        closed,
+        "the rest of an oversized body is not read: the connection closes"
+    );
+}
+
+async fn raw_over<S>(mut stream: S, bytes: &[u8]) -> (String, bool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_backends_get_quick_clear_errors() {
+    let hang = Backend::hanging().await;
+    let live = Backend::named("live").await;
+    let down = refused_addr().await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "down", &[down]),
+            service("ns", "empty", &[]),
+            service("ns", "hang", &[hang.addr]),
+            service("ns", "mixed", &[down, live.addr]),
+            ingress(
+                "ns",
+                "i",
+                &[("portcullis.dev/proxy-read-timeout", "1s")],
+                &[],
+                &[
+                    ("f.test", "/down", "down"),
+                    ("f.test", "/empty", "empty"),
+                    ("f.test", "/hang", "hang"),
+                    ("f.test", "/missing", "nosuchservice"),
+                ],
+            ),
+        ]),
+        "",
+    );
+    let timed = |started: Instant| started.elapsed();
+    let t = Instant::now();
+    assert_eq!(
+        http_get(gw.http, "f.test", "/down").await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    assert!(timed(t) < Duration::from_secs(2));
+    let t = Instant::now();
+    let r = http_get(gw.http, "f.test", "/empty").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(timed(t) < Duration::from_secs(1));
+    assert_eq!(
+        http_get(gw.http, "f.test", "/missing").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let t = Instant::now();
+    let r = http_get(gw.http, "f.test", "/hang").await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    let waited = timed(t);
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    // Backend details stay in the log, not in the client's answer.
+    assert!(!r.text().contains(&hang.addr.to_string()));
+    let logged = gw.log_entries("path", "/hang");
+    assert_eq!(logged[0]["status"], 504);
+    assert!(
+        logged[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("sent no response within 1s"),
+        "{logged:?}"
+    );
+    assert_eq!(logged[0]["upstream"], hang.addr.to_string());
+    let metrics = http_get(gw.admin, "admin", "/metrics").await.text();
+    assert!(
+        metrics.contains("portcullis_upstream_errors_total{ingress=\"ns/i\",kind=\"connect\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("portcullis_upstream_errors_total{ingress=\"ns/i\",kind=\"timeout\"}"),
+        "{metrics}"
+    );
+    drop(live);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodiless_requests_retry_another_endpoint_when_one_refuses() {
+    let live = Backend::named("live").await;
+    let down = refused_addr().await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "mixed", &[down, live.addr]),
+            ingress("ns", "i", &[], &[], &[("m.test", "/", "mixed")]),
+        ]),
+        "",
+    );
+    for _ in 0..4 {
+        let r = http_get(gw.http, "m.test", "/").await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_attempts_are_refused_and_the_connection_closed() {
+    let web = Backend::named("web").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            ingress("ns", "i", &[], &[], &[("s.test", "/", "web")]),
+        ]),
+        "",
+    );
+    // Ambiguous framing: 400, and the connection closes so nothing after it is read.
+    let attacks: [&[u8]; 5] = [
+        b"POST / HTTP/1.1\r\nHost: s.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nabGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: s.test\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: s.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: s.test\r\nX-Folded: a\r\n b\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: s.test\r\nHost: evil.test\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
+    ];
+    for attack in attacks {
+        let (reply, closed) = client::raw_exchange(gw.http, attack).await;
+        let shown = String::from_utf8_lossy(attack);
+        assert!(reply.starts_with("HTTP/1.1 400"), "{shown:?} -> {reply}");
+        assert!(closed, "connection must close after {shown:?}");
+        assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply}");
+    }
+    // Content-Length with Transfer-Encoding: hyper drops the Content-Length before the
+    // handler sees it (RFC 9112 section 6.1 allows this instead of a 400), decodes the
+    // body as chunked and closes the connection after answering, so the request
+    // hidden behind it is never read.
+    let (reply, closed) = client::raw_exchange(
+        gw.http,
+        b"POST / HTTP/1.1\r\nHost: s.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
+    )
+    .await;
+    assert!(closed);
+    assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply}");
+    assert!(
+        web.requests()
+            .iter()
+            .all(|r| !r.path_and_query.contains("smuggled")),
+        "{:?}",
+        web.requests()
+    );
+
+    // Oversized heads: 431, and the gateway carries on.
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: s.test\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(100 << 10)
+    );
+    let (reply, _) = client::raw_exchange(gw.http, huge.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    assert_eq!(http_get(gw.http, "s.test", "/ok").await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_normalized_path_and_clean_headers_reach_the_backend() {
+    let web = Backend::named("web").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            ingress("ns", "i", &[], &[], &[("p.test", "/app", "web")]),
+        ]),
+        "",
+    );
+    let r = http_get(gw.http, "p.test", "/app/./x/../%7Euser//y?z=%2F").await;
+    assert_eq!(r.text(), "web /app/~user/y?z=%2F");
+    for bad in ["/app/%2e%2e/%2e%2e/etc", "/app/a%2Fb", "/app/a%00", "/app/a%zz"] {
+        assert_eq!(
+            http_get(gw.http, "p.test", bad).await.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+    // `/.portcullis/` is the gateway's own and never forwarded.
+    assert_eq!(
+        http_get(gw.http, "p.test", "/.portcullis/x").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    let stream = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let mut send = client::h1(stream).await;
+    let mut req = request("GET", "p.test", "/app/h", "");
+    let h = req.headers_mut();
+    h.insert("x-auth-request-user", "admin".parse().unwrap());
+    h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+    h.insert("x-request-id", "trace-123".parse().unwrap());
+    h.insert("x-drop-me", "1".parse().unwrap());
+    h.insert("connection", "x-drop-me".parse().unwrap());
+    let r = send_h1(&mut send, req).await.unwrap();
+    assert_eq!(r.header("x-request-id"), "trace-123");
+    let seen = web.requests().pop().unwrap();
+    assert!(!seen.headers.contains_key("x-auth-request-user"));
+    assert!(!seen.headers.contains_key("x-drop-me"));
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-forwarded-host"], "p.test");
+    assert_eq!(seen.headers["x-request-id"], "trace-123");
+
+    let access = gw.log_entries("path", "/app/h");
+    assert_eq!(access.len(), 1, "one access-log line per request:\n{}", gw.logs());
+    assert_eq!(access[0]["status"], 200);
+    assert_eq!(access[0]["ingress"], "ns/i");
+}
+
+/// Requests keep flowing, on kept-alive and new connections, while the configuration
+/// is rewritten over and over: backends switch, a bad Ingress appears and is fixed,
+/// a certificate rotates. Not one request may fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_lose_no_request() {
+    let pki = Pki::new();
+    let blue = Backend::named("blue").await;
+    let green = Backend::named("green").await;
+    let slow = Backend::slow(Duration::from_millis(1500)).await;
+    let tls = pki.tls_secret("ns", "t", &["r.test"]);
+    let config = |target: &str| {
+        concat(&[
+            service("ns", "blue", &[blue.addr]),
+            service("ns", "green", &[green.addr]),
+            service("ns", "slow", &[slow.addr]),
+            ingress(
+                "ns",
+                "app",
+                &[],
+                &[("r.test", "t")],
+                &[("r.test", "/", target), ("r.test", "/slow", "slow")],
+            ),
+        ])
+    };
+    let gw = Gateway::start(&format!("{}{tls}", config("blue")), "");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        let addr = gw.https;
+        let cfg = trusting(&pki, &[b"http/1.1"]);
+        workers.push(tokio::spawn(async move {
+            let (mut ok, mut failed, mut seen) = (0u32, Vec::new(), std::collections::BTreeSet::new());
+            let mut send = client::h1(client::tls(addr, "r.test", cfg.clone()).await.unwrap()).await;
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                if n % 10 == 0 {
+                    // Some requests on new connections (new handshakes).
+                    send = client::h1(client::tls(addr, "r.test", cfg.clone()).await.unwrap()).await;
+                }
+                match send_h1(&mut send, request("GET", "r.test", "/x", "")).await {
+                    Ok(r) if r.status == StatusCode::OK => {
+                        ok += 1;
+                        seen.insert(r.header("x-backend").to_string());
+                    }
+                    Ok(r) => failed.push(format!("{} {}", r.status, r.text())),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed, seen)
+        }));
+    }
+    // A long request in flight across every reload.
+    let in_flight = {
+        let addr = gw.https;
+        let cfg = trusting(&pki, &[b"http/1.1"]);
+        tokio::spawn(async move {
+            let mut send = client::h1(client::tls(addr, "r.test", cfg).await.unwrap()).await;
+            send_h1(&mut send, request("GET", "r.test", "/slow", ""))
+                .await
+                .unwrap()
+        })
+    };
+
+    let bad = ingress(
+        "ns",
+        "broken",
+        &[("portcullis.dev/max-body-size", "lots")],
+        &[],
+        &[("other.test", "/", "blue")],
+    );
+    let steps: Vec<String> = vec![
+        format!("{}{tls}", config("green")),
+        format!("{}{tls}{bad}", config("blue")),
+        format!("{}{}", config("green"), pki.tls_secret("ns", "t", &["r.test"])),
+        format!("{}{tls}", config("blue")),
+        format!("{}{tls}", config("green")),
+    ];
+    for (i, yaml) in steps.iter().enumerate() {
+        let generation = gw.generation();
+        gw.write_manifest("main.yaml", yaml);
+        gw.wait_for_generation_after(generation);
+        if i == 1 {
+            // The bad Ingress is named by `check`, and does not stop the others.
+            let (code, out) = support::check(&gw.manifests_dir());
+            assert_eq!(code, 1, "{out}");
+            assert!(
+                out.contains("Ingress ns/broken metadata.annotations[\"portcullis.dev/max-body-size\"]"),
+                "{out}"
+            );
+            let logged = gw.logs();
+            assert!(logged.contains("Ingress ns/broken"), "problems are logged");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    let mut backends = std::collections::BTreeSet::new();
+    for w in workers {
+        let (ok, failed, seen) = w.await.unwrap();
+        assert!(failed.is_empty(), "failed requests during reloads: {failed:?}");
+        total += ok;
+        backends.extend(seen);
+    }
+    assert!(total > 100, "only {total} requests ran");
+    assert_eq!(
+        backends,
+        ["blue", "green"].iter().map(|s| s.to_string()).collect()
+    );
+    let slow_reply = in_flight.await.unwrap();
+    assert_eq!(slow_reply.text(), "slow done");
+    let metrics = http_get(gw.admin, "admin", "/metrics").await.text();
+    assert!(
+        metrics.contains("portcullis_reloads_total{result=\"success\"} 5"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_on_reload() {
+    let pki = Pki::new();
+    let web = Backend::named("web").await;
+    let base = concat(&[
+        service("ns", "web", &[web.addr]),
+        ingress("ns", "i", &[], &[("c.test", "t")], &[("c.test", "/", "web")]),
+    ]);
+    let (crt1, key1) = pki.leaf(&["c.test"]);
+    let gw = Gateway::start(
+        &format!("{base}{}", support::tls_secret_yaml("ns", "t", &crt1, &key1)),
+        "",
+    );
+    let serial = |s: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>| {
+        s.get_ref().1.peer_certificates().unwrap()[0].as_ref().to_vec()
+    };
+    let first = serial(
+        &client::tls(gw.https, "c.test", trusting(&pki, &[]))
+            .await
+            .unwrap(),
+    );
+    let (crt2, key2) = pki.leaf(&["c.test"]);
+    let generation = gw.generation();
+    gw.write_manifest(
+        "main.yaml",
+        &format!("{base}{}", support::tls_secret_yaml("ns", "t", &crt2, &key2)),
+    );
+    gw.wait_for_generation_after(generation);
+    let second = serial(
+        &client::tls(gw.https, "c.test", trusting(&pki, &[]))
+            .await
+            .unwrap(),
+    );
+    assert_ne!(first, second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits() {
+    let slow = Backend::slow(Duration::from_millis(1000)).await;
+    let mut gw = Gateway::start(
+        &concat(&[
+            service("ns", "slow", &[slow.addr]),
+            ingress("ns", "i", &[], &[], &[("d.test", "/", "slow")]),
+        ]),
+        "",
+    );
+    assert_eq!(
+        http_get(gw.admin, "admin", "/readyz").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        http_get(gw.admin, "admin", "/healthz").await.status,
+        StatusCode::OK
+    );
+    let addr = gw.http;
+    let request = tokio::spawn(async move { http_get(addr, "d.test", "/").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.terminate();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No new connections once shutdown began.
+    assert!(tokio::net::TcpStream::connect(gw.http).await.is_err());
+    let reply = request.await.unwrap();
+    assert_eq!(reply.text(), "slow done");
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after draining");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn every_example_passes_check() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let manifests = entry.unwrap().path().join("manifests");
+        if manifests.is_dir() {
+            let (code, out) = support::check(&manifests);
+            assert_eq!(code, 0, "{}: {out}", manifests.display());
+            assert!(out.contains("0 errors"), "{out}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1);
+}
