@@ -107,6 +107,66 @@ pub fn route_options(
     }
 }
 
+/// Prefix of ingress-nginx's annotations.
+pub const NGINX_PREFIX: &str = "nginx.ingress.kubernetes.io/";
+
+/// ingress-nginx annotations that restrict who may reach a route. This version does
+/// not implement them, so an Ingress carrying one is rejected rather than served with
+/// the restriction silently gone. Snippets are refused for good: they are raw proxy
+/// configuration, the source of ingress-nginx's injection CVEs.
+const NGINX_ACCESS_CONTROL: &[&str] = &[
+    "auth-url",
+    "auth-signin",
+    "auth-type",
+    "auth-secret",
+    "auth-secret-type",
+    "auth-realm",
+    "auth-method",
+    "auth-snippet",
+    "auth-tls-secret",
+    "auth-tls-verify-client",
+    "auth-tls-verify-depth",
+    "enable-global-auth",
+    "satisfy",
+    "whitelist-source-range",
+    "allowlist-source-range",
+    "denylist-source-range",
+    "limit-rps",
+    "limit-rpm",
+    "limit-connections",
+    "configuration-snippet",
+    "server-snippet",
+    "stream-snippet",
+    "modsecurity-snippet",
+    "enable-modsecurity",
+];
+
+/// Problems for `nginx.ingress.kubernetes.io/*` annotations: an error for those that
+/// restrict access (the Ingress is rejected), a warning for the rest (ignored).
+pub fn nginx_annotations(object: &ObjectRef, annotations: Option<&BTreeMap<String, String>>) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for key in annotations.into_iter().flatten().map(|(k, _)| k) {
+        let Some(name) = key.strip_prefix(NGINX_PREFIX) else {
+            continue;
+        };
+        let field = format!("metadata.annotations[\"{key}\"]");
+        if NGINX_ACCESS_CONTROL.contains(&name) {
+            problems.push(Problem::error(
+                Some(object.clone()),
+                field,
+                "restricts access, and ingress-nginx annotations are not supported yet: the Ingress is rejected rather than served without that restriction",
+            ));
+        } else {
+            problems.push(Problem::warning(
+                Some(object.clone()),
+                field,
+                "ingress-nginx annotations are not supported yet: ignored",
+            ));
+        }
+    }
+    problems
+}
+
 fn non_zero(n: u64) -> Option<u64> {
     (n != 0).then_some(n)
 }
@@ -150,6 +210,22 @@ mod tests {
         assert_eq!(o.max_body_size, None);
         assert_eq!(o.backend_protocol, BackendProtocol::Grpc);
         assert_eq!(o.read_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn nginx_access_control_annotations_reject_and_others_warn() {
+        let map: BTreeMap<String, String> = [
+            ("nginx.ingress.kubernetes.io/auth-url", "http://auth"),
+            ("nginx.ingress.kubernetes.io/rewrite-target", "/"),
+            ("example.com/other", "x"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let problems = nginx_annotations(&ObjectRef::new("Ingress", Some("ns"), "i"), Some(&map));
+        assert_eq!(problems.len(), 2);
+        assert!(problems[0].is_error() && problems[0].field.contains("auth-url"));
+        assert!(!problems[1].is_error() && problems[1].field.contains("rewrite-target"));
     }
 
     #[test]

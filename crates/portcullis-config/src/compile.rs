@@ -200,15 +200,14 @@ impl<'a> Compiler<'a> {
         });
         let mut plans = Vec::new();
         for ingress in selected {
-            match self.plan(ingress) {
-                Ok(plan) => plans.push(plan),
-                Err(problems) => {
-                    self.stats.ingresses_rejected += 1;
-                    let origin = ingress.origin.clone();
-                    self.problems
-                        .extend(problems.into_iter().map(|p| p.at(Some(origin.clone()))));
-                }
+            let (plan, problems) = self.plan(ingress);
+            if problems.iter().any(Problem::is_error) {
+                self.stats.ingresses_rejected += 1;
             }
+            let origin = ingress.origin.clone();
+            self.problems
+                .extend(problems.into_iter().map(|p| p.at(Some(origin.clone()))));
+            plans.extend(plan);
         }
         self.stats.ingresses_served = plans.len();
         for plan in &plans {
@@ -272,8 +271,9 @@ impl<'a> Compiler<'a> {
         selected
     }
 
-    /// Validates one Ingress completely.
-    fn plan(&self, object: &'a Object<Ingress>) -> Result<IngressPlan<'a>, Vec<Problem>> {
+    /// Validates one Ingress completely: the plan, if it has no errors, and every
+    /// problem found (warnings too).
+    fn plan(&self, object: &'a Object<Ingress>) -> (Option<IngressPlan<'a>>, Vec<Problem>) {
         let oref = object.object_ref();
         let mut problems = Vec::new();
         let options = match annotations::route_options(
@@ -287,6 +287,10 @@ impl<'a> Compiler<'a> {
                 None
             }
         };
+        problems.extend(annotations::nginx_annotations(
+            &oref,
+            object.value.metadata.annotations.as_ref(),
+        ));
         let mut err = |field: String, message: String| {
             problems.push(Problem::error(Some(oref.clone()), field, message))
         };
@@ -366,16 +370,17 @@ impl<'a> Compiler<'a> {
                 field,
             });
         }
-        if paths.is_empty() && default_backend.is_none() && problems.is_empty() {
+        let has_errors = problems.iter().any(Problem::is_error);
+        if paths.is_empty() && default_backend.is_none() && !has_errors {
             problems.push(Problem::warning(
                 Some(oref.clone()),
                 "spec",
                 "has no rules with paths and no defaultBackend: it serves nothing",
             ));
-            return Err(problems);
+            return (None, problems);
         }
-        match options {
-            Some(options) if problems.is_empty() => Ok(IngressPlan {
+        let plan = match options {
+            Some(options) if !has_errors => Some(IngressPlan {
                 object,
                 key: IngressKey {
                     namespace: object.namespace().to_string(),
@@ -386,8 +391,9 @@ impl<'a> Compiler<'a> {
                 default_backend,
                 tls,
             }),
-            _ => Err(problems),
-        }
+            _ => None,
+        };
+        (plan, problems)
     }
 
     fn problem(&mut self, plan: &IngressPlan, problem: Problem) {

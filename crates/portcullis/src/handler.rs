@@ -243,10 +243,14 @@ fn request_authority(req: &Request<Incoming>) -> Result<String, Refusal> {
     Ok(authority)
 }
 
+/// Plain HTTP for a host named in any served Ingress's `spec.tls` is redirected,
+/// whichever route matched (a host-less rule or the default backend included), unless
+/// that route opted out with `ssl-redirect: "false"`.
 fn wants_https(runtime: &Runtime, route: Option<&Route>, host: &str) -> bool {
+    let tls_host = runtime.snapshot.host_has_tls(host);
     match route {
-        Some(route) => route.tls && route.options.ssl_redirect,
-        None => runtime.snapshot.host_has_tls(host),
+        Some(route) => (tls_host || route.tls) && route.options.ssl_redirect,
+        None => tls_host,
     }
 }
 

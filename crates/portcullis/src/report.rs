@@ -137,6 +137,7 @@ pub fn explain(snapshot: &Snapshot, url: &str) -> Result<String, String> {
         r.options.backend_protocol,
         endpoints(&backend.target)
     );
+    let tls = r.tls || snapshot.host_has_tls(&host);
     let cert = snapshot
         .certificates
         .for_server_name(&host)
@@ -145,7 +146,7 @@ pub fn explain(snapshot: &Snapshot, url: &str) -> Result<String, String> {
     let _ = writeln!(
         out,
         "tls:      {}",
-        if r.tls {
+        if tls {
             format!(
                 "yes, {cert}; plain HTTP {}",
                 if r.options.ssl_redirect {
@@ -167,7 +168,7 @@ pub fn explain(snapshot: &Snapshot, url: &str) -> Result<String, String> {
         "policy:   authentication none; max body {body}; read timeout {:?}",
         r.options.read_timeout
     );
-    let decision = if scheme == "http" && r.tls && r.options.ssl_redirect {
+    let decision = if scheme == "http" && tls && r.options.ssl_redirect {
         "308 redirect to HTTPS".to_string()
     } else {
         match &backend.target {

@@ -75,8 +75,10 @@ async fn plain_http_redirects_tls_hosts_unless_opted_out() {
                 "secure",
                 &[],
                 &[("secure.test", "t")],
-                &[("secure.test", "/", "web")],
+                &[("secure.test", "/a", "web")],
             ),
+            // A host-less catch-all must not serve a TLS host in the clear either.
+            ingress("ns", "catchall", &[], &[], &[("", "/", "web")]),
             ingress(
                 "ns",
                 "optout",
@@ -104,9 +106,9 @@ async fn plain_http_redirects_tls_hosts_unless_opted_out() {
     // A TLS host whose Secret is missing still never serves in the clear.
     let r = http_get(gw.http, "nosecret.test", "/").await;
     assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
-    // Unknown paths on a TLS host redirect too, rather than answer 404 in the clear.
+    // Paths of a TLS host that only the host-less catch-all matches redirect too.
     assert_eq!(
-        http_get(gw.http, "secure.test", "/").await.status,
+        http_get(gw.http, "secure.test", "/elsewhere").await.status,
         StatusCode::PERMANENT_REDIRECT
     );
     let r = http_get(gw.http, "optout.test", "/p").await;
@@ -116,7 +118,7 @@ async fn plain_http_redirects_tls_hosts_unless_opted_out() {
     assert_eq!(r.header("strict-transport-security"), "");
     assert_eq!(
         http_get(gw.http, "nowhere.test", "/").await.status,
-        StatusCode::NOT_FOUND
+        StatusCode::OK
     );
 }
 

@@ -490,3 +490,28 @@ fn real_world_corpus() {
     let c = compile(&m, &settings, NOW);
     assert_eq!(c.snapshot.stats.ingresses_other_class, 1);
 }
+
+#[test]
+fn ingress_nginx_access_annotations_fail_closed() {
+    let guarded = ingress(
+        "guarded",
+        "  annotations: {nginx.ingress.kubernetes.io/auth-url: \"http://oauth2-proxy/oauth2/auth\"}\n",
+        &format!("  rules:\n{}", rule("a.com", "/", "Prefix", "web")),
+    );
+    let rewritten = ingress(
+        "rewritten",
+        "  annotations: {nginx.ingress.kubernetes.io/proxy-buffering: \"on\"}\n",
+        &format!("  rules:\n{}", rule("b.com", "/", "Prefix", "web")),
+    );
+    let c = compile_text(&format!("{}{guarded}{rewritten}", service("web")));
+    assert!(
+        c.snapshot.lookup("a.com", "/").is_none(),
+        "never served without its auth"
+    );
+    assert!(c.snapshot.lookup("b.com", "/").is_some());
+    let m = messages(&c).join("\n");
+    assert!(m.contains("error: Ingress ns/guarded metadata.annotations[\"nginx.ingress.kubernetes.io/auth-url\"]: restricts access"), "{m}");
+    assert!(m.contains("warning: Ingress ns/rewritten metadata.annotations[\"nginx.ingress.kubernetes.io/proxy-buffering\"]"), "{m}");
+    assert_eq!(c.snapshot.stats.ingresses_rejected, 1);
+    assert_eq!(c.snapshot.stats.ingresses_served, 1);
+}
