@@ -162,8 +162,7 @@ impl PathTable {
         }
     }
 
-    fn slot(&mut self, path: &str, path_type: PathType) -> &mut HashMap<String, RouteId> {
-        let _ = path;
+    fn slot(&mut self, path_type: PathType) -> &mut HashMap<String, RouteId> {
         if path_type.is_exact() {
             &mut self.exact
         } else {
@@ -204,7 +203,7 @@ impl RouteTable {
             HostMatch::Wildcard(s) => self.wildcard_hosts.entry(s.clone()).or_default(),
             HostMatch::Any => &mut self.any_host,
         };
-        let slot = table.slot(&route.path, route.path_type);
+        let slot = table.slot(route.path_type);
         match slot.entry(path_key(&route.path, route.path_type)) {
             std::collections::hash_map::Entry::Occupied(e) => Err(Conflict(*e.get())),
             std::collections::hash_map::Entry::Vacant(e) => {

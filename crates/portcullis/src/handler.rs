@@ -39,13 +39,13 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        let upstreams = Upstreams::new(&gateway.settings);
-        Proxy {
+    pub fn new(gateway: Arc<Gateway>) -> Result<Self, rustls::Error> {
+        let upstreams = Upstreams::new(&gateway.settings)?;
+        Ok(Proxy {
             gateway,
             upstreams,
             request_ids: RequestIds::new(),
-        }
+        })
     }
 }
 
@@ -324,7 +324,7 @@ impl Outgoing {
         }
         set_forwarding_headers(&proxy.gateway, conn, &mut headers, authority, request_id);
 
-        let bodiless = body.is_end_stream_hint();
+        let bodiless = http_body::Body::is_end_stream(&body);
         let body = match route.options.max_body_size {
             Some(max) => {
                 http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).boxed_unsync()
@@ -360,16 +360,6 @@ impl Outgoing {
             *request.version_mut() = Version::HTTP_2;
         }
         Ok(request)
-    }
-}
-
-trait EndStreamHint {
-    fn is_end_stream_hint(&self) -> bool;
-}
-
-impl EndStreamHint for Incoming {
-    fn is_end_stream_hint(&self) -> bool {
-        http_body::Body::is_end_stream(self)
     }
 }
 

@@ -257,7 +257,7 @@ async fn serve(settings: Settings, manifests: PathBuf, watch_interval: Duration)
     }
 
     let tls_config = tls::server_config(gateway.clone()).context("cannot build the TLS configuration")?;
-    let proxy = Arc::new(Proxy::new(gateway.clone()));
+    let proxy = Arc::new(Proxy::new(gateway.clone()).context("cannot build the backend TLS configuration")?);
     let (stop, shutdown) = Shutdown::new();
     let drain = Drain::default();
     let listeners = [

@@ -51,7 +51,7 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(settings: &Settings) -> Self {
+    pub fn new(settings: &Settings) -> Result<Self, rustls::Error> {
         let mut tcp = HttpConnector::new();
         tcp.set_connect_timeout(Some(settings.timeouts.connect.0));
         tcp.set_nodelay(true);
@@ -67,33 +67,28 @@ impl Upstreams {
             b
         };
         // hyper-rustls sets ALPN from the versions enabled below.
-        let tls = || {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()
-                .map(|b| {
-                    b.dangerous()
-                        .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
-                        .with_no_client_auth()
-                })
-                .unwrap_or_else(|_| unreachable_config())
-        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+            .with_no_client_auth();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls())
+            .with_tls_config(tls.clone())
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(tcp.clone());
         let h2_tls = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls())
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http2()
             .wrap_connector(tcp.clone());
-        Upstreams {
+        Ok(Upstreams {
             http1: builder(false).build(tcp.clone()),
             h2c: builder(true).build(tcp),
             https: builder(false).build(https),
             h2_tls: builder(true).build(h2_tls),
-        }
+        })
     }
 
     /// Sends a request on the pool for its protocol.
@@ -109,16 +104,6 @@ impl Upstreams {
             BackendProtocol::Grpcs => self.h2_tls.request(request),
         }
     }
-}
-
-fn unreachable_config() -> rustls::ClientConfig {
-    // The ring provider supports the safe default versions; this cannot happen.
-    rustls::ClientConfig::builder()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(EncryptOnly(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))))
-        .with_no_client_auth()
 }
 
 /// Backend TLS encrypts and checks handshake signatures, but does not verify the

@@ -56,8 +56,8 @@ impl Runtime {
         }
     }
 
-    /// The next endpoint of a backend, round robin, skipping the first `skip` picks
-    /// (for a retry on another endpoint). `Err` carries why there is none.
+    /// The next endpoint of a backend, round robin, with the number of endpoints (how
+    /// many distinct ones a retry can reach). `Err` carries why there is none.
     pub fn pick(&self, id: BackendId) -> Result<(Upstream, usize), String> {
         let backend = self.snapshot.backend(id);
         match &backend.target {
