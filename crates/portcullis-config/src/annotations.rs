@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::problem::{ObjectRef, Problem};
 use crate::settings::Settings;
-use crate::snapshot::{BackendProtocol, RouteOptions};
+use crate::snapshot::{AuthMode, BackendProtocol, RouteOptions};
 use crate::units::{parse_byte_size, parse_duration};
 
 pub const PREFIX: &str = "portcullis.dev/";
@@ -48,7 +48,10 @@ pub fn route_options(
         max_body_size: non_zero(settings.limits.max_body_size.0),
         backend_protocol: BackendProtocol::Http,
         read_timeout: settings.timeouts.read.0,
+        auth: AuthMode::None,
     };
+    let mut auth = None;
+    let mut auth_provider = None;
     let mut problems = Vec::new();
     let mut bad =
         |key: &str, message: String| problems.push(Problem::error(Some(object.clone()), field(key), message));
@@ -73,7 +76,10 @@ pub fn route_options(
                 "H2C" => options.backend_protocol = BackendProtocol::H2c,
                 "GRPC" => options.backend_protocol = BackendProtocol::Grpc,
                 "GRPCS" => options.backend_protocol = BackendProtocol::Grpcs,
-                _ => bad(key, format!("{value:?} is not one of HTTP, HTTPS, H2C, GRPC, GRPCS")),
+                _ => bad(
+                    key,
+                    format!("{value:?} is not one of HTTP, HTTPS, H2C, GRPC, GRPCS"),
+                ),
             },
             "proxy-read-timeout" => match parse_duration(value) {
                 Ok(d) if !d.is_zero() => options.read_timeout = d,
@@ -81,13 +87,10 @@ pub fn route_options(
                 Err(e) => bad(key, e),
             },
             "auth" => match value {
-                "none" => {}
-                "oidc" | "jwt" => bad(
-                    key,
-                    format!("{value:?} is not supported by this version yet; the Ingress is rejected rather than served without authentication"),
-                ),
+                "none" | "oidc" | "jwt" => auth = Some(value.to_string()),
                 _ => bad(key, format!("{value:?} is not one of none, oidc, jwt")),
             },
+            "auth-provider" => auth_provider = Some(value.to_string()),
             _ => {
                 let known: Vec<&str> = KNOWN.iter().map(|(k, _)| *k).collect();
                 bad(
@@ -100,11 +103,72 @@ pub fn route_options(
             }
         }
     }
+    match resolve_auth(auth.as_deref(), auth_provider.as_deref(), settings) {
+        Ok(mode) => options.auth = mode,
+        Err((key, message)) => problems.push(Problem::error(Some(object.clone()), field(key), message)),
+    }
+    if options.auth != AuthMode::None && !options.ssl_redirect {
+        problems.push(Problem::error(
+            Some(object.clone()),
+            field("ssl-redirect"),
+            "authenticated routes are HTTPS only: \"false\" would send sessions and tokens in the clear",
+        ));
+    }
     if problems.is_empty() {
         Ok(options)
     } else {
         Err(problems)
     }
+}
+
+/// The provider an authenticated route uses: the one named, or the only one configured.
+fn resolve_auth(
+    auth: Option<&str>,
+    provider: Option<&str>,
+    settings: &Settings,
+) -> Result<AuthMode, (&'static str, String)> {
+    let names: Vec<&str> = settings
+        .oidc
+        .iter()
+        .flat_map(|o| o.providers.iter().map(|p| p.name.as_str()))
+        .collect();
+    let mode = auth.unwrap_or("none");
+    if mode == "none" {
+        return match provider {
+            Some(_) => Err((
+                "auth-provider",
+                "is set but auth is none: set portcullis.dev/auth too".into(),
+            )),
+            None => Ok(AuthMode::None),
+        };
+    }
+    let provider = match (provider, names.as_slice()) {
+        (Some(p), _) if names.contains(&p) => p.to_string(),
+        (Some(p), _) => {
+            return Err((
+                "auth-provider",
+                format!("{p:?} is not a provider in the config file (oidc.providers: {})", names.join(", ")),
+            ))
+        }
+        (None, [only]) => only.to_string(),
+        (None, []) => {
+            return Err((
+                "auth",
+                format!("{mode:?} needs an OpenID provider, and the config file has no oidc.providers: the Ingress is rejected rather than served without authentication"),
+            ))
+        }
+        (None, _) => {
+            return Err((
+                "auth-provider",
+                format!("missing: several providers are configured ({})", names.join(", ")),
+            ))
+        }
+    };
+    Ok(if mode == "oidc" {
+        AuthMode::Oidc { provider }
+    } else {
+        AuthMode::Jwt { provider }
+    })
 }
 
 /// Prefix of ingress-nginx's annotations.

@@ -67,6 +67,7 @@ pub fn compile(manifests: &Manifests, settings: &Settings, now: i64) -> Compiled
             certificates: c.certificates,
             tls_hosts: c.tls_hosts,
             tls_wildcards: c.tls_wildcards,
+            referenced_secrets: c.referenced_secrets,
             stats: c.stats,
         },
         problems: all,
@@ -136,6 +137,7 @@ struct Compiler<'a> {
     certificates: CertificateStore,
     tls_hosts: HashSet<String>,
     tls_wildcards: HashSet<String>,
+    referenced_secrets: HashMap<(String, String), Vec<u8>>,
     stats: Stats,
 }
 
@@ -180,6 +182,7 @@ impl<'a> Compiler<'a> {
             certificates: CertificateStore::default(),
             tls_hosts: HashSet::new(),
             tls_wildcards: HashSet::new(),
+            referenced_secrets: HashMap::new(),
             stats: Stats {
                 services: m.services.len(),
                 endpoint_slices: m.endpoint_slices.len(),
@@ -217,6 +220,7 @@ impl<'a> Compiler<'a> {
             self.apply_routes(plan);
         }
         self.load_default_certificate();
+        self.resolve_config_secrets();
         let (tls_hosts, tls_wildcards) = (&self.tls_hosts, &self.tls_wildcards);
         for route in self.table.routes_mut() {
             route.tls = match &route.host {
@@ -712,6 +716,50 @@ impl<'a> Compiler<'a> {
                 "config tls.defaultCertificate",
                 format!("Secret {name} not found: a self-signed certificate is served instead"),
             )),
+        }
+    }
+
+    /// Reads the Secret keys the config file refers to; a missing one is an error.
+    fn resolve_config_secrets(&mut self) {
+        let Some(oidc) = &self.settings.oidc else { return };
+        let sources = oidc
+            .providers
+            .iter()
+            .filter_map(|p| {
+                p.client_secret
+                    .as_ref()
+                    .map(|s| (format!("oidc.providers[{}].clientSecret", p.name), s))
+            })
+            .chain(
+                oidc.session_keys
+                    .iter()
+                    .map(|s| ("oidc.sessionKeys".to_string(), s)),
+            );
+        for (field, source) in sources {
+            let crate::settings::SecretSource::Secret { secret, key } = source else {
+                continue;
+            };
+            let Some((ns, name)) = crate::split_namespaced(secret) else {
+                continue;
+            };
+            let value = self.secrets.get(&(ns, name)).and_then(|s| {
+                let v = &s.value;
+                v.string_data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|s| s.as_bytes().to_vec())
+                    .or_else(|| v.data.as_ref().and_then(|d| d.get(key)).map(|b| b.0.clone()))
+            });
+            match value {
+                Some(v) => {
+                    self.referenced_secrets.insert((secret.clone(), key.clone()), v);
+                }
+                None => self.problems.push(Problem::error(
+                    None,
+                    format!("config {field}"),
+                    format!("Secret {secret} with key {key:?} not found among the manifests"),
+                )),
+            }
         }
     }
 

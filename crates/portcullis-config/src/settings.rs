@@ -23,6 +23,9 @@ pub struct Settings {
     pub trusted_proxies: Vec<IpNet>,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// OpenID Connect providers and session keys; absent means no route may ask for
+    /// authentication.
+    pub oidc: Option<OidcSettings>,
 }
 
 impl Default for Settings {
@@ -34,8 +37,88 @@ impl Default for Settings {
             trusted_proxies: Vec::new(),
             timeouts: Timeouts::default(),
             limits: Limits::default(),
+            oidc: None,
         }
     }
+}
+
+/// Where a secret value comes from. Secrets never sit in the config file itself.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum SecretSource {
+    /// `{env: NAME}`: an environment variable of the gateway process.
+    Env { env: String },
+    /// `{file: PATH}`: a file (trailing newline removed), e.g. a mounted Secret.
+    File { file: std::path::PathBuf },
+    /// `{secret: NAMESPACE/NAME, key: KEY}`: a key of a Secret among the manifests.
+    Secret { secret: String, key: String },
+}
+
+impl std::fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Env { env } => write!(f, "environment variable {env}"),
+            SecretSource::File { file } => write!(f, "file {}", file.display()),
+            SecretSource::Secret { secret, key } => write!(f, "key {key} of Secret {secret}"),
+        }
+    }
+}
+
+/// OpenID Connect: the providers routes can name, and the keys that seal sessions.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OidcSettings {
+    pub providers: Vec<ProviderSettings>,
+    /// 32 random bytes each, base64. The first seals new sessions; all of them open
+    /// existing ones, so a key can rotate without logging everyone out. Required.
+    pub session_keys: Vec<SecretSource>,
+    /// Absolute session lifetime, whatever refreshes happen. Default 12h.
+    #[serde(default = "default_session_lifetime")]
+    pub session_lifetime: TextDuration,
+    /// Hosts (besides the request's own) that the post-login redirect may go to.
+    #[serde(default)]
+    pub redirect_allowlist: Vec<String>,
+}
+
+fn default_session_lifetime() -> TextDuration {
+    TextDuration(Duration::from_secs(12 * 3600))
+}
+
+/// One OpenID provider.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProviderSettings {
+    /// What `portcullis.dev/auth-provider` names.
+    pub name: String,
+    /// The issuer URL; `https://`, or `http://` for loopback addresses only (tests).
+    pub issuer: String,
+    pub client_id: String,
+    /// Needed for browser login with a confidential client.
+    #[serde(default)]
+    pub client_secret: Option<SecretSource>,
+    /// Default `[openid, email, profile]`.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+    /// `aud` values accepted on bearer tokens besides the client id.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// The claim holding group names. Default `groups`.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// When set (e.g. `at+jwt`), bearer tokens must carry this `typ` header.
+    #[serde(default)]
+    pub access_token_type: Option<String>,
+}
+
+fn default_scopes() -> Vec<String> {
+    ["openid", "email", "profile"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn default_groups_claim() -> String {
+    "groups".to_string()
 }
 
 /// Listener addresses.
@@ -196,6 +279,9 @@ impl Settings {
                 });
             }
         }
+        if let Some(oidc) = &self.oidc {
+            oidc.validate()?;
+        }
         if self.ingress_class.is_empty() {
             return Err(SettingsError::Value {
                 field: "ingressClass".into(),
@@ -203,6 +289,76 @@ impl Settings {
             });
         }
         Ok(())
+    }
+}
+
+impl OidcSettings {
+    fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |field: String, message: String| Err(SettingsError::Value { field, message });
+        if self.session_keys.is_empty() {
+            return bad(
+                "oidc.sessionKeys".into(),
+                "at least one key is required: 32 random bytes, base64 (e.g. `openssl rand -base64 32`)"
+                    .into(),
+            );
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            let field = |f: &str| format!("oidc.providers[{i}].{f}");
+            if p.name.is_empty() || !names.insert(p.name.as_str()) {
+                return bad(
+                    field("name"),
+                    format!("{:?} must be non-empty and unique", p.name),
+                );
+            }
+            if let Err(m) = check_issuer(&p.issuer) {
+                return bad(field("issuer"), m);
+            }
+            if p.client_id.is_empty() {
+                return bad(field("clientId"), "must not be empty".into());
+            }
+            if !p.scopes.iter().any(|s| s == "openid") {
+                return bad(field("scopes"), "must include openid".into());
+            }
+        }
+        for source in &self.session_keys {
+            if let SecretSource::Secret { secret, .. } = source {
+                if crate::split_namespaced(secret).is_none() {
+                    return bad(
+                        "oidc.sessionKeys".into(),
+                        format!("{secret:?} must be NAMESPACE/NAME"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn provider(&self, name: &str) -> Option<&ProviderSettings> {
+        self.providers.iter().find(|p| p.name == name)
+    }
+}
+
+/// An issuer must be https, except on loopback addresses (for tests and local IdPs).
+fn check_issuer(issuer: &str) -> Result<(), String> {
+    let uri: http::Uri = issuer
+        .parse()
+        .map_err(|e| format!("{issuer:?} is not a URL: {e}"))?;
+    let host = uri.host().unwrap_or_default();
+    match uri.scheme_str() {
+        Some("https") if !host.is_empty() => Ok(()),
+        Some("http")
+            if host == "localhost"
+                || host
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback()) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "{issuer:?} must be an https:// URL (http:// only for loopback addresses)"
+        )),
     }
 }
 
@@ -228,6 +384,34 @@ mod tests {
         assert_eq!(s.tls.min_version, TlsVersion::Tls13);
         assert_eq!(s.timeouts.read.0, Duration::from_secs(5));
         assert_eq!(s.limits.max_body_size.0, 1 << 20);
+    }
+
+    #[test]
+    fn oidc_providers() {
+        let s = Settings::from_yaml(
+            "oidc:\n  providers:\n  - name: corp\n    issuer: https://idp.example.com\n    clientId: portcullis\n    clientSecret: {env: OIDC_CLIENT_SECRET}\n    audiences: [urn:api]\n  sessionKeys: [{file: /run/key}, {secret: portcullis/session, key: k}]\n",
+        )
+        .unwrap();
+        let oidc = s.oidc.unwrap();
+        let p = oidc.provider("corp").unwrap();
+        assert_eq!(
+            p.client_secret,
+            Some(SecretSource::Env {
+                env: "OIDC_CLIENT_SECRET".into()
+            })
+        );
+        assert_eq!(p.scopes, ["openid", "email", "profile"]);
+        assert_eq!(p.groups_claim, "groups");
+        assert_eq!(oidc.session_keys.len(), 2);
+        for (yaml, field) in [
+            ("oidc: {providers: [{name: a, issuer: 'http://idp.example.com', clientId: c}], sessionKeys: [{env: K}]}", "issuer"),
+            ("oidc: {providers: [{name: a, issuer: 'https://i', clientId: c}], sessionKeys: []}", "sessionKeys"),
+            ("oidc: {providers: [{name: a, issuer: 'https://i', clientId: c, scopes: [email]}], sessionKeys: [{env: K}]}", "scopes"),
+        ] {
+            let e = Settings::from_yaml(yaml).unwrap_err().to_string();
+            assert!(e.contains(field), "{yaml}: {e}");
+        }
+        assert!(Settings::from_yaml("oidc: {providers: [{name: a, issuer: 'http://127.0.0.1:5556', clientId: c}], sessionKeys: [{env: K}]}").is_ok());
     }
 
     #[test]

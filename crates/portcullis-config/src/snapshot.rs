@@ -57,6 +57,37 @@ impl fmt::Display for BackendProtocol {
     }
 }
 
+/// Who must a request prove to be (`portcullis.dev/auth`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AuthMode {
+    /// No authentication (the default; `check` points such routes out).
+    #[default]
+    None,
+    /// Browser login with the named provider; bearer tokens are accepted too.
+    Oidc { provider: String },
+    /// Bearer tokens from the named provider only.
+    Jwt { provider: String },
+}
+
+impl AuthMode {
+    pub fn provider(&self) -> Option<&str> {
+        match self {
+            AuthMode::None => None,
+            AuthMode::Oidc { provider } | AuthMode::Jwt { provider } => Some(provider),
+        }
+    }
+}
+
+impl fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthMode::None => f.write_str("none"),
+            AuthMode::Oidc { provider } => write!(f, "oidc (provider {provider})"),
+            AuthMode::Jwt { provider } => write!(f, "jwt (provider {provider})"),
+        }
+    }
+}
+
 /// Per-route settings, from the Ingress's annotations with the config file's defaults
 /// filled in.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +99,7 @@ pub struct RouteOptions {
     pub backend_protocol: BackendProtocol,
     /// Backend response headers, and each read of its body, must arrive within this.
     pub read_timeout: Duration,
+    pub auth: AuthMode,
 }
 
 impl Default for RouteOptions {
@@ -77,6 +109,7 @@ impl Default for RouteOptions {
             max_body_size: Some(64 << 20),
             backend_protocol: BackendProtocol::Http,
             read_timeout: Duration::from_secs(60),
+            auth: AuthMode::None,
         }
     }
 }
@@ -163,6 +196,9 @@ pub struct Snapshot {
     pub tls_hosts: std::collections::HashSet<String>,
     /// `*.example.com` entries of `spec.tls`, by `example.com`.
     pub tls_wildcards: std::collections::HashSet<String>,
+    /// Values of the Secrets the config file refers to (`{secret: NS/NAME, key: K}`),
+    /// by `NS/NAME` and key.
+    pub referenced_secrets: HashMap<(String, String), Vec<u8>>,
     pub stats: Stats,
 }
 

@@ -14,8 +14,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use portcullis_config::path;
 use portcullis_config::routes::{normalize_host, Route};
-use portcullis_config::snapshot::BackendProtocol;
+use portcullis_config::snapshot::{AuthMode, BackendProtocol};
 
+use crate::auth::{Auth, Decision, Identity, RequestFacts};
 use crate::metrics::{IngressLabel, RequestLabels, UpstreamErrorLabels};
 use crate::proxy::{self, Body, ReadTimeout, UpstreamFailure, Upstreams};
 use crate::state::{Gateway, Runtime, Upstream};
@@ -35,15 +36,17 @@ pub struct ClientConn {
 pub struct Proxy {
     pub gateway: Arc<Gateway>,
     pub upstreams: Upstreams,
+    pub auth: Auth,
     request_ids: RequestIds,
 }
 
 impl Proxy {
-    pub fn new(gateway: Arc<Gateway>) -> Result<Self, rustls::Error> {
+    pub fn new(gateway: Arc<Gateway>, auth: Auth) -> Result<Self, rustls::Error> {
         let upstreams = Upstreams::new(&gateway.settings)?;
         Ok(Proxy {
             gateway,
             upstreams,
+            auth,
             request_ids: RequestIds::new(),
         })
     }
@@ -78,6 +81,8 @@ struct Record {
     backend: Option<String>,
     upstream: Option<String>,
     detail: Option<String>,
+    user: Option<String>,
+    auth: Option<&'static str>,
 }
 
 /// Entry point for every request on the HTTP and HTTPS listeners.
@@ -132,6 +137,8 @@ pub async fn handle(
         ingress = %ingress,
         backend = record.backend.as_deref().unwrap_or("-"),
         upstream = record.upstream.as_deref().unwrap_or("-"),
+        user = record.user.as_deref().unwrap_or("-"),
+        auth = record.auth.unwrap_or("-"),
         detail = record.detail.as_deref().unwrap_or(""),
     );
     Ok(response)
@@ -156,8 +163,44 @@ async fn serve(
         .into_owned();
     record.path = path.clone();
 
+    let target = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.clone(),
+    };
+    let upgrade = proxy::upgrade_requested(req.headers()).is_some();
+
     if path.starts_with(RESERVED_PREFIX) {
-        return Err(Refusal::new(StatusCode::NOT_FOUND, "no such gateway endpoint"));
+        if !crate::auth::ENDPOINTS.contains(&path.as_str()) {
+            return Err(Refusal::new(StatusCode::NOT_FOUND, "no such gateway endpoint"));
+        }
+        if !conn.tls {
+            return Err(redirect_to_https(proxy, &host, &path, req.uri()));
+        }
+        let facts = RequestFacts {
+            method: req.method(),
+            headers: req.headers(),
+            host: &host,
+            authority: &authority,
+            target: &target,
+            upgrade,
+        };
+        let provider_for = |p: &str| {
+            let id = runtime.snapshot.lookup(&host, p)?;
+            runtime
+                .snapshot
+                .routes
+                .route(id)
+                .options
+                .auth
+                .provider()
+                .map(str::to_string)
+        };
+        let (response, reason) = proxy
+            .auth
+            .endpoint(&path, req.uri().query(), &facts, provider_for)
+            .await;
+        record.detail = Some(reason);
+        return Ok(response);
     }
 
     let route = runtime
@@ -168,7 +211,8 @@ async fn serve(
         record.ingress = Some(route.ingress.to_string());
     }
 
-    if !conn.tls && wants_https(runtime, route, &host) {
+    let authenticated = route.is_some_and(|r| r.options.auth != AuthMode::None);
+    if !conn.tls && (authenticated || wants_https(runtime, route, &host)) {
         return Err(redirect_to_https(proxy, &host, &path, req.uri()));
     }
     let route =
@@ -182,6 +226,34 @@ async fn serve(
             ));
         }
     }
+
+    let (identity, set_cookies) = match &route.options.auth {
+        AuthMode::None => (None, Vec::new()),
+        mode => {
+            let facts = RequestFacts {
+                method: req.method(),
+                headers: req.headers(),
+                host: &host,
+                authority: &authority,
+                target: &target,
+                upgrade,
+            };
+            match proxy.auth.authenticate(mode, &facts).await {
+                Decision::Allow {
+                    identity,
+                    set_cookies,
+                } => {
+                    record.user = Some(identity.subject.clone());
+                    record.auth = Some(identity.method.as_str());
+                    (Some(identity), set_cookies)
+                }
+                Decision::Respond { response, reason } => {
+                    record.detail = Some(reason);
+                    return Ok(response);
+                }
+            }
+        }
+    };
 
     let backend = runtime.snapshot.backend(route.backend);
     record.backend = Some(backend.to_string());
@@ -197,11 +269,18 @@ async fn serve(
         request_id,
         route,
         client_upgrade.is_some(),
+        identity.as_ref(),
     );
 
     let (response, upstream) = forward(proxy, runtime, route, outgoing, record).await?;
     record.upstream = Some(upstream.to_string());
-    Ok(relay_response(response, route, conn, client_upgrade))
+    let mut response = relay_response(response, route, conn, client_upgrade);
+    for cookie in set_cookies {
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+    Ok(response)
 }
 
 /// Requests whose framing two parsers could read differently are refused, and the
@@ -299,6 +378,7 @@ impl Outgoing {
         request_id: &str,
         route: &Route,
         upgrade: bool,
+        identity: Option<&Identity>,
     ) -> Self {
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
@@ -309,6 +389,10 @@ impl Outgoing {
             .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
         proxy::remove_hop_by_hop(&mut headers);
         proxy::strip_identity_headers(&mut headers);
+        proxy::strip_gateway_cookies(&mut headers);
+        if let Some(identity) = identity {
+            proxy::set_identity_headers(&mut headers, identity);
+        }
         let protocol = route.options.backend_protocol;
         if upgrade {
             if let Some(p) = upgrade_protocol {

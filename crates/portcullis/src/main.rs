@@ -257,7 +257,11 @@ async fn serve(settings: Settings, manifests: PathBuf, watch_interval: Duration)
     }
 
     let tls_config = tls::server_config(gateway.clone()).context("cannot build the TLS configuration")?;
-    let proxy = Arc::new(Proxy::new(gateway.clone()).context("cannot build the backend TLS configuration")?);
+    let auth = portcullis::auth::Auth::new(&settings, &gateway.runtime().snapshot)
+        .context("cannot set up authentication")?;
+    auth.warm_up().await;
+    let proxy =
+        Arc::new(Proxy::new(gateway.clone(), auth).context("cannot build the backend TLS configuration")?);
     let (stop, shutdown) = Shutdown::new();
     let drain = Drain::default();
     let listeners = [

@@ -160,16 +160,6 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-/// Identity headers only the gateway may set; whatever a client sends is dropped.
-const IDENTITY_PREFIXES: &[&str] = &[
-    "x-portcullis-",
-    "x-auth-request-",
-    "x-forwarded-user",
-    "x-forwarded-email",
-    "x-forwarded-groups",
-    "remote-user",
-];
-
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -187,15 +177,74 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Identity headers only the gateway may set; whatever a client sends under these
+/// names (in any case, with `_` or `-`) is dropped.
+const IDENTITY_PREFIXES: &[&str] = &[
+    "x-portcullis-",
+    "x-auth-request-",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+    "x-remote-user",
+    "remote-user",
+];
+
 /// Drops identity headers a client tried to supply.
 pub fn strip_identity_headers(headers: &mut HeaderMap) {
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| IDENTITY_PREFIXES.iter().any(|p| k.as_str().starts_with(p)))
+        .filter(|k| {
+            let name = k.as_str().replace('_', "-");
+            IDENTITY_PREFIXES.iter().any(|p| name.starts_with(p))
+        })
         .cloned()
         .collect();
     for name in doomed {
         headers.remove(name);
+    }
+}
+
+/// Removes the gateway's own cookies (session, login) from what the backend sees.
+pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::COOKIE) {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.starts_with("__Host-portcullis-"))
+        .map(str::to_string)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !kept.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
+/// The identity headers backends read (the oauth2-proxy / ingress-nginx convention).
+/// The email is passed only when the provider verified it.
+pub fn set_identity_headers(headers: &mut HeaderMap, identity: &crate::auth::Identity) {
+    let mut set = |name: &'static str, value: &str| {
+        let clean: String = value.chars().filter(|c| !c.is_control()).collect();
+        if let Ok(v) = HeaderValue::from_str(&clean) {
+            headers.insert(name, v);
+        }
+    };
+    set("x-auth-request-user", &identity.subject);
+    if let (Some(email), true) = (&identity.email, identity.email_verified) {
+        set("x-auth-request-email", email);
+    }
+    if !identity.groups.is_empty() {
+        set("x-auth-request-groups", &identity.groups.join(","));
+    }
+    if let Some(name) = &identity.name {
+        set("x-auth-request-preferred-username", name);
     }
 }
 
@@ -395,9 +444,33 @@ mod tests {
         h.insert("x-auth-request-user", HeaderValue::from_static("admin"));
         h.insert("x-portcullis-email", HeaderValue::from_static("a@b"));
         h.insert("remote-user", HeaderValue::from_static("root"));
+        h.insert(
+            "x_auth_request_email",
+            HeaderValue::from_static("root@example.com"),
+        );
+        h.insert("X-AUTH-REQUEST-GROUPS", HeaderValue::from_static("admins"));
         h.insert("x-other", HeaderValue::from_static("ok"));
         strip_identity_headers(&mut h);
         assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn gateway_cookies_never_reach_backends() {
+        let mut h = HeaderMap::new();
+        h.append(
+            "cookie",
+            HeaderValue::from_static("a=1; __Host-portcullis-session=secret"),
+        );
+        h.append(
+            "cookie",
+            HeaderValue::from_static("__Host-portcullis-session.1=more; b=2"),
+        );
+        strip_gateway_cookies(&mut h);
+        assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("__Host-portcullis-login=x"));
+        strip_gateway_cookies(&mut h);
+        assert!(!h.contains_key("cookie"));
     }
 
     #[test]

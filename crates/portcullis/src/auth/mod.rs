@@ -1,0 +1,747 @@
+//! Authentication: who is calling, per route. Bearer tokens are checked against the
+//! route's provider; browsers carry a sealed session cookie obtained through the
+//! authorization code flow with PKCE, `state` and `nonce`. Everything fails closed: a
+//! provider that cannot be reached means 503, never a request let through.
+//!
+//! The gateway's own endpoints, on every host:
+//! `/.portcullis/start?rd=PATH`, `/.portcullis/callback`, `/.portcullis/sign-out`.
+
+pub mod jwt;
+pub mod provider;
+pub mod session;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode};
+use portcullis_config::settings::{SecretSource, Settings};
+use portcullis_config::snapshot::AuthMode;
+use portcullis_config::Snapshot;
+use ring::digest;
+
+use crate::proxy::{self, Body};
+use provider::{Claims, IdpClient, IdpError, Provider};
+use session::{LoginAttempt, Purpose, Sealer, Session, LOGIN_COOKIE, SESSION_COOKIE};
+
+/// The gateway's own endpoints (HTTPS only).
+pub const ENDPOINTS: &[&str] = &["/.portcullis/start", "/.portcullis/callback", "/.portcullis/sign-out"];
+
+/// A login attempt must finish within this many seconds.
+const LOGIN_TTL: i64 = 600;
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    Session,
+    Bearer,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Session => "session",
+            AuthMethod::Bearer => "bearer",
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub provider: String,
+    pub subject: String,
+    pub email: Option<String>,
+    pub email_verified: bool,
+    pub groups: Vec<String>,
+    pub name: Option<String>,
+    pub method: AuthMethod,
+}
+
+/// The outcome of authenticating a request.
+pub enum Decision {
+    /// Go on, as this identity; `set_cookies` carry a refreshed session.
+    Allow {
+        identity: Identity,
+        set_cookies: Vec<String>,
+    },
+    /// Answer with this (401, a redirect to login, 503) and stop; `reason` is for logs.
+    Respond {
+        response: Response<Body>,
+        reason: String,
+    },
+}
+
+/// Configuration problems found when building the authenticator.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{what} from {source_}: {detail}")]
+    Secret {
+        what: String,
+        source_: String,
+        detail: String,
+    },
+    #[error(transparent)]
+    Key(#[from] session::KeyError),
+    #[error("cannot build the provider HTTP client: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// The request facts authentication looks at.
+pub struct RequestFacts<'a> {
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+    /// Host without port, lower case.
+    pub host: &'a str,
+    /// Host as the client wrote it (with port), for URLs sent back to it.
+    pub authority: &'a str,
+    /// Normalized path and query: where to return after login.
+    pub target: &'a str,
+    pub upgrade: bool,
+}
+
+pub struct Auth {
+    providers: HashMap<String, Arc<Provider>>,
+    sealer: Option<Sealer>,
+    client: IdpClient,
+    session_lifetime: i64,
+    redirect_allowlist: Vec<String>,
+}
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn resolve(what: &str, source: &SecretSource, snapshot: &Snapshot) -> Result<Vec<u8>, SetupError> {
+    let fail = |detail: String| SetupError::Secret {
+        what: what.to_string(),
+        source_: source.to_string(),
+        detail,
+    };
+    match source {
+        SecretSource::Env { env } => std::env::var(env)
+            .map(|v| v.into_bytes())
+            .map_err(|_| fail("not set".into())),
+        SecretSource::File { file } => std::fs::read(file)
+            .map(|mut v| {
+                while v.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                    v.pop();
+                }
+                v
+            })
+            .map_err(|e| fail(e.to_string())),
+        SecretSource::Secret { secret, key } => snapshot
+            .referenced_secrets
+            .get(&(secret.clone(), key.clone()))
+            .cloned()
+            .ok_or_else(|| fail("not found among the manifests".into())),
+    }
+}
+
+impl Auth {
+    /// Reads the providers and session keys of the config file, resolving secrets.
+    pub fn new(settings: &Settings, snapshot: &Snapshot) -> Result<Auth, SetupError> {
+        let client = IdpClient::new()?;
+        let Some(oidc) = &settings.oidc else {
+            return Ok(Auth {
+                providers: HashMap::new(),
+                sealer: None,
+                client,
+                session_lifetime: 0,
+                redirect_allowlist: Vec::new(),
+            });
+        };
+        let mut keys = Vec::new();
+        for source in &oidc.session_keys {
+            keys.push(resolve("oidc.sessionKeys", source, snapshot)?);
+        }
+        let mut providers = HashMap::new();
+        for p in &oidc.providers {
+            let secret = match &p.client_secret {
+                Some(source) => Some(
+                    String::from_utf8(resolve(
+                        &format!("client secret of provider {}", p.name),
+                        source,
+                        snapshot,
+                    )?)
+                    .map_err(|_| SetupError::Secret {
+                        what: format!("client secret of provider {}", p.name),
+                        source_: source.to_string(),
+                        detail: "not UTF-8".into(),
+                    })?,
+                ),
+                None => None,
+            };
+            providers.insert(p.name.clone(), Arc::new(Provider::new(p.clone(), secret)));
+        }
+        Ok(Auth {
+            providers,
+            sealer: Some(Sealer::new(&keys)?),
+            client,
+            session_lifetime: oidc.session_lifetime.0.as_secs() as i64,
+            redirect_allowlist: oidc.redirect_allowlist.clone(),
+        })
+    }
+
+    /// Fetches every provider's metadata once, so an unreachable provider is reported
+    /// at start (its routes answer 503 until it is back; the gateway serves the rest).
+    pub async fn warm_up(&self) {
+        for p in self.providers.values() {
+            if let Err(e) = p.metadata(&self.client).await {
+                tracing::error!(target: "portcullis::auth", provider = %p.name(), error = %e, "provider unavailable: routes that use it answer 503 until it is reachable");
+            }
+        }
+    }
+
+    /// Decides whether a request on a route with `mode` may pass.
+    pub async fn authenticate(&self, mode: &AuthMode, req: &RequestFacts<'_>) -> Decision {
+        let Some(name) = mode.provider() else {
+            return Decision::Respond {
+                response: plain(StatusCode::INTERNAL_SERVER_ERROR, "route has no provider"),
+                reason: "no provider".into(),
+            };
+        };
+        let Some(provider) = self.providers.get(name) else {
+            return unavailable(&format!("provider {name} is not configured"));
+        };
+        if let Some(value) = req.headers.get(header::AUTHORIZATION) {
+            let text = value.to_str().unwrap_or_default();
+            if let Some(token) = text
+                .strip_prefix("Bearer ")
+                .or_else(|| text.strip_prefix("bearer "))
+            {
+                return self.bearer(provider, token.trim()).await;
+            }
+            if matches!(mode, AuthMode::Jwt { .. }) {
+                return challenge("invalid_request", "only Bearer tokens are accepted");
+            }
+        }
+        if matches!(mode, AuthMode::Jwt { .. }) {
+            return challenge("", "a Bearer token is required");
+        }
+        let now = now();
+        match self.session(provider, req, now).await {
+            Ok(Some((session, set_cookies))) => Decision::Allow {
+                identity: Identity {
+                    provider: session.p,
+                    subject: session.sub,
+                    email: session.email,
+                    email_verified: session.email_verified,
+                    groups: session.groups,
+                    name: session.name,
+                    method: AuthMethod::Session,
+                },
+                set_cookies,
+            },
+            Ok(None) if wants_api_answer(req) => challenge("", "sign in first, or send a Bearer token"),
+            Ok(None) => self.begin_login(provider, req, req.target.to_string(), now).await,
+            Err(e) => unavailable(&e.to_string()),
+        }
+    }
+
+    async fn bearer(&self, provider: &Provider, token: &str) -> Decision {
+        match provider.verify_bearer(&self.client, token).await {
+            Ok(Ok(claims)) => {
+                tracing::info!(target: "portcullis::auth", event = "token_accepted", provider = %provider.name(), subject = %claims.subject);
+                Decision::Allow {
+                    identity: identity(provider.name(), claims, AuthMethod::Bearer),
+                    set_cookies: Vec::new(),
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::info!(target: "portcullis::auth", event = "token_refused", provider = %provider.name(), reason = %e);
+                challenge("invalid_token", &e.to_string())
+            }
+            Err(e) => unavailable(&e.to_string()),
+        }
+    }
+
+    /// The session from the cookie, refreshed when its tokens have expired.
+    /// `Ok(None)`: no usable session (absent, forged, expired, refused refresh).
+    async fn session(
+        &self,
+        provider: &Provider,
+        req: &RequestFacts<'_>,
+        now: i64,
+    ) -> Result<Option<(Session, Vec<String>)>, IdpError> {
+        let Some(sealer) = &self.sealer else {
+            return Ok(None);
+        };
+        let Some(raw) = session::read_chunked(req.headers, SESSION_COOKIE) else {
+            return Ok(None);
+        };
+        let Some(mut s) = sealer.open::<Session>(Purpose::Session, &raw) else {
+            tracing::info!(target: "portcullis::auth", event = "session_refused", reason = "cookie does not open with any session key");
+            return Ok(None);
+        };
+        if s.p != provider.name() || s.host != req.host || s.exp <= now {
+            tracing::info!(target: "portcullis::auth", event = "session_refused", subject = %s.sub, reason = "other provider, other host or past its lifetime");
+            return Ok(None);
+        }
+        if s.tokens_exp > now {
+            return Ok(Some((s, Vec::new())));
+        }
+        let Some(refresh_token) = s.refresh_token.clone() else {
+            tracing::info!(target: "portcullis::auth", event = "session_expired", subject = %s.sub);
+            return Ok(None);
+        };
+        let tokens = match provider
+            .token(
+                &self.client,
+                &[("grant_type", "refresh_token"), ("refresh_token", &refresh_token)],
+            )
+            .await
+        {
+            Ok(t) => t,
+            Err(IdpError::Refused { detail, .. }) => {
+                tracing::info!(target: "portcullis::auth", event = "refresh_refused", subject = %s.sub, reason = %detail);
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(id_token) = &tokens.id_token {
+            match provider
+                .verify_id_token(&self.client, id_token, None, now)
+                .await?
+            {
+                Ok(claims) if claims.subject == s.sub => {
+                    s.email = claims.email;
+                    s.email_verified = claims.email_verified;
+                    s.groups = claims.groups;
+                    s.name = claims.name;
+                    s.tokens_exp = claims.expires;
+                }
+                Ok(_) => return Ok(None),
+                Err(e) => {
+                    tracing::warn!(target: "portcullis::auth", event = "refresh_refused", subject = %s.sub, reason = %e);
+                    return Ok(None);
+                }
+            }
+        } else {
+            s.tokens_exp = now + tokens.expires_in.unwrap_or(300);
+        }
+        if let Some(rt) = tokens.refresh_token {
+            s.refresh_token = Some(rt);
+        }
+        tracing::info!(target: "portcullis::auth", event = "refresh", provider = %provider.name(), subject = %s.sub);
+        let cookies = self.session_cookies(&s, now);
+        Ok(Some((s, cookies)))
+    }
+
+    fn session_cookies(&self, s: &Session, now: i64) -> Vec<String> {
+        match self.sealer.as_ref().and_then(|k| k.seal(Purpose::Session, s)) {
+            Some(value) => session::set_chunked(SESSION_COOKIE, &value, (s.exp - now).max(0)),
+            None => Vec::new(),
+        }
+    }
+
+    /// Starts the authorization code flow: remembers state, nonce and the PKCE
+    /// verifier in a sealed cookie and sends the browser to the provider.
+    async fn begin_login(
+        &self,
+        provider: &Provider,
+        req: &RequestFacts<'_>,
+        rd: String,
+        now: i64,
+    ) -> Decision {
+        let Some(sealer) = &self.sealer else {
+            return unavailable("no session keys");
+        };
+        let metadata = match provider.metadata(&self.client).await {
+            Ok(m) => m,
+            Err(e) => return unavailable(&e.to_string()),
+        };
+        let attempt = LoginAttempt {
+            provider: provider.name().to_string(),
+            state: sealer.random_token(),
+            nonce: sealer.random_token(),
+            verifier: sealer.random_token(),
+            rd,
+            host: req.host.to_string(),
+            exp: now + LOGIN_TTL,
+        };
+        let challenge = base64_url(digest::digest(&digest::SHA256, attempt.verifier.as_bytes()).as_ref());
+        let scopes = provider.settings.scopes.join(" ");
+        let redirect_uri = callback_url(req.authority);
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &provider.settings.client_id)
+            .append_pair("redirect_uri", &redirect_uri)
+            .append_pair("scope", &scopes)
+            .append_pair("state", &attempt.state)
+            .append_pair("nonce", &attempt.nonce)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+        let separator = if metadata.authorization_endpoint.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let location = format!("{}{separator}{}", metadata.authorization_endpoint, query.finish());
+        let Some(sealed) = sealer.seal(Purpose::Login, &attempt) else {
+            return unavailable("cannot seal the login attempt");
+        };
+        let mut response = redirect(StatusCode::FOUND, &location);
+        append_cookie(&mut response, &session::cookie(LOGIN_COOKIE, &sealed, LOGIN_TTL));
+        tracing::info!(target: "portcullis::auth", event = "login_started", provider = %provider.name(), host = %req.host);
+        Decision::Respond {
+            response,
+            reason: "login required".into(),
+        }
+    }
+
+    /// Serves `/.portcullis/*`. `provider_for` names the provider of the route a path
+    /// on this host belongs to.
+    pub async fn endpoint(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        req: &RequestFacts<'_>,
+        provider_for: impl Fn(&str) -> Option<String>,
+    ) -> (Response<Body>, String) {
+        let params: HashMap<String, String> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+        match path {
+            "/.portcullis/start" => {
+                let rd = params.get("rd").map(String::as_str).unwrap_or("/");
+                let Some(rd) = self.safe_redirect(rd, req.host) else {
+                    return (
+                        plain(StatusCode::BAD_REQUEST, "rd must be a path on this host"),
+                        "unsafe rd".into(),
+                    );
+                };
+                let rd_path = rd.split('?').next().unwrap_or("/");
+                let name = params
+                    .get("provider")
+                    .cloned()
+                    .or_else(|| provider_for(rd_path))
+                    .or_else(|| {
+                        (self.providers.len() == 1)
+                            .then(|| self.providers.keys().next().cloned())
+                            .flatten()
+                    });
+                let Some(provider) = name.and_then(|n| self.providers.get(&n).cloned()) else {
+                    return (
+                        plain(StatusCode::NOT_FOUND, "no OpenID provider for this path"),
+                        "no provider".into(),
+                    );
+                };
+                match self.begin_login(&provider, req, rd, now()).await {
+                    Decision::Respond { response, reason } => (response, reason),
+                    Decision::Allow { .. } => (plain(StatusCode::INTERNAL_SERVER_ERROR, ""), String::new()),
+                }
+            }
+            "/.portcullis/callback" => self.callback(&params, req).await,
+            "/.portcullis/sign-out" => self.sign_out(req).await,
+            _ => (
+                plain(StatusCode::NOT_FOUND, "no such gateway endpoint"),
+                "unknown endpoint".into(),
+            ),
+        }
+    }
+
+    async fn callback(
+        &self,
+        params: &HashMap<String, String>,
+        req: &RequestFacts<'_>,
+    ) -> (Response<Body>, String) {
+        let refuse = |status: StatusCode, why: &str| {
+            tracing::info!(target: "portcullis::auth", event = "login_refused", host = %req.host, reason = %why);
+            let mut r = plain(status, why);
+            append_cookie(&mut r, &session::cookie(LOGIN_COOKIE, "", 0));
+            (r, why.to_string())
+        };
+        let Some(sealer) = &self.sealer else {
+            return refuse(StatusCode::NOT_FOUND, "authentication is not configured");
+        };
+        let now = now();
+        let attempt = session::read_chunked(req.headers, LOGIN_COOKIE)
+            .and_then(|raw| sealer.open::<LoginAttempt>(Purpose::Login, &raw));
+        let Some(attempt) = attempt else {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "no login in progress in this browser (or it was tampered with)",
+            );
+        };
+        if attempt.exp < now || attempt.host != req.host {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "the login attempt expired or belongs to another host",
+            );
+        }
+        let state = params.get("state").map(String::as_str).unwrap_or("");
+        if !same(state.as_bytes(), attempt.state.as_bytes()) {
+            return refuse(StatusCode::BAD_REQUEST, "state does not match the login attempt");
+        }
+        let Some(provider) = self.providers.get(&attempt.provider).cloned() else {
+            return refuse(StatusCode::BAD_REQUEST, "unknown provider");
+        };
+        if let Some(error) = params.get("error") {
+            let why = format!(
+                "the provider refused the login: {error} {}",
+                params.get("error_description").map(String::as_str).unwrap_or("")
+            );
+            return refuse(StatusCode::UNAUTHORIZED, why.trim());
+        }
+        let metadata = match provider.metadata(&self.client).await {
+            Ok(m) => m,
+            Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        };
+        // RFC 9207: the iss parameter names who sent this response (mix-up defence).
+        match params.get("iss") {
+            Some(iss) if *iss != provider.settings.issuer => {
+                return refuse(StatusCode::BAD_REQUEST, "iss parameter names another issuer")
+            }
+            None if metadata.authorization_response_iss_parameter_supported => {
+                return refuse(StatusCode::BAD_REQUEST, "iss parameter missing")
+            }
+            _ => {}
+        }
+        let Some(code) = params.get("code") else {
+            return refuse(StatusCode::BAD_REQUEST, "no code");
+        };
+        let redirect_uri = callback_url(req.authority);
+        let tokens = match provider
+            .token(
+                &self.client,
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("code", code),
+                    ("redirect_uri", &redirect_uri),
+                    ("code_verifier", &attempt.verifier),
+                ],
+            )
+            .await
+        {
+            Ok(t) => t,
+            Err(e @ IdpError::Refused { .. }) => return refuse(StatusCode::UNAUTHORIZED, &e.to_string()),
+            Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        };
+        let Some(id_token) = tokens.id_token else {
+            return refuse(StatusCode::BAD_GATEWAY, "the provider sent no ID token");
+        };
+        let claims = match provider
+            .verify_id_token(&self.client, &id_token, Some(&attempt.nonce), now)
+            .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return refuse(StatusCode::UNAUTHORIZED, &format!("ID token refused: {e}")),
+            Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        };
+        let session = Session {
+            p: provider.name().to_string(),
+            sub: claims.subject.clone(),
+            email: claims.email,
+            email_verified: claims.email_verified,
+            groups: claims.groups,
+            name: claims.name,
+            exp: now + self.session_lifetime,
+            tokens_exp: claims.expires,
+            refresh_token: tokens.refresh_token,
+            host: req.host.to_string(),
+        };
+        tracing::info!(target: "portcullis::auth", event = "login", provider = %provider.name(), subject = %session.sub, host = %req.host);
+        let mut response = redirect(StatusCode::SEE_OTHER, &attempt.rd);
+        for c in self.session_cookies(&session, now) {
+            append_cookie(&mut response, &c);
+        }
+        append_cookie(&mut response, &session::cookie(LOGIN_COOKIE, "", 0));
+        (response, "login".into())
+    }
+
+    async fn sign_out(&self, req: &RequestFacts<'_>) -> (Response<Body>, String) {
+        let session = self.sealer.as_ref().and_then(|s| {
+            session::read_chunked(req.headers, SESSION_COOKIE)
+                .and_then(|raw| s.open::<Session>(Purpose::Session, &raw))
+        });
+        let mut location = "/".to_string();
+        if let Some(s) = &session {
+            tracing::info!(target: "portcullis::auth", event = "logout", provider = %s.p, subject = %s.sub);
+            // RP-initiated logout: end the provider's session too.
+            if let Some(p) = self.providers.get(&s.p) {
+                if let Ok(metadata) = p.metadata(&self.client).await {
+                    if let Some(end) = metadata.end_session_endpoint {
+                        let mut q = form_urlencoded::Serializer::new(String::new());
+                        q.append_pair("client_id", &p.settings.client_id)
+                            .append_pair("post_logout_redirect_uri", &format!("https://{}/", req.authority));
+                        let sep = if end.contains('?') { '&' } else { '?' };
+                        location = format!("{end}{sep}{}", q.finish());
+                    }
+                }
+            }
+        }
+        let mut response = redirect(StatusCode::SEE_OTHER, &location);
+        for c in session::clear_chunked(SESSION_COOKIE) {
+            append_cookie(&mut response, &c);
+        }
+        (response, "sign-out".into())
+    }
+
+    /// Where a login may return to: a path on this host (never `//host` or `/\host`,
+    /// which browsers read as another host), or an https URL on this host or an
+    /// allowlisted one.
+    pub fn safe_redirect(&self, rd: &str, host: &str) -> Option<String> {
+        if rd.chars().any(|c| c.is_control() || c == '\\') {
+            return None;
+        }
+        if rd.starts_with('/') && !rd.starts_with("//") {
+            return Some(rd.to_string());
+        }
+        let uri: http::Uri = rd.parse().ok()?;
+        let target = uri.host()?.to_ascii_lowercase();
+        let allowed = uri.scheme_str() == Some("https")
+            && uri.port().is_none_or(|_| target == host)
+            && (target == host
+                || self
+                    .redirect_allowlist
+                    .iter()
+                    .any(|h| h.eq_ignore_ascii_case(&target)));
+        allowed.then(|| rd.to_string())
+    }
+}
+
+fn identity(provider: &str, c: Claims, method: AuthMethod) -> Identity {
+    Identity {
+        provider: provider.to_string(),
+        subject: c.subject,
+        email: c.email,
+        email_verified: c.email_verified,
+        groups: c.groups,
+        name: c.name,
+        method,
+    }
+}
+
+/// Compares without stopping at the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn callback_url(authority: &str) -> String {
+    format!("https://{authority}/.portcullis/callback")
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// API clients get 401; browsers get sent to log in.
+fn wants_api_answer(req: &RequestFacts<'_>) -> bool {
+    let h = req.headers;
+    let header = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = header("accept");
+    !matches!(*req.method, Method::GET | Method::HEAD)
+        || req.upgrade
+        || header("x-requested-with").eq_ignore_ascii_case("XMLHttpRequest")
+        || (accept.contains("application/json") && !accept.contains("text/html"))
+        || h.contains_key(header::AUTHORIZATION)
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<Body> {
+    let mut r = Response::new(proxy::full(format!(
+        "{} {}\n{text}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+    let mut r = plain(status, "");
+    if let Ok(v) = HeaderValue::from_str(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+fn append_cookie(r: &mut Response<Body>, cookie: &str) {
+    if let Ok(v) = HeaderValue::from_str(cookie) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// 401 with a `WWW-Authenticate` challenge (RFC 6750).
+fn challenge(error: &str, description: &str) -> Decision {
+    let mut value = "Bearer realm=\"portcullis\"".to_string();
+    if !error.is_empty() {
+        let clean: String = description
+            .chars()
+            .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+            .collect();
+        value.push_str(&format!(", error=\"{error}\", error_description=\"{clean}\""));
+    }
+    let mut response = plain(StatusCode::UNAUTHORIZED, description);
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    Decision::Respond {
+        response,
+        reason: description.to_string(),
+    }
+}
+
+fn unavailable(why: &str) -> Decision {
+    tracing::error!(target: "portcullis::auth", event = "provider_unavailable", reason = %why);
+    Decision::Respond {
+        response: plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the identity provider is unavailable",
+        ),
+        reason: why.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(allow: &[&str]) -> Auth {
+        Auth {
+            providers: HashMap::new(),
+            sealer: None,
+            client: IdpClient::new().unwrap(),
+            session_lifetime: 3600,
+            redirect_allowlist: allow.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn post_login_redirects_stay_on_this_host_or_the_allowlist() {
+        let a = auth(&["docs.example.com"]);
+        for ok in [
+            "/",
+            "/app?x=1",
+            "https://app.example.com/x",
+            "https://docs.example.com/",
+        ] {
+            assert!(a.safe_redirect(ok, "app.example.com").is_some(), "{ok}");
+        }
+        for bad in [
+            "//evil.example/x",
+            "/\\evil.example",
+            "https://evil.example/",
+            "http://app.example.com/",
+            "javascript:alert(1)",
+            "https://app.example.com.evil.example/",
+            "https://docs.example.com:8443/",
+            "/ok\r\nSet-Cookie: x=1",
+            "evil.example",
+        ] {
+            assert!(a.safe_redirect(bad, "app.example.com").is_none(), "{bad}");
+        }
+    }
+}
