@@ -1,5 +1,6 @@
 //! Integration tests: the real binary, real sockets on 127.0.0.1, real TLS.
 
+mod authn;
 mod support;
 
 use std::time::{Duration, Instant};

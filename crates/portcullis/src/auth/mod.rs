@@ -26,7 +26,11 @@ use provider::{Claims, IdpClient, IdpError, Provider};
 use session::{LoginAttempt, Purpose, Sealer, Session, LOGIN_COOKIE, SESSION_COOKIE};
 
 /// The gateway's own endpoints (HTTPS only).
-pub const ENDPOINTS: &[&str] = &["/.portcullis/start", "/.portcullis/callback", "/.portcullis/sign-out"];
+pub const ENDPOINTS: &[&str] = &[
+    "/.portcullis/start",
+    "/.portcullis/callback",
+    "/.portcullis/sign-out",
+];
 
 /// A login attempt must finish within this many seconds.
 const LOGIN_TTL: i64 = 600;

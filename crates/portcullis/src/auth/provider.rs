@@ -25,7 +25,7 @@ use super::jwt::{self, Expect, TokenError};
 /// How long a discovery document and key set are trusted before being fetched again.
 const METADATA_TTL: Duration = Duration::from_secs(3600);
 /// A token with an unknown `kid` refreshes the key set at most this often.
-const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RESPONSE: usize = 1 << 20;
 

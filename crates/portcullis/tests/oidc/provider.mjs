@@ -7,9 +7,11 @@
 // restart the provider with other keys to rotate them. Prints one line on stdout once
 // listening: {"issuer": "http://127.0.0.1:PORT"}.
 //
-// Test-only control endpoint (the gateway's redirect URI contains its port, known only
-// after it starts): PUT /__test/client with client metadata registers or replaces the
-// client.
+// Test-only control endpoints: PUT /__test/client with client metadata registers or
+// replaces a client (the gateway's redirect URI contains its port, known only after it
+// starts); GET /__test/signing-key returns the signing key, so adversarial tests can
+// forge tokens that differ from real ones in exactly one way.
+// ID_TOKEN_TTL (seconds, default 300) shortens ID tokens to exercise refresh.
 //
 // Accounts: any login works; "alice" is in groups admins and dev, anyone else in dev.
 import http from 'node:http';
@@ -34,18 +36,17 @@ class Adapter extends MemoryAdapter {
 }
 
 // A fresh key per process; the kid names the set so a test can tell which signed a token.
-function signingKey(set) {
-  const { privateKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
-  const jwk = privateKey.export({ format: 'jwk' });
-  return { ...jwk, kid: `${set}-${crypto.randomBytes(4).toString('hex')}`, alg: 'ES256', use: 'sig' };
-}
+const { privateKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const kid = `${keyset}-${crypto.randomBytes(4).toString('hex')}`;
+const signingJwk = { ...privateKey.export({ format: 'jwk' }), kid, alg: 'ES256', use: 'sig' };
+const idTokenTtl = Number(process.env.ID_TOKEN_TTL || 300);
 
 const server = http.createServer();
 server.listen(port, '127.0.0.1', () => {
   const issuer = `http://127.0.0.1:${server.address().port}`;
   const provider = new Provider(issuer, {
     adapter: Adapter,
-    jwks: { keys: [signingKey(keyset)] },
+    jwks: { keys: [signingJwk] },
     scopes: ['openid', 'offline_access', 'email', 'profile', 'groups', 'api'],
     claims: {
       openid: ['sub'],
@@ -90,7 +91,7 @@ server.listen(port, '127.0.0.1', () => {
         }),
       },
     },
-    ttl: { IdToken: 300, AccessToken: 300, RefreshToken: 86400, Interaction: 600, Session: 86400, Grant: 86400 },
+    ttl: { IdToken: idTokenTtl, AccessToken: 300, RefreshToken: 86400, Interaction: 600, Session: 86400, Grant: 86400 },
     cookies: { keys: ['portcullis-test-cookie-key'] },
   });
   provider.proxy = false;
@@ -105,6 +106,12 @@ server.listen(port, '127.0.0.1', () => {
         clients.set(meta.client_id, meta);
         res.writeHead(204).end();
       });
+      return;
+    }
+    if (req.method === 'GET' && req.url === '/__test/signing-key') {
+      // Lets adversarial tests sign tokens that differ from real ones in one claim.
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ kid, pem: privateKey.export({ format: 'pem', type: 'pkcs8' }) }));
       return;
     }
     callback(req, res);
