@@ -549,3 +549,46 @@ async fn an_unreachable_provider_fails_closed() {
         .iter()
         .all(|r| r.headers.get("host").unwrap() == "pub.test"));
 }
+
+/// A real browser (Debian's chromium, driven by playwright-core) follows the gateway's
+/// login redirect, signs in on the provider's page and reaches the protected backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_browser_logs_in_through_the_gateway() {
+    let w = world(300).await;
+    let url = w.url("app.test", "/browser");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc/browser-login.mjs");
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "Debian's chromium is needed: apt-get install chromium (.ci/run does)"
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg(script)
+            .arg(&url)
+            .arg("carol")
+            .arg("MAP app.test 127.0.0.1")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(result["url"], w.url("app.test", "/browser"));
+    assert_eq!(result["text"], "app /browser");
+    assert_eq!(last_identity(&w.app).0, "carol");
+    let session = result["cookies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "__Host-portcullis-session")
+        .expect("the browser holds the session cookie");
+    assert_eq!(session["secure"], true);
+    assert_eq!(session["httpOnly"], true);
+    assert_eq!(session["sameSite"], "Lax");
+}
