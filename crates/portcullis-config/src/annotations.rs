@@ -49,6 +49,7 @@ pub fn route_options(
         backend_protocol: BackendProtocol::Http,
         read_timeout: settings.timeouts.read.0,
         auth: AuthMode::None,
+        identity_assertion: false,
     };
     let mut auth = None;
     let mut auth_provider = None;
@@ -91,6 +92,11 @@ pub fn route_options(
                 _ => bad(key, format!("{value:?} is not one of none, oidc, jwt")),
             },
             "auth-provider" => auth_provider = Some(value.to_string()),
+            "identity-assertion" => match value {
+                "true" => options.identity_assertion = true,
+                "false" => options.identity_assertion = false,
+                _ => bad(key, format!("{value:?} is not \"true\" or \"false\"")),
+            },
             _ => {
                 let known: Vec<&str> = KNOWN.iter().map(|(k, _)| *k).collect();
                 bad(
@@ -106,6 +112,13 @@ pub fn route_options(
     match resolve_auth(auth.as_deref(), auth_provider.as_deref(), settings) {
         Ok(mode) => options.auth = mode,
         Err((key, message)) => problems.push(Problem::error(Some(object.clone()), field(key), message)),
+    }
+    if options.identity_assertion && options.auth == AuthMode::None {
+        problems.push(Problem::error(
+            Some(object.clone()),
+            field("identity-assertion"),
+            "asserts an identity, but the route has no authentication (portcullis.dev/auth)",
+        ));
     }
     if options.auth != AuthMode::None && !options.ssl_redirect {
         problems.push(Problem::error(

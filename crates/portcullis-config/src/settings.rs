@@ -78,6 +78,10 @@ pub struct OidcSettings {
     /// Hosts (besides the request's own) that the post-login redirect may go to.
     #[serde(default)]
     pub redirect_allowlist: Vec<String>,
+    /// PKCS#8 PEM of the EC P-256 key that signs identity assertions; replicas must
+    /// share it. Default: a key generated at start.
+    #[serde(default)]
+    pub assertion_key: Option<SecretSource>,
 }
 
 fn default_session_lifetime() -> TextDuration {

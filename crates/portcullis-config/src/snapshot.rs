@@ -100,6 +100,9 @@ pub struct RouteOptions {
     /// Backend response headers, and each read of its body, must arrive within this.
     pub read_timeout: Duration,
     pub auth: AuthMode,
+    /// Send the backend a short-lived JWT signed by the gateway saying who called
+    /// (`portcullis.dev/identity-assertion`).
+    pub identity_assertion: bool,
 }
 
 impl Default for RouteOptions {
@@ -110,6 +113,7 @@ impl Default for RouteOptions {
             backend_protocol: BackendProtocol::Http,
             read_timeout: Duration::from_secs(60),
             auth: AuthMode::None,
+            identity_assertion: false,
         }
     }
 }

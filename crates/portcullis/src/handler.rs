@@ -173,6 +173,9 @@ async fn serve(
         if !crate::auth::ENDPOINTS.contains(&path.as_str()) {
             return Err(Refusal::new(StatusCode::NOT_FOUND, "no such gateway endpoint"));
         }
+        if path == crate::auth::JWKS_PATH {
+            return Ok(proxy.auth.jwks());
+        }
         if !conn.tls {
             return Err(redirect_to_https(proxy, &host, &path, req.uri()));
         }
@@ -392,6 +395,16 @@ impl Outgoing {
         proxy::strip_gateway_cookies(&mut headers);
         if let Some(identity) = identity {
             proxy::set_identity_headers(&mut headers, identity);
+            if route.options.identity_assertion {
+                let backend = gateway_backend_name(route, proxy);
+                if let Some(v) = proxy
+                    .auth
+                    .assertion(identity, &backend)
+                    .and_then(|t| HeaderValue::from_str(&t).ok())
+                {
+                    headers.insert("x-portcullis-assertion", v);
+                }
+            }
         }
         let protocol = route.options.backend_protocol;
         if upgrade {
@@ -445,6 +458,13 @@ impl Outgoing {
         }
         Ok(request)
     }
+}
+
+/// `namespace/service` of a route's backend: the audience of its assertions.
+fn gateway_backend_name(route: &Route, proxy: &Proxy) -> String {
+    let runtime = proxy.gateway.runtime();
+    let b = runtime.snapshot.backend(route.backend);
+    format!("{}/{}", b.namespace, b.service)
 }
 
 fn set_forwarding_headers(

@@ -14,6 +14,21 @@ pub fn check(compiled: &Compiled, source: &str, object_count: usize) -> String {
     for p in &compiled.problems {
         let _ = writeln!(out, "{p}");
     }
+    let open: Vec<String> = compiled
+        .snapshot
+        .routes
+        .routes()
+        .filter(|(_, r)| r.options.auth == portcullis_config::snapshot::AuthMode::None)
+        .map(|(_, r)| format!("{}{} ({})", r.host, r.path, r.ingress))
+        .collect();
+    if !open.is_empty() {
+        let _ = writeln!(
+            out,
+            "note: {} routes without authentication (portcullis.dev/auth: none): {}",
+            open.len(),
+            open.join(", ")
+        );
+    }
     let s = &compiled.snapshot.stats;
     let errors = compiled.error_count();
     let warnings = compiled.problems.len() - errors;
@@ -163,12 +178,18 @@ pub fn explain(snapshot: &Snapshot, url: &str) -> Result<String, String> {
         .options
         .max_body_size
         .map_or("unlimited".to_string(), |n| format!("{n} bytes"));
+    let assertion = if r.options.identity_assertion {
+        "; identity assertion sent"
+    } else {
+        ""
+    };
     let _ = writeln!(
         out,
-        "policy:   authentication none; max body {body}; read timeout {:?}",
-        r.options.read_timeout
+        "policy:   authentication {}{assertion}; max body {body}; read timeout {:?}",
+        r.options.auth, r.options.read_timeout
     );
-    let decision = if scheme == "http" && tls && r.options.ssl_redirect {
+    let authenticated = r.options.auth != portcullis_config::snapshot::AuthMode::None;
+    let decision = if scheme == "http" && (authenticated || tls && r.options.ssl_redirect) {
         "308 redirect to HTTPS".to_string()
     } else {
         match &backend.target {
@@ -176,6 +197,7 @@ pub fn explain(snapshot: &Snapshot, url: &str) -> Result<String, String> {
                 "503 Service Unavailable (no ready endpoints)".into()
             }
             BackendTarget::Unavailable(reason) => format!("503 Service Unavailable ({reason})"),
+            _ if authenticated => "forwarded to the backend once authenticated (else 401, or a login redirect for browsers on oidc routes)".into(),
             _ => "forwarded to the backend".into(),
         }
     };

@@ -420,6 +420,7 @@ async fn failing_backends_get_quick_clear_errors() {
     );
     // Backend details stay in the log, not in the client's answer.
     assert!(!r.text().contains(&hang.addr.to_string()));
+    assert!(gw.wait_for_log("\"path\":\"/hang\""));
     let logged = gw.log_entries("path", "/hang");
     assert_eq!(logged[0]["status"], 504);
     assert!(
@@ -557,6 +558,7 @@ async fn one_normalized_path_and_clean_headers_reach_the_backend() {
     assert_eq!(seen.headers["x-forwarded-host"], "p.test");
     assert_eq!(seen.headers["x-request-id"], "trace-123");
 
+    assert!(gw.wait_for_log("\"path\":\"/app/h\""));
     let access = gw.log_entries("path", "/app/h");
     assert_eq!(access.len(), 1, "one access-log line per request:\n{}", gw.logs());
     assert_eq!(access[0]["status"], 200);

@@ -6,6 +6,7 @@
 //! The gateway's own endpoints, on every host:
 //! `/.portcullis/start?rd=PATH`, `/.portcullis/callback`, `/.portcullis/sign-out`.
 
+pub mod assertion;
 pub mod jwt;
 pub mod provider;
 pub mod session;
@@ -30,7 +31,10 @@ pub const ENDPOINTS: &[&str] = &[
     "/.portcullis/start",
     "/.portcullis/callback",
     "/.portcullis/sign-out",
+    JWKS_PATH,
 ];
+/// Public keys of identity assertions, served on plain HTTP and HTTPS alike.
+pub const JWKS_PATH: &str = "/.portcullis/jwks.json";
 
 /// A login attempt must finish within this many seconds.
 const LOGIN_TTL: i64 = 600;
@@ -88,6 +92,8 @@ pub enum SetupError {
     },
     #[error(transparent)]
     Key(#[from] session::KeyError),
+    #[error("oidc.assertionKey: {0}")]
+    AssertionKey(String),
     #[error("cannot build the provider HTTP client: {0}")]
     Tls(#[from] rustls::Error),
 }
@@ -111,6 +117,7 @@ pub struct Auth {
     client: IdpClient,
     session_lifetime: i64,
     redirect_allowlist: Vec<String>,
+    signer: assertion::Signer,
 }
 
 pub fn now() -> i64 {
@@ -150,6 +157,11 @@ impl Auth {
     /// Reads the providers and session keys of the config file, resolving secrets.
     pub fn new(settings: &Settings, snapshot: &Snapshot) -> Result<Auth, SetupError> {
         let client = IdpClient::new()?;
+        let signer = match settings.oidc.as_ref().and_then(|o| o.assertion_key.as_ref()) {
+            Some(source) => assertion::Signer::from_pem(&resolve("oidc.assertionKey", source, snapshot)?),
+            None => assertion::Signer::generate(),
+        }
+        .map_err(SetupError::AssertionKey)?;
         let Some(oidc) = &settings.oidc else {
             return Ok(Auth {
                 providers: HashMap::new(),
@@ -157,6 +169,7 @@ impl Auth {
                 client,
                 session_lifetime: 0,
                 redirect_allowlist: Vec::new(),
+                signer,
             });
         };
         let mut keys = Vec::new();
@@ -188,7 +201,27 @@ impl Auth {
             client,
             session_lifetime: oidc.session_lifetime.0.as_secs() as i64,
             redirect_allowlist: oidc.redirect_allowlist.clone(),
+            signer,
         })
+    }
+
+    /// An identity assertion for a backend (`namespace/service`).
+    pub fn assertion(&self, identity: &Identity, audience: &str) -> Option<String> {
+        self.signer.sign(identity, audience, now())
+    }
+
+    /// The JSON Web Key Set of identity assertions.
+    pub fn jwks(&self) -> Response<Body> {
+        let mut r = Response::new(proxy::full(self.signer.jwks().to_string()));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/jwk-set+json"),
+        );
+        r.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=300"),
+        );
+        r
     }
 
     /// Fetches every provider's metadata once, so an unreachable provider is reported
@@ -720,6 +753,7 @@ mod tests {
             client: IdpClient::new().unwrap(),
             session_lifetime: 3600,
             redirect_allowlist: allow.iter().map(|s| s.to_string()).collect(),
+            signer: assertion::Signer::generate().unwrap(),
         }
     }
 

@@ -71,7 +71,7 @@ impl World {
 fn manifests(pki: &Pki, app: &Backend) -> String {
     [
         service("ns", "app", &[app.addr]),
-        pki.tls_secret("ns", "tls", &["app.test", "api.test", "pub.test"]),
+        pki.tls_secret("ns", "tls", &["app.test", "api.test", "pub.test", "assert.test"]),
         "---\napiVersion: v1\nkind: Secret\nmetadata: {name: oidc, namespace: ns}\nstringData:\n".to_string()
             + &format!("  clientSecret: {CLIENT_SECRET}\n  sessionKey: {SESSION_KEY}\n"),
         ingress(
@@ -94,6 +94,16 @@ fn manifests(pki: &Pki, app: &Backend) -> String {
             &[],
             &[("pub.test", "tls")],
             &[("pub.test", "/", "app")],
+        ),
+        ingress(
+            "ns",
+            "asserted",
+            &[
+                ("portcullis.dev/auth", "jwt"),
+                ("portcullis.dev/identity-assertion", "true"),
+            ],
+            &[("assert.test", "tls")],
+            &[("assert.test", "/", "app")],
         ),
     ]
     .concat()
@@ -192,10 +202,10 @@ async fn browser_login_session_reuse_forged_headers_and_sign_out() {
     assert!(reply.header("location").starts_with(&w.idp.issuer));
 
     // Auth events are logged, and no secret is.
-    let logs = w.gw.logs();
     for event in ["login_started", "\"login\"", "logout"] {
-        assert!(logs.contains(event), "no {event} event:\n{logs}");
+        assert!(w.gw.wait_for_log(event), "no {event} event:\n{}", w.gw.logs());
     }
+    let logs = w.gw.logs();
     assert!(
         !logs.contains(&session[..40]),
         "the session cookie leaked into the log"
@@ -217,7 +227,7 @@ async fn expired_tokens_are_refreshed_with_the_refresh_token() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let renewed = browser.cookie("app.test", "__Host-portcullis-session").unwrap();
     assert_ne!(first, renewed, "a refreshed session is re-sealed");
-    assert!(w.gw.logs().contains("\"refresh\""), "{}", w.gw.logs());
+    assert!(w.gw.wait_for_log("\"refresh\""), "{}", w.gw.logs());
     assert_eq!(last_identity(&w.app).0, "bob");
 }
 
@@ -252,6 +262,42 @@ async fn bearer_tokens_and_api_clients() {
     assert!(reply
         .header("www-authenticate")
         .contains("error=\"invalid_token\""));
+    // A signed identity assertion, verifiable with the gateway's published keys.
+    let reply = w.bearer("assert.test", &token).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let seen = w.app.requests().pop().unwrap();
+    let assertion = seen.headers["x-portcullis-assertion"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let jwks = client::http_get(w.gw.http, "assert.test", "/.portcullis/jwks.json").await;
+    assert_eq!(jwks.header("content-type"), "application/jwk-set+json");
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&jwks.body).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(Algorithm::ES256);
+    validation.set_audience(&["ns/app"]);
+    validation.set_issuer(&["portcullis"]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        &assertion,
+        &jsonwebtoken::DecodingKey::from_jwk(&set.keys[0]).unwrap(),
+        &validation,
+    )
+    .unwrap()
+    .claims;
+    assert_eq!(claims["sub"], "portcullis");
+    assert_eq!(claims["amr"][0], "bearer");
+    // A client cannot bring its own assertion to a route that sends none.
+    let reply = w
+        .call("pub.test", "/", &[("x-portcullis-assertion", &assertion)])
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(!w
+        .app
+        .requests()
+        .pop()
+        .unwrap()
+        .headers
+        .contains_key("x-portcullis-assertion"));
+
     // Public routes need nothing.
     assert_eq!(w.call("pub.test", "/", &[]).await.status, StatusCode::OK);
     // Plain HTTP to an authenticated route goes to HTTPS first.
@@ -364,6 +410,10 @@ async fn forged_and_tampered_tokens_are_refused() {
             reply.header("www-authenticate").contains("invalid_token"),
             "{what}"
         );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while w.gw.logs().matches("token_refused").count() < 11 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let refused = w.gw.logs().matches("token_refused").count();
     assert!(refused >= 11, "each refusal is logged ({refused})");
@@ -537,7 +587,7 @@ async fn an_unreachable_provider_fails_closed() {
         gw,
         app,
     };
-    assert!(w.gw.logs().contains("provider unavailable"), "{}", w.gw.logs());
+    assert!(w.gw.wait_for_log("provider unavailable"), "{}", w.gw.logs());
     let browser = w.call("app.test", "/", &[("accept", "text/html")]).await;
     assert_eq!(browser.status, StatusCode::SERVICE_UNAVAILABLE);
     let api = w.bearer("api.test", "eyJhbGciOiJFUzI1NiJ9.e30.sig").await;

@@ -253,6 +253,19 @@ impl Gateway {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// Waits (up to 5 s) until the log contains `text`: log lines arrive through a
+    /// pipe, a little after the response they describe.
+    pub fn wait_for_log(&self, text: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.logs().contains(text) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     /// Log lines whose JSON has `field` equal to `value`.
     pub fn log_entries(&self, field: &str, value: &str) -> Vec<serde_json::Value> {
         self.logs
