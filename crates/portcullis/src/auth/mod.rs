@@ -36,6 +36,13 @@ pub const ENDPOINTS: &[&str] = &[
 /// Public keys of identity assertions, served on plain HTTP and HTTPS alike.
 pub const JWKS_PATH: &str = "/.portcullis/jwks.json";
 
+/// Requests that arrive with the same expired session within this window share one
+/// refresh.
+const REFRESH_REUSE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Refreshes in flight (or just done), by SHA-256 of the refresh token.
+type Flights = HashMap<Vec<u8>, (std::time::Instant, Arc<tokio::sync::OnceCell<Option<Session>>>)>;
+
 /// A login attempt must finish within this many seconds.
 const LOGIN_TTL: i64 = 600;
 
@@ -118,6 +125,7 @@ pub struct Auth {
     session_lifetime: i64,
     redirect_allowlist: Vec<String>,
     signer: assertion::Signer,
+    refreshes: std::sync::Mutex<Flights>,
 }
 
 pub fn now() -> i64 {
@@ -170,6 +178,7 @@ impl Auth {
                 session_lifetime: 0,
                 redirect_allowlist: Vec::new(),
                 signer,
+                refreshes: Default::default(),
             });
         };
         let mut keys = Vec::new();
@@ -202,6 +211,7 @@ impl Auth {
             session_lifetime: oidc.session_lifetime.0.as_secs() as i64,
             redirect_allowlist: oidc.redirect_allowlist.clone(),
             signer,
+            refreshes: Default::default(),
         })
     }
 
@@ -311,7 +321,7 @@ impl Auth {
         let Some(raw) = session::read_chunked(req.headers, SESSION_COOKIE) else {
             return Ok(None);
         };
-        let Some(mut s) = sealer.open::<Session>(Purpose::Session, &raw) else {
+        let Some(s) = sealer.open::<Session>(Purpose::Session, &raw) else {
             tracing::info!(target: "portcullis::auth", event = "session_refused", reason = "cookie does not open with any session key");
             return Ok(None);
         };
@@ -326,6 +336,38 @@ impl Auth {
             tracing::info!(target: "portcullis::auth", event = "session_expired", subject = %s.sub);
             return Ok(None);
         };
+        // A page load sends many requests at once; they share one refresh, so the
+        // provider sees each refresh token used once (reuse would revoke the grant).
+        let key = digest::digest(&digest::SHA256, refresh_token.as_bytes())
+            .as_ref()
+            .to_vec();
+        let cell = {
+            let mut flights = self.refreshes.lock().unwrap_or_else(|e| e.into_inner());
+            flights.retain(|_, (started, _)| started.elapsed() < REFRESH_REUSE);
+            flights
+                .entry(key)
+                .or_insert_with(|| (std::time::Instant::now(), Arc::new(tokio::sync::OnceCell::new())))
+                .1
+                .clone()
+        };
+        let refreshed = cell
+            .get_or_try_init(|| self.refresh(provider, s, refresh_token, now))
+            .await?
+            .clone();
+        Ok(refreshed.map(|s| {
+            let cookies = self.session_cookies(&s, now);
+            (s, cookies)
+        }))
+    }
+
+    /// Renews a session's tokens with its refresh token. `Ok(None)`: refused.
+    async fn refresh(
+        &self,
+        provider: &Provider,
+        mut s: Session,
+        refresh_token: String,
+        now: i64,
+    ) -> Result<Option<Session>, IdpError> {
         let tokens = match provider
             .token(
                 &self.client,
@@ -365,8 +407,7 @@ impl Auth {
             s.refresh_token = Some(rt);
         }
         tracing::info!(target: "portcullis::auth", event = "refresh", provider = %provider.name(), subject = %s.sub);
-        let cookies = self.session_cookies(&s, now);
-        Ok(Some((s, cookies)))
+        Ok(Some(s))
     }
 
     fn session_cookies(&self, s: &Session, now: i64) -> Vec<String> {
@@ -424,7 +465,10 @@ impl Auth {
             return unavailable("cannot seal the login attempt");
         };
         let mut response = redirect(StatusCode::FOUND, &location);
-        append_cookie(&mut response, &session::cookie(LOGIN_COOKIE, &sealed, LOGIN_TTL));
+        append_cookie(
+            &mut response,
+            &session::cookie(&login_cookie_name(&attempt.state), &sealed, LOGIN_TTL),
+        );
         tracing::info!(target: "portcullis::auth", event = "login_started", provider = %provider.name(), host = %req.host);
         Decision::Respond {
             response,
@@ -488,17 +532,19 @@ impl Auth {
         params: &HashMap<String, String>,
         req: &RequestFacts<'_>,
     ) -> (Response<Body>, String) {
+        let state = params.get("state").map(String::as_str).unwrap_or("");
+        let cookie_name = login_cookie_name(state);
         let refuse = |status: StatusCode, why: &str| {
             tracing::info!(target: "portcullis::auth", event = "login_refused", host = %req.host, reason = %why);
             let mut r = plain(status, why);
-            append_cookie(&mut r, &session::cookie(LOGIN_COOKIE, "", 0));
+            append_cookie(&mut r, &session::cookie(&cookie_name, "", 0));
             (r, why.to_string())
         };
         let Some(sealer) = &self.sealer else {
             return refuse(StatusCode::NOT_FOUND, "authentication is not configured");
         };
         let now = now();
-        let attempt = session::read_chunked(req.headers, LOGIN_COOKIE)
+        let attempt = session::read_chunked(req.headers, &cookie_name)
             .and_then(|raw| sealer.open::<LoginAttempt>(Purpose::Login, &raw));
         let Some(attempt) = attempt else {
             return refuse(
@@ -512,7 +558,6 @@ impl Auth {
                 "the login attempt expired or belongs to another host",
             );
         }
-        let state = params.get("state").map(String::as_str).unwrap_or("");
         if !same(state.as_bytes(), attempt.state.as_bytes()) {
             return refuse(StatusCode::BAD_REQUEST, "state does not match the login attempt");
         }
@@ -588,7 +633,7 @@ impl Auth {
         for c in self.session_cookies(&session, now) {
             append_cookie(&mut response, &c);
         }
-        append_cookie(&mut response, &session::cookie(LOGIN_COOKIE, "", 0));
+        append_cookie(&mut response, &session::cookie(&cookie_name, "", 0));
         (response, "login".into())
     }
 
@@ -653,6 +698,17 @@ fn identity(provider: &str, c: Claims, method: AuthMethod) -> Identity {
         name: c.name,
         method,
     }
+}
+
+/// Each login attempt has its own cookie, named after the start of its `state`, so
+/// logins started in two tabs do not overwrite each other.
+fn login_cookie_name(state: &str) -> String {
+    let id: String = state
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .take(16)
+        .collect();
+    format!("{LOGIN_COOKIE}-{id}")
 }
 
 /// Compares without stopping at the first difference.
@@ -754,6 +810,7 @@ mod tests {
             session_lifetime: 3600,
             redirect_allowlist: allow.iter().map(|s| s.to_string()).collect(),
             signer: assertion::Signer::generate().unwrap(),
+            refreshes: Default::default(),
         }
     }
 

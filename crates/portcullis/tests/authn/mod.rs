@@ -223,11 +223,38 @@ async fn expired_tokens_are_refreshed_with_the_refresh_token() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let first = browser.cookie("app.test", "__Host-portcullis-session").unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await;
+    // A page load: several requests at once with the same expired session share one
+    // refresh (the provider would revoke a refresh token used twice).
+    let cookie = browser.jar["app.test"]
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let world = &w;
+    let loads = (0..5).map(|i| {
+        let path = format!("/asset/{i}");
+        let cookie = cookie.clone();
+        async move {
+            world
+                .call("app.test", &path, &[("cookie", &cookie), ("accept", "text/html")])
+                .await
+                .status
+        }
+    });
+    for status in futures_util::future::join_all(loads).await {
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert!(w.gw.wait_for_log("\"refresh\""), "{}", w.gw.logs());
+    assert_eq!(
+        w.gw.logs().matches("\"event\":\"refresh\"").count(),
+        1,
+        "{}",
+        w.gw.logs()
+    );
     let reply = browser.request("GET", &target, None).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let renewed = browser.cookie("app.test", "__Host-portcullis-session").unwrap();
     assert_ne!(first, renewed, "a refreshed session is re-sealed");
-    assert!(w.gw.wait_for_log("\"refresh\""), "{}", w.gw.logs());
     assert_eq!(last_identity(&w.app).0, "bob");
 }
 
@@ -516,6 +543,26 @@ async fn state_replay_and_open_redirects_are_refused() {
     // Start a login, then come back with a state that is not ours.
     let start = browser.request("GET", &w.url("app.test", "/x"), None).await;
     assert_eq!(start.status, StatusCode::FOUND);
+    let location: http::Uri = start.header("location").parse().unwrap();
+    let state = form_urlencoded::parse(location.query().unwrap().as_bytes())
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    // Same cookie, different state: the login attempt's state must match in full.
+    let forged = format!("{}{}", &state[..16], "x".repeat(state.len() - 16));
+    let reply = browser
+        .request(
+            "GET",
+            &w.url(
+                "app.test",
+                &format!("/.portcullis/callback?code=abc&state={forged}"),
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.text().contains("state does not match"), "{}", reply.text());
+    // A state no login in this browser started.
     let reply = browser
         .request(
             "GET",
@@ -524,7 +571,6 @@ async fn state_replay_and_open_redirects_are_refused() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
-    assert!(reply.text().contains("state"), "{}", reply.text());
     // A callback with no login started in this browser.
     let mut stranger = Browser::new(w.gw.https, &w.pki);
     let reply = stranger
@@ -535,6 +581,18 @@ async fn state_replay_and_open_redirects_are_refused() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+
+    // Two logins started in two tabs do not overwrite each other.
+    let mut tabs = Browser::new(w.gw.https, &w.pki);
+    let first = tabs.request("GET", &w.url("app.test", "/tab-one"), None).await;
+    let second = tabs.request("GET", &w.url("app.test", "/tab-two"), None).await;
+    assert_eq!(
+        (first.status, second.status),
+        (StatusCode::FOUND, StatusCode::FOUND)
+    );
+    let (reply, landed) = tabs.login(first.header("location"), "alice").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(landed, w.url("app.test", "/tab-one"));
 
     // A completed callback cannot be replayed.
     let mut browser = Browser::new(w.gw.https, &w.pki);
