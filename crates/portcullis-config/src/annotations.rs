@@ -5,9 +5,10 @@
 
 use std::collections::BTreeMap;
 
+use crate::policy::Policy;
 use crate::problem::{ObjectRef, Problem};
 use crate::settings::Settings;
-use crate::snapshot::{AuthMode, BackendProtocol, RouteOptions};
+use crate::snapshot::{AuthMode, BackendProtocol, RateLimit, RateLimitKey, RouteOptions};
 use crate::units::{parse_byte_size, parse_duration};
 
 pub const PREFIX: &str = "portcullis.dev/";
@@ -50,8 +51,14 @@ pub fn route_options(
         read_timeout: settings.timeouts.read.0,
         auth: AuthMode::None,
         identity_assertion: false,
+        policy: Policy::default(),
+        rate_limit: None,
+        max_connections: None,
     };
     let mut auth = None;
+    let mut rate: Option<(u32, std::time::Duration)> = None;
+    let mut burst: Option<u32> = None;
+    let mut rate_key = RateLimitKey::Client;
     let mut auth_provider = None;
     let mut problems = Vec::new();
     let mut bad =
@@ -92,6 +99,61 @@ pub fn route_options(
                 _ => bad(key, format!("{value:?} is not one of none, oidc, jwt")),
             },
             "auth-provider" => auth_provider = Some(value.to_string()),
+            "allow-groups" => match list(value) {
+                Ok(v) => options.policy.allow_groups = v,
+                Err(e) => bad(key, e),
+            },
+            "allow-emails" => match list(value) {
+                Ok(v) if v.iter().all(|e| e.matches('@').count() == 1) => {
+                    options.policy.allow_emails = v.iter().map(|e| e.to_ascii_lowercase()).collect()
+                }
+                Ok(_) => bad(key, "every entry must be an email address (one @)".into()),
+                Err(e) => bad(key, e),
+            },
+            "allow-email-domains" => {
+                match list(value).map(|v| v.iter().map(|d| d.to_ascii_lowercase()).collect::<Vec<_>>()) {
+                    Ok(v)
+                        if v.iter()
+                            .all(|d| crate::compile::validate_host(d).is_ok() && !d.starts_with('*')) =>
+                    {
+                        options.policy.allow_email_domains = v
+                    }
+                    Ok(_) => bad(
+                        key,
+                        "every entry must be a domain name like example.com (no @, no wildcard)".into(),
+                    ),
+                    Err(e) => bad(key, e),
+                }
+            }
+            "require-claims" => match claims(value) {
+                Ok(c) => options.policy.require_claims = c,
+                Err(e) => bad(key, e),
+            },
+            "allow-source-ranges" => match ranges(value) {
+                Ok(r) => options.policy.allow_source_ranges = r,
+                Err(e) => bad(key, e),
+            },
+            "deny-source-ranges" => match ranges(value) {
+                Ok(r) => options.policy.deny_source_ranges = r,
+                Err(e) => bad(key, e),
+            },
+            "rate-limit" => match parse_rate(value) {
+                Ok(r) => rate = Some(r),
+                Err(e) => bad(key, e),
+            },
+            "rate-limit-burst" => match value.parse::<u32>() {
+                Ok(n) if n > 0 => burst = Some(n),
+                _ => bad(key, format!("{value:?} is not a whole number above zero")),
+            },
+            "rate-limit-key" => match value {
+                "client" => rate_key = RateLimitKey::Client,
+                "user" => rate_key = RateLimitKey::User,
+                _ => bad(key, format!("{value:?} is not client or user")),
+            },
+            "max-connections" => match value.parse::<u32>() {
+                Ok(n) if n > 0 => options.max_connections = Some(n),
+                _ => bad(key, format!("{value:?} is not a whole number above zero")),
+            },
             "identity-assertion" => match value {
                 "true" => options.identity_assertion = true,
                 "false" => options.identity_assertion = false,
@@ -112,6 +174,37 @@ pub fn route_options(
     match resolve_auth(auth.as_deref(), auth_provider.as_deref(), settings) {
         Ok(mode) => options.auth = mode,
         Err((key, message)) => problems.push(Problem::error(Some(object.clone()), field(key), message)),
+    }
+    if let Some((n, per)) = rate {
+        let one_second = (f64::from(n) / per.as_secs_f64()).ceil() as u32;
+        options.rate_limit = Some(RateLimit {
+            rate: n,
+            per,
+            burst: burst.unwrap_or(one_second.max(1)),
+            key: rate_key,
+        });
+    } else if burst.is_some() || rate_key == RateLimitKey::User {
+        problems.push(Problem::error(
+            Some(object.clone()),
+            field("rate-limit"),
+            "missing: rate-limit-burst and rate-limit-key need a rate-limit",
+        ));
+    }
+    if options.auth == AuthMode::None {
+        if options.policy.needs_identity() {
+            problems.push(Problem::error(
+                Some(object.clone()),
+                field("auth"),
+                "allow-groups, allow-emails, allow-email-domains and require-claims need an authenticated caller: set portcullis.dev/auth (the Ingress is rejected rather than served to everyone)",
+            ));
+        }
+        if rate_key == RateLimitKey::User {
+            problems.push(Problem::error(
+                Some(object.clone()),
+                field("rate-limit-key"),
+                "\"user\" needs portcullis.dev/auth",
+            ));
+        }
     }
     if options.identity_assertion && options.auth == AuthMode::None {
         problems.push(Problem::error(
@@ -244,6 +337,61 @@ pub fn nginx_annotations(object: &ObjectRef, annotations: Option<&BTreeMap<Strin
     problems
 }
 
+/// A comma-separated list with no empty entries.
+fn list(value: &str) -> Result<Vec<String>, String> {
+    let items: Vec<String> = value.split(',').map(|s| s.trim().to_string()).collect();
+    if items.iter().any(|i| i.is_empty()) {
+        return Err(format!(
+            "{value:?} has an empty entry: write a comma-separated list"
+        ));
+    }
+    Ok(items)
+}
+
+/// `claim=value` pairs, grouped by claim.
+fn claims(value: &str) -> Result<std::collections::BTreeMap<String, Vec<String>>, String> {
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for pair in list(value)? {
+        match pair.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => out
+                .entry(k.trim().to_string())
+                .or_default()
+                .push(v.trim().to_string()),
+            _ => return Err(format!("{pair:?} is not claim=value")),
+        }
+    }
+    Ok(out)
+}
+
+/// CIDRs (a bare address is a single host).
+fn ranges(value: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    list(value)?
+        .iter()
+        .map(|r| {
+            r.parse::<ipnet::IpNet>()
+                .or_else(|_| r.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|n| n.trunc())
+                .map_err(|_| format!("{r:?} is not a CIDR range like 10.0.0.0/8 or 2001:db8::/32"))
+        })
+        .collect()
+}
+
+/// `100/s`, `600/m`.
+fn parse_rate(value: &str) -> Result<(u32, std::time::Duration), String> {
+    let err = || format!("{value:?} is not a rate like 100/s or 600/m");
+    let (n, unit) = value.split_once('/').ok_or_else(err)?;
+    let n: u32 = n.trim().parse().map_err(|_| err())?;
+    let per = match unit.trim() {
+        "s" => std::time::Duration::from_secs(1),
+        "m" => std::time::Duration::from_secs(60),
+        _ => return Err(err()),
+    };
+    if n == 0 {
+        return Err(err());
+    }
+    Ok((n, per))
+}
+
 fn non_zero(n: u64) -> Option<u64> {
     (n != 0).then_some(n)
 }
@@ -303,6 +451,59 @@ mod tests {
         assert_eq!(problems.len(), 2);
         assert!(problems[0].is_error() && problems[0].field.contains("auth-url"));
         assert!(!problems[1].is_error() && problems[1].field.contains("rewrite-target"));
+    }
+
+    fn oidc_settings() -> Settings {
+        Settings::from_yaml("oidc: {providers: [{name: corp, issuer: 'https://idp.example.com', clientId: c}], sessionKeys: [{env: K}]}").unwrap()
+    }
+
+    #[test]
+    fn policy_and_limits() {
+        let map: BTreeMap<String, String> = [
+            ("portcullis.dev/auth", "oidc"),
+            ("portcullis.dev/allow-groups", "admins, sre"),
+            ("portcullis.dev/allow-email-domains", "Example.com"),
+            ("portcullis.dev/require-claims", "tenant=a, tenant=b, tier=gold"),
+            ("portcullis.dev/allow-source-ranges", "10.0.0.0/8, 2001:db8::1"),
+            ("portcullis.dev/rate-limit", "600/m"),
+            ("portcullis.dev/rate-limit-key", "user"),
+            ("portcullis.dev/max-connections", "20"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let o = route_options(
+            &ObjectRef::new("Ingress", Some("ns"), "i"),
+            Some(&map),
+            &oidc_settings(),
+        )
+        .unwrap();
+        assert_eq!(o.policy.allow_groups, ["admins", "sre"]);
+        assert_eq!(o.policy.allow_email_domains, ["example.com"]);
+        assert_eq!(o.policy.require_claims["tenant"], ["a", "b"]);
+        assert_eq!(o.policy.allow_source_ranges[1].to_string(), "2001:db8::1/128");
+        let rl = o.rate_limit.unwrap();
+        assert_eq!((rl.rate, rl.burst, rl.key), (600, 10, RateLimitKey::User));
+        assert_eq!(o.max_connections, Some(20));
+    }
+
+    #[test]
+    fn identity_rules_without_auth_reject_the_ingress() {
+        let problems = parse(&[("portcullis.dev/allow-groups", "admins")]).unwrap_err();
+        assert!(
+            problems[0].to_string().contains("need an authenticated caller"),
+            "{problems:?}"
+        );
+        let problems = parse(&[
+            ("portcullis.dev/allow-source-ranges", "10.0.0.0/33"),
+            ("portcullis.dev/rate-limit", "fast"),
+            ("portcullis.dev/require-claims", "tenant"),
+            ("portcullis.dev/allow-emails", "not-an-email"),
+        ])
+        .unwrap_err();
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        // Source ranges need no identity.
+        assert!(parse(&[("portcullis.dev/deny-source-ranges", "192.0.2.0/24")]).is_ok());
     }
 
     #[test]

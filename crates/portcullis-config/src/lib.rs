@@ -7,6 +7,7 @@ pub mod annotations;
 pub mod compile;
 pub mod manifest;
 pub mod path;
+pub mod policy;
 pub mod problem;
 pub mod routes;
 pub mod settings;

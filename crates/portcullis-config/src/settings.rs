@@ -26,6 +26,26 @@ pub struct Settings {
     /// OpenID Connect providers and session keys; absent means no route may ask for
     /// authentication.
     pub oidc: Option<OidcSettings>,
+    pub audit_log: AuditSettings,
+}
+
+/// The audit log: one JSON line per access decision and per configuration change.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// Default true.
+    pub enabled: bool,
+    /// `-` (the default) is stdout; otherwise a file, appended to and reopened on SIGHUP.
+    pub path: String,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            enabled: true,
+            path: "-".to_string(),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -38,6 +58,7 @@ impl Default for Settings {
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             oidc: None,
+            audit_log: AuditSettings::default(),
         }
     }
 }

@@ -88,6 +88,32 @@ impl fmt::Display for AuthMode {
     }
 }
 
+/// What a rate limit counts by (`portcullis.dev/rate-limit-key`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RateLimitKey {
+    /// The client address (the default).
+    #[default]
+    Client,
+    /// The authenticated subject (needs `auth`).
+    User,
+}
+
+/// A token bucket: `rate` requests per `per`, with bursts of up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub rate: u32,
+    pub per: Duration,
+    pub burst: u32,
+    pub key: RateLimitKey,
+}
+
+impl RateLimit {
+    /// Tokens added per second.
+    pub fn per_second(&self) -> f64 {
+        f64::from(self.rate) / self.per.as_secs_f64()
+    }
+}
+
 /// Per-route settings, from the Ingress's annotations with the config file's defaults
 /// filled in.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +129,11 @@ pub struct RouteOptions {
     /// Send the backend a short-lived JWT signed by the gateway saying who called
     /// (`portcullis.dev/identity-assertion`).
     pub identity_assertion: bool,
+    /// Who may pass, and from where.
+    pub policy: crate::policy::Policy,
+    pub rate_limit: Option<RateLimit>,
+    /// Concurrent requests per client address on this route.
+    pub max_connections: Option<u32>,
 }
 
 impl Default for RouteOptions {
@@ -114,6 +145,9 @@ impl Default for RouteOptions {
             read_timeout: Duration::from_secs(60),
             auth: AuthMode::None,
             identity_assertion: false,
+            policy: crate::policy::Policy::default(),
+            rate_limit: None,
+            max_connections: None,
         }
     }
 }

@@ -16,10 +16,17 @@ use portcullis_config::path;
 use portcullis_config::routes::{normalize_host, Route};
 use portcullis_config::snapshot::{AuthMode, BackendProtocol};
 
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::audit::{AccessEvent, AuditIdentity, AuditRoute};
 use crate::auth::{Auth, Decision, Identity, RequestFacts};
-use crate::metrics::{IngressLabel, RequestLabels, UpstreamErrorLabels};
+use crate::limits::{ConcurrencyLimiter, RateLimiter, Slot};
+use crate::metrics::{DecisionLabels, IngressLabel, RequestLabels, UpstreamErrorLabels};
 use crate::proxy::{self, Body, ReadTimeout, UpstreamFailure, Upstreams};
 use crate::state::{Gateway, Runtime, Upstream};
+use portcullis_config::policy;
+use portcullis_config::snapshot::RateLimitKey;
 
 /// The gateway's own endpoints live under this prefix on every host; never forwarded.
 pub const RESERVED_PREFIX: &str = "/.portcullis/";
@@ -37,6 +44,8 @@ pub struct Proxy {
     pub gateway: Arc<Gateway>,
     pub upstreams: Upstreams,
     pub auth: Auth,
+    rate_limiter: RateLimiter,
+    connections: Arc<ConcurrencyLimiter>,
     request_ids: RequestIds,
 }
 
@@ -47,6 +56,8 @@ impl Proxy {
             gateway,
             upstreams,
             auth,
+            rate_limiter: RateLimiter::default(),
+            connections: Arc::default(),
             request_ids: RequestIds::new(),
         })
     }
@@ -55,34 +66,55 @@ impl Proxy {
 /// A request the gateway answers itself.
 struct Refusal {
     status: StatusCode,
+    /// Stable label for metrics and the audit log.
+    reason: &'static str,
     message: String,
     /// Close the connection afterwards (framing errors: the stream can't be trusted).
     close: bool,
     location: Option<String>,
+    /// Seconds, for 429.
+    retry_after: Option<u64>,
 }
 
 impl Refusal {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        let reason = match status {
+            StatusCode::NOT_FOUND => "no_route",
+            StatusCode::PERMANENT_REDIRECT => "https_required",
+            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+            StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => "upstream_failed",
+            StatusCode::SERVICE_UNAVAILABLE => "no_endpoints",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+            _ => "bad_request",
+        };
         Refusal {
             status,
+            reason,
             message: message.into(),
             close: false,
             location: None,
+            retry_after: None,
         }
     }
 }
 
-/// Fields of the access log line, filled in as the request goes.
-#[derive(Default)]
+/// What the access log and the audit log say about a request, filled in as it goes.
 struct Record {
+    client: IpAddr,
     host: String,
     path: String,
     ingress: Option<String>,
+    route: Option<AuditRoute>,
     backend: Option<String>,
     upstream: Option<String>,
     detail: Option<String>,
-    user: Option<String>,
-    auth: Option<&'static str>,
+    identity: Option<AuditIdentity>,
+    /// (`allow` | `deny` | `redirect`, reason); unset means the backend answered.
+    decision: Option<(&'static str, &'static str)>,
+    bytes_in: Arc<AtomicU64>,
+    /// Held until the response body is done (max-connections).
+    slot: Option<Slot>,
 }
 
 /// Entry point for every request on the HTTP and HTTPS listeners.
@@ -96,18 +128,43 @@ pub async fn handle(
     let request_id = proxy.request_ids.for_request(req.headers());
     let method = req.method().clone();
     let version = req.version();
-    let mut record = Record::default();
+    let client = client_address(
+        conn.peer.ip(),
+        req.headers(),
+        &proxy.gateway.settings.trusted_proxies,
+    );
+    let mut record = Record {
+        client,
+        host: String::new(),
+        path: String::new(),
+        ingress: None,
+        route: None,
+        backend: None,
+        upstream: None,
+        detail: None,
+        identity: None,
+        decision: None,
+        bytes_in: Arc::default(),
+        slot: None,
+    };
 
     let mut response = match serve(&proxy, &runtime, &conn, req, &request_id, &mut record).await {
         Ok(response) => response,
         Err(refusal) => {
             record.detail.get_or_insert_with(|| refusal.message.clone());
+            let decision = if refusal.status.is_redirection() {
+                "redirect"
+            } else {
+                "deny"
+            };
+            record.decision.get_or_insert((decision, refusal.reason));
             local_response(refusal, &request_id)
         }
     };
     finish_headers(&proxy.gateway, &conn, &mut response, &request_id);
 
     let status = response.status();
+    let (decision, reason) = record.decision.unwrap_or(("allow", "allowed"));
     let ingress = record.ingress.clone().unwrap_or_else(|| "-".to_string());
     let metrics = &proxy.gateway.metrics;
     metrics
@@ -115,6 +172,14 @@ pub async fn handle(
         .get_or_create(&RequestLabels {
             ingress: ingress.clone(),
             status: status.as_u16(),
+        })
+        .inc();
+    metrics
+        .decisions
+        .get_or_create(&DecisionLabels {
+            ingress: ingress.clone(),
+            decision,
+            reason,
         })
         .inc();
     metrics
@@ -126,7 +191,7 @@ pub async fn handle(
     tracing::info!(
         target: "portcullis::access",
         request_id = %request_id,
-        client = %conn.peer.ip(),
+        client = %record.client,
         tls = conn.tls,
         version = ?version,
         method = %method,
@@ -137,11 +202,123 @@ pub async fn handle(
         ingress = %ingress,
         backend = record.backend.as_deref().unwrap_or("-"),
         upstream = record.upstream.as_deref().unwrap_or("-"),
-        user = record.user.as_deref().unwrap_or("-"),
-        auth = record.auth.unwrap_or("-"),
+        user = record.identity.as_ref().map_or("-", |i| i.subject.as_str()),
+        auth = record.identity.as_ref().map_or("-", |i| i.method),
         detail = record.detail.as_deref().unwrap_or(""),
     );
-    Ok(response)
+    let event = AccessEvent {
+        kind: "access",
+        time: crate::audit::timestamp(),
+        request_id,
+        client: record.client.to_string(),
+        method: method.to_string(),
+        host: record.host,
+        path: record.path,
+        route: record.route,
+        identity: record.identity,
+        decision,
+        reason: (decision != "allow").then(|| reason.to_string()),
+        status: status.as_u16(),
+        bytes_in: 0,
+        bytes_out: 0,
+        duration_ms: 0.0,
+        upstream: record.upstream,
+    };
+    // The audit event is written when the response body is done, with its size.
+    let (parts, body) = response.into_parts();
+    let body = Audited {
+        inner: body,
+        pending: Some(Pending {
+            gateway: proxy.gateway.clone(),
+            event,
+            started,
+            bytes_in: record.bytes_in,
+            bytes_out: 0,
+            _slot: record.slot,
+        }),
+    };
+    Ok(Response::from_parts(parts, body.boxed_unsync()))
+}
+
+/// A response body that writes the request's audit event when it is dropped (fully
+/// sent, or abandoned by the client), with the bytes that went each way.
+struct Audited {
+    inner: Body,
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    gateway: Arc<Gateway>,
+    event: AccessEvent,
+    started: Instant,
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: u64,
+    _slot: Option<Slot>,
+}
+
+impl http_body::Body for Audited {
+    type Data = bytes::Bytes;
+    type Error = proxy::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let (Some(p), Some(data)) = (this.pending.as_mut(), frame.data_ref()) {
+                p.bytes_out += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Audited {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.pending.take() {
+            p.event.bytes_in = p.bytes_in.load(Ordering::Relaxed);
+            p.event.bytes_out = p.bytes_out;
+            p.event.duration_ms = p.started.elapsed().as_secs_f64() * 1000.0;
+            p.gateway.audit.record(&p.event);
+        }
+    }
+}
+
+/// The client's address: the socket peer, unless the peer is a trusted proxy; then the
+/// rightmost `X-Forwarded-For` hop that is not a trusted proxy (hops to its left were
+/// written by the client and prove nothing). An unreadable hop ends the walk at the
+/// peer.
+pub fn client_address(peer: IpAddr, headers: &http::HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => client = ip,
+            Ok(ip) => return ip,
+            Err(_) => return peer,
+        }
+    }
+    client
 }
 
 async fn serve(
@@ -212,6 +389,11 @@ async fn serve(
         .map(|id| runtime.snapshot.routes.route(id));
     if let Some(route) = route {
         record.ingress = Some(route.ingress.to_string());
+        record.route = Some(AuditRoute {
+            ingress: route.ingress.to_string(),
+            rule: route.field.clone(),
+            path: route.path.clone(),
+        });
     }
 
     let authenticated = route.is_some_and(|r| r.options.auth != AuthMode::None);
@@ -220,6 +402,15 @@ async fn serve(
     }
     let route =
         route.ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no route for this host and path"))?;
+
+    // Who may pass, from where, how often: address rules first, they need no identity.
+    let route_key = format!("{}{}{}", route.ingress, route.host, route.path);
+    if let Err(denial) = policy::check_source(&route.options.policy, record.client) {
+        return Err(forbidden(record, &denial));
+    }
+    if let Some(limit) = route.options.rate_limit.filter(|l| l.key == RateLimitKey::Client) {
+        rate_limit(proxy, record, &route_key, &record.client.to_string(), &limit)?;
+    }
 
     if let Some(max) = route.options.max_body_size {
         if content_length(&req).is_some_and(|n| n > max) {
@@ -246,17 +437,63 @@ async fn serve(
                     identity,
                     set_cookies,
                 } => {
-                    record.user = Some(identity.subject.clone());
-                    record.auth = Some(identity.method.as_str());
+                    record.identity = Some(AuditIdentity {
+                        subject: identity.subject.clone(),
+                        email: identity.email.clone().filter(|_| identity.email_verified),
+                        groups: identity.groups.clone(),
+                        method: identity.method.as_str(),
+                        provider: identity.provider.clone(),
+                    });
                     (Some(identity), set_cookies)
                 }
-                Decision::Respond { response, reason } => {
+                Decision::Respond {
+                    response,
+                    code,
+                    reason,
+                } => {
                     record.detail = Some(reason);
+                    let decision = if response.status().is_redirection() {
+                        "redirect"
+                    } else {
+                        "deny"
+                    };
+                    record.decision = Some((decision, code));
                     return Ok(response);
                 }
             }
         }
     };
+
+    if let Some(identity) = &identity {
+        if let Err(denial) = policy::check_subject(&route.options.policy, &identity.subject()) {
+            return Err(forbidden(record, &denial));
+        }
+        if let Some(limit) = route.options.rate_limit.filter(|l| l.key == RateLimitKey::User) {
+            let key = format!("{}\u{0}{}", identity.provider, identity.subject);
+            rate_limit(proxy, record, &route_key, &key, &limit)?;
+        }
+    }
+    if let Some(max) = route.options.max_connections {
+        match proxy.connections.acquire(&route_key, record.client, max) {
+            Some(slot) => record.slot = Some(slot),
+            None => {
+                proxy
+                    .gateway
+                    .metrics
+                    .rate_limited
+                    .get_or_create(&IngressLabel {
+                        ingress: route.ingress.to_string(),
+                    })
+                    .inc();
+                let mut refusal = Refusal::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("more than {max} requests at once from this address"),
+                );
+                refusal.reason = "too_many_connections";
+                return Err(refusal);
+            }
+        }
+    }
 
     let backend = runtime.snapshot.backend(route.backend);
     record.backend = Some(backend.to_string());
@@ -273,6 +510,7 @@ async fn serve(
         route,
         client_upgrade.is_some(),
         identity.as_ref(),
+        record,
     );
 
     let (response, upstream) = forward(proxy, runtime, route, outgoing, record).await?;
@@ -284,6 +522,40 @@ async fn serve(
         }
     }
     Ok(response)
+}
+
+/// 403 for a policy denial.
+fn forbidden(record: &mut Record, denial: &policy::Denial) -> Refusal {
+    record.decision = Some(("deny", denial.reason()));
+    let mut refusal = Refusal::new(StatusCode::FORBIDDEN, denial.to_string());
+    refusal.reason = denial.reason();
+    refusal
+}
+
+/// 429 with `Retry-After` when the bucket for `key` on this route is empty.
+fn rate_limit(
+    proxy: &Proxy,
+    record: &Record,
+    route_key: &str,
+    key: &str,
+    limit: &portcullis_config::snapshot::RateLimit,
+) -> Result<(), Refusal> {
+    match proxy.rate_limiter.check(route_key, key, limit) {
+        Ok(()) => Ok(()),
+        Err(wait) => {
+            proxy
+                .gateway
+                .metrics
+                .rate_limited
+                .get_or_create(&IngressLabel {
+                    ingress: record.ingress.clone().unwrap_or_default(),
+                })
+                .inc();
+            let mut refusal = Refusal::new(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+            refusal.retry_after = Some(wait.as_secs().max(1));
+            Err(refusal)
+        }
+    }
 }
 
 /// Requests whose framing two parsers could read differently are refused, and the
@@ -382,6 +654,7 @@ impl Outgoing {
         route: &Route,
         upgrade: bool,
         identity: Option<&Identity>,
+        record: &Record,
     ) -> Self {
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
@@ -419,14 +692,21 @@ impl Outgoing {
         if !protocol.is_h2_only() {
             proxy::join_cookies(&mut headers);
         }
-        set_forwarding_headers(&proxy.gateway, conn, &mut headers, authority, request_id);
+        set_forwarding_headers(
+            &proxy.gateway,
+            conn,
+            record.client,
+            &mut headers,
+            authority,
+            request_id,
+        );
 
         let bodiless = http_body::Body::is_end_stream(&body);
+        let counted = proxy::Counted::new(body, record.bytes_in.clone());
         let body = match route.options.max_body_size {
-            Some(max) => {
-                http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).boxed_unsync()
-            }
-            None => body.map_err(proxy::BoxError::from).boxed_unsync(),
+            Some(max) => http_body_util::Limited::new(counted, usize::try_from(max).unwrap_or(usize::MAX))
+                .boxed_unsync(),
+            None => counted.boxed_unsync(),
         };
         let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
         Outgoing {
@@ -470,6 +750,7 @@ fn gateway_backend_name(route: &Route, proxy: &Proxy) -> String {
 fn set_forwarding_headers(
     gateway: &Gateway,
     conn: &ClientConn,
+    client: IpAddr,
     headers: &mut http::HeaderMap,
     authority: &str,
     request_id: &str,
@@ -491,7 +772,7 @@ fn set_forwarding_headers(
         }
     };
     set("x-forwarded-for", &forwarded_for);
-    set("x-real-ip", &peer.to_string());
+    set("x-real-ip", &client.to_string());
     set("x-forwarded-proto", proto);
     set("x-forwarded-host", authority);
     set("x-request-id", request_id);
@@ -638,6 +919,9 @@ fn local_response(refusal: Refusal, request_id: &str) -> Response<Body> {
     }
     if let Some(location) = refusal.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
         h.insert(header::LOCATION, location);
+    }
+    if let Some(seconds) = refusal.retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
 }

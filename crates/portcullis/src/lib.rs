@@ -3,9 +3,11 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod echo;
 pub mod handler;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod report;

@@ -229,7 +229,10 @@ async fn serve(settings: Settings, manifests: PathBuf, watch_interval: Duration)
     let generated = tls::generate_default_certificate()
         .map_err(anyhow::Error::msg)
         .context("cannot generate the default certificate")?;
-    let gateway = Arc::new(Gateway::new(settings.clone(), generated));
+    let gateway = Arc::new(
+        Gateway::new(settings.clone(), generated)
+            .with_context(|| format!("cannot open the audit log {}", settings.audit_log.path))?,
+    );
 
     let stdin = manifests.as_os_str() == "-";
     let mut source = FileSource::new(&manifests);
@@ -296,7 +299,10 @@ async fn serve(settings: Settings, manifests: PathBuf, watch_interval: Duration)
             loop {
                 let forced = tokio::select! {
                     () = tokio::time::sleep(watch_interval) => false,
-                    () = hangup.wait() => true,
+                    () = hangup.wait() => {
+                        gateway.audit.reopen();
+                        true
+                    }
                     () = shutdown.wait() => return,
                 };
                 let now = source.fingerprint().ok();

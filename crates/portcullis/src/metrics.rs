@@ -27,6 +27,14 @@ pub struct UpstreamErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub ingress: String,
+    /// `allow`, `deny` or `redirect`.
+    pub decision: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     /// `success` or `failure`.
     pub result: &'static str,
@@ -51,6 +59,9 @@ pub struct Metrics {
     pub reloads: Family<ResultLabel, Counter>,
     pub active_connections: Family<ListenerLabel, Gauge>,
     pub config_problems: Family<SeverityLabel, Gauge>,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub rate_limited: Family<IngressLabel, Counter>,
+    pub audit_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -95,8 +106,29 @@ impl Metrics {
             "Problems in the current configuration, by severity",
             config_problems.clone(),
         );
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "access_decisions",
+            "Access decisions, by Ingress, decision and reason",
+            decisions.clone(),
+        );
+        let rate_limited = Family::<IngressLabel, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate or connection limit, by Ingress",
+            rate_limited.clone(),
+        );
+        let audit_dropped = Counter::default();
+        registry.register(
+            "audit_dropped",
+            "Audit events dropped because the writer fell behind",
+            audit_dropped.clone(),
+        );
         Metrics {
             registry,
+            decisions,
+            rate_limited,
+            audit_dropped,
             requests,
             request_duration,
             upstream_errors,

@@ -86,23 +86,28 @@ pub struct Gateway {
     generation: AtomicU64,
     ready: AtomicBool,
     pub metrics: Metrics,
+    pub audit: crate::audit::AuditLog,
     /// Port of the HTTPS listener, for redirects.
     pub https_port: std::sync::atomic::AtomicU16,
 }
 
 impl Gateway {
-    pub fn new(settings: Settings, generated_default: Arc<CertifiedKey>) -> Self {
+    /// Fails when the audit log cannot be opened.
+    pub fn new(settings: Settings, generated_default: Arc<CertifiedKey>) -> std::io::Result<Self> {
         let empty = Runtime::new(Snapshot::default(), &generated_default, 0);
         let https_port = settings.listen.https.port();
-        Gateway {
+        let metrics = Metrics::new();
+        let audit = crate::audit::AuditLog::start(&settings.audit_log, metrics.audit_dropped.clone())?;
+        Ok(Gateway {
             settings,
             current: ArcSwap::from_pointee(empty),
             generated_default,
             generation: AtomicU64::new(0),
             ready: AtomicBool::new(false),
-            metrics: Metrics::new(),
+            metrics,
+            audit,
             https_port: std::sync::atomic::AtomicU16::new(https_port),
-        }
+        })
     }
 
     /// The current runtime; load once per request.

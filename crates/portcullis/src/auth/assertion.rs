@@ -107,6 +107,7 @@ mod tests {
             email_verified: true,
             groups: vec!["dev".into()],
             name: None,
+            claims: Default::default(),
             method: AuthMethod::Session,
         };
         let token = signer.sign(&identity, "shop/cart", 1_900_000_000).unwrap();

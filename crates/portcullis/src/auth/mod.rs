@@ -71,7 +71,23 @@ pub struct Identity {
     pub email_verified: bool,
     pub groups: Vec<String>,
     pub name: Option<String>,
+    /// Other claims, for `require-claims`.
+    pub claims: std::collections::BTreeMap<String, Vec<String>>,
     pub method: AuthMethod,
+}
+
+impl Identity {
+    /// What authorization looks at.
+    pub fn subject(&self) -> portcullis_config::policy::Subject {
+        let mut claims = self.claims.clone();
+        claims.insert("sub".into(), vec![self.subject.clone()]);
+        portcullis_config::policy::Subject {
+            email: self.email.clone(),
+            email_verified: self.email_verified,
+            groups: self.groups.clone(),
+            claims,
+        }
+    }
 }
 
 /// The outcome of authenticating a request.
@@ -81,9 +97,12 @@ pub enum Decision {
         identity: Identity,
         set_cookies: Vec<String>,
     },
-    /// Answer with this (401, a redirect to login, 503) and stop; `reason` is for logs.
+    /// Answer with this (401, a redirect to login, 503) and stop. `code` is a stable
+    /// label for metrics and the audit log (`no_session`, `no_credentials`,
+    /// `bad_token`, `provider_unavailable`); `reason` the details, for logs.
     Respond {
         response: Response<Body>,
+        code: &'static str,
         reason: String,
     },
 }
@@ -249,6 +268,7 @@ impl Auth {
         let Some(name) = mode.provider() else {
             return Decision::Respond {
                 response: plain(StatusCode::INTERNAL_SERVER_ERROR, "route has no provider"),
+                code: "provider_unavailable",
                 reason: "no provider".into(),
             };
         };
@@ -280,6 +300,7 @@ impl Auth {
                     email_verified: session.email_verified,
                     groups: session.groups,
                     name: session.name,
+                    claims: session.claims,
                     method: AuthMethod::Session,
                 },
                 set_cookies,
@@ -392,6 +413,7 @@ impl Auth {
                     s.email_verified = claims.email_verified;
                     s.groups = claims.groups;
                     s.name = claims.name;
+                    s.claims = claims.extra;
                     s.tokens_exp = claims.expires;
                 }
                 Ok(_) => return Ok(None),
@@ -472,6 +494,7 @@ impl Auth {
         tracing::info!(target: "portcullis::auth", event = "login_started", provider = %provider.name(), host = %req.host);
         Decision::Respond {
             response,
+            code: "no_session",
             reason: "login required".into(),
         }
     }
@@ -514,7 +537,7 @@ impl Auth {
                     );
                 };
                 match self.begin_login(&provider, req, rd, now()).await {
-                    Decision::Respond { response, reason } => (response, reason),
+                    Decision::Respond { response, reason, .. } => (response, reason),
                     Decision::Allow { .. } => (plain(StatusCode::INTERNAL_SERVER_ERROR, ""), String::new()),
                 }
             }
@@ -623,6 +646,7 @@ impl Auth {
             email_verified: claims.email_verified,
             groups: claims.groups,
             name: claims.name,
+            claims: claims.extra,
             exp: now + self.session_lifetime,
             tokens_exp: claims.expires,
             refresh_token: tokens.refresh_token,
@@ -696,6 +720,7 @@ fn identity(provider: &str, c: Claims, method: AuthMethod) -> Identity {
         email_verified: c.email_verified,
         groups: c.groups,
         name: c.name,
+        claims: c.extra,
         method,
     }
 }
@@ -783,6 +808,11 @@ fn challenge(error: &str, description: &str) -> Decision {
     }
     Decision::Respond {
         response,
+        code: if error.is_empty() {
+            "no_credentials"
+        } else {
+            "bad_token"
+        },
         reason: description.to_string(),
     }
 }
@@ -794,6 +824,7 @@ fn unavailable(why: &str) -> Decision {
             StatusCode::SERVICE_UNAVAILABLE,
             "the identity provider is unavailable",
         ),
+        code: "provider_unavailable",
         reason: why.to_string(),
     }
 }

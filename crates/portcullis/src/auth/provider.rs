@@ -134,6 +134,50 @@ pub struct Claims {
     pub groups: Vec<String>,
     pub name: Option<String>,
     pub expires: i64,
+    /// Other claims, as strings (for `portcullis.dev/require-claims`).
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// Registered and protocol claims that are not kept as `extra`.
+const PROTOCOL_CLAIMS: &[&str] = &[
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jti",
+    "nonce",
+    "azp",
+    "at_hash",
+    "c_hash",
+    "s_hash",
+    "sid",
+    "auth_time",
+    "email",
+    "email_verified",
+    "name",
+    "preferred_username",
+    "client_id",
+    "cnf",
+];
+/// At most this many extra claims, each at most this long, are kept (they ride in the
+/// session cookie).
+const MAX_EXTRA_CLAIMS: usize = 32;
+const MAX_CLAIM_VALUE: usize = 256;
+
+/// Strings, numbers and booleans as text; arrays of them flattened.
+fn claim_values(v: &serde_json::Value) -> Vec<String> {
+    let one = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    match v {
+        serde_json::Value::Array(a) => a.iter().filter_map(one).collect(),
+        v => one(v).into_iter().collect(),
+    }
 }
 
 pub struct Provider {
@@ -369,6 +413,15 @@ impl Provider {
                 .or(c["preferred_username"].as_str())
                 .map(str::to_string),
             expires: c["exp"].as_i64().unwrap_or(0),
+            extra: c
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| !PROTOCOL_CLAIMS.contains(&k.as_str()) && **k != self.settings.groups_claim)
+                .map(|(k, v)| (k.clone(), claim_values(v)))
+                .filter(|(_, v)| !v.is_empty() && v.iter().all(|x| x.len() <= MAX_CLAIM_VALUE))
+                .take(MAX_EXTRA_CLAIMS)
+                .collect(),
         }
     }
 

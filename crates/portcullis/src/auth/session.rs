@@ -141,6 +141,9 @@ pub struct Session {
     pub groups: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Other claims of the ID token, for `require-claims`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub claims: std::collections::BTreeMap<String, Vec<String>>,
     /// Absolute end of the session (Unix seconds), whatever refreshes happen.
     pub exp: i64,
     /// When the provider's tokens expire: past this, refresh (or sign in again).

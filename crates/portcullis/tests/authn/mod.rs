@@ -493,6 +493,7 @@ async fn tampered_and_foreign_session_cookies_are_refused() {
         email_verified: true,
         groups: vec!["admins".into()],
         name: None,
+        claims: Default::default(),
         exp: jsonwebtoken::get_current_timestamp() as i64 + 3600,
         tokens_exp: jsonwebtoken::get_current_timestamp() as i64 + 3600,
         refresh_token: None,
