@@ -142,6 +142,25 @@ impl Gateway {
             warnings,
             "configuration published"
         );
+        let ingresses = |s: &Snapshot| {
+            s.routes
+                .routes()
+                .map(|(_, r)| r.ingress.to_string())
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        let before = ingresses(&self.current.load().snapshot);
+        let after = ingresses(&compiled.snapshot);
+        self.audit.record(&serde_json::json!({
+            "kind": "config",
+            "time": crate::audit::timestamp(),
+            "generation": generation,
+            "routes": compiled.snapshot.routes.len(),
+            "ingresses": stats.ingresses_served,
+            "rejected": stats.ingresses_rejected,
+            "added": after.difference(&before).collect::<Vec<_>>(),
+            "removed": before.difference(&after).collect::<Vec<_>>(),
+            "problems": compiled.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        }));
         self.current.store(Arc::new(Runtime::new(
             compiled.snapshot,
             &self.generated_default,

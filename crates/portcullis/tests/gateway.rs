@@ -769,3 +769,204 @@ fn every_example_passes_check() {
     }
     assert!(checked >= 1);
 }
+
+/// Address rules, and whose word counts for the client address: `X-Forwarded-For` only
+/// through a trusted proxy, and only its rightmost untrusted hop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_ranges_trust_forwarded_for_only_from_trusted_proxies() {
+    use support::client::http_get_from;
+    let web = Backend::named("web").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            ingress(
+                "ns",
+                "internal",
+                &[("portcullis.dev/allow-source-ranges", "10.0.0.0/8")],
+                &[],
+                &[("internal.test", "/", "web")],
+            ),
+            ingress(
+                "ns",
+                "blocked",
+                &[("portcullis.dev/deny-source-ranges", "127.0.0.0/8")],
+                &[],
+                &[("blocked.test", "/", "web")],
+            ),
+        ]),
+        "trustedProxies: [127.0.0.1/32]\n",
+    );
+    let from = |local: &'static str, host: &'static str, xff: Option<&'static str>| {
+        let addr = gw.http;
+        async move {
+            let headers: Vec<(&str, &str)> = xff.map(|v| vec![("x-forwarded-for", v)]).unwrap_or_default();
+            http_get_from(local, addr, host, "/", &headers).await
+        }
+    };
+    assert_eq!(
+        from("127.0.0.1", "blocked.test", None).await.status,
+        StatusCode::FORBIDDEN
+    );
+    // The trusted proxy (127.0.0.1) says the client is 10.1.2.3: allowed.
+    let r = from("127.0.0.1", "internal.test", Some("10.1.2.3")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(web.requests().pop().unwrap().headers["x-real-ip"], "10.1.2.3");
+    // A client-written hop to the left of the proxy's proves nothing.
+    let r = from("127.0.0.1", "internal.test", Some("10.1.2.3, 192.0.2.9")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // An untrusted peer's X-Forwarded-For is ignored entirely.
+    let r = from("127.0.0.2", "internal.test", Some("10.1.2.3")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = from("127.0.0.2", "blocked.test", Some("10.1.2.3")).await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "a forged hop cannot escape a deny range"
+    );
+    // Without X-Forwarded-For the trusted proxy itself is the client.
+    assert_eq!(
+        from("127.0.0.1", "internal.test", None).await.status,
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_and_connection_limits_answer_429() {
+    let web = Backend::named("web").await;
+    let slow = Backend::slow(Duration::from_millis(800)).await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            service("ns", "slow", &[slow.addr]),
+            ingress(
+                "ns",
+                "limited",
+                &[("portcullis.dev/rate-limit", "2/s")],
+                &[],
+                &[("rl.test", "/", "web")],
+            ),
+            ingress(
+                "ns",
+                "narrow",
+                &[("portcullis.dev/max-connections", "1")],
+                &[],
+                &[("mc.test", "/", "slow")],
+            ),
+        ]),
+        "",
+    );
+    let statuses = futures_util::future::join_all((0..3).map(|_| http_get(gw.http, "rl.test", "/"))).await;
+    let limited: Vec<_> = statuses
+        .iter()
+        .filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert_eq!(
+        limited.len(),
+        1,
+        "burst of 2 at 2/s: {:?}",
+        statuses.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert_eq!(limited[0].header("retry-after"), "1");
+    // Another route has its own limits.
+    assert_eq!(
+        http_get(gw.http, "other.test", "/").await.status,
+        StatusCode::NOT_FOUND
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(http_get(gw.http, "rl.test", "/").await.status, StatusCode::OK);
+
+    let both = futures_util::future::join(http_get(gw.http, "mc.test", "/"), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        http_get(gw.http, "mc.test", "/").await
+    })
+    .await;
+    assert_eq!(
+        (both.0.status, both.1.status),
+        (StatusCode::OK, StatusCode::TOO_MANY_REQUESTS)
+    );
+    // The slot is released when the first response is done.
+    assert_eq!(http_get(gw.http, "mc.test", "/").await.status, StatusCode::OK);
+    let metrics = http_get(gw.admin, "admin", "/metrics").await.text();
+    assert!(
+        metrics.contains("portcullis_rate_limited_total{ingress=\"ns/limited\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("portcullis_rate_limited_total{ingress=\"ns/narrow\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// Every request of a mixed run appears exactly once in the audit file, with its
+/// decision; SIGHUP reopens the file after a logrotate-style move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_has_every_request_once_and_reopens_on_sighup() {
+    let web = Backend::named("web").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.log");
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            ingress("ns", "open", &[], &[], &[("a.test", "/", "web")]),
+            ingress(
+                "ns",
+                "closed",
+                &[("portcullis.dev/deny-source-ranges", "0.0.0.0/0")],
+                &[],
+                &[("b.test", "/", "web")],
+            ),
+        ]),
+        &format!("auditLog: {{path: {}}}\n", file.display()),
+    );
+    let mut expected = Vec::new();
+    for (host, path, status) in [
+        ("a.test", "/1", 200),
+        ("b.test", "/2", 403),
+        ("c.test", "/3", 404),
+        ("a.test", "/%2F", 400),
+    ] {
+        let r = http_get(gw.http, host, path).await;
+        assert_eq!(r.status.as_u16(), status, "{host}{path}");
+        expected.push((r.header("x-request-id").to_string(), status));
+    }
+    let read = |f: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let wait_for = |f: &std::path::Path, id: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !read(f).iter().any(|e| e["request_id"] == id) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(&file, &expected.last().unwrap().0);
+    let events = read(&file);
+    for (id, status) in &expected {
+        let matching: Vec<_> = events.iter().filter(|e| e["request_id"] == id.as_str()).collect();
+        assert_eq!(matching.len(), 1, "{id}: {events:?}");
+        assert_eq!(matching[0]["status"], *status);
+        let decision = if *status == 200 { "allow" } else { "deny" };
+        assert_eq!(matching[0]["decision"], decision);
+    }
+    let reasons: Vec<&str> = events.iter().filter_map(|e| e["reason"].as_str()).collect();
+    assert_eq!(reasons, ["source_range", "no_route", "bad_request"]);
+
+    // logrotate moves the file, then signals.
+    let rotated = dir.path().join("audit.log.1");
+    std::fs::rename(&file, &rotated).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = http_get(gw.http, "a.test", "/after-rotation").await;
+    let id = r.header("x-request-id").to_string();
+    wait_for(&file, &id);
+    assert!(
+        read(&file).iter().any(|e| e["request_id"] == id.as_str()),
+        "new file after SIGHUP"
+    );
+    assert!(!read(&rotated).iter().any(|e| e["request_id"] == id.as_str()));
+}

@@ -116,10 +116,16 @@ fn config(issuer: &str) -> String {
 }
 
 async fn world(id_token_ttl: u64) -> World {
+    world_with(id_token_ttl, |_| String::new(), "").await
+}
+
+/// A world with more manifests (given the test CA) and more config lines.
+async fn world_with(id_token_ttl: u64, extra: impl FnOnce(&Pki) -> String, extra_config: &str) -> World {
     let pki = Pki::new();
     let idp = Idp::start(0, "a", id_token_ttl);
     let app = Backend::named("app").await;
-    let gw = Gateway::start(&manifests(&pki, &app), &config(&idp.issuer));
+    let manifests = format!("{}{}", manifests(&pki, &app), extra(&pki));
+    let gw = Gateway::start(&manifests, &format!("{}{extra_config}", config(&idp.issuer)));
     let w = World { pki, idp, gw, app };
     w.register().await;
     w
@@ -700,4 +706,180 @@ async fn a_real_browser_logs_in_through_the_gateway() {
     assert_eq!(session["secure"], true);
     assert_eq!(session["httpOnly"], true);
     assert_eq!(session["sameSite"], "Lax");
+}
+
+/// Who may pass: groups, verified email domains and claims, each rule on its own route
+/// and all of them together; every decision lands in the audit log exactly once, and no
+/// token or cookie lands in any log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_by_group_email_domain_and_claim_with_an_audit_trail() {
+    let audit_dir = tempfile::tempdir().unwrap();
+    let audit_file = audit_dir.path().join("audit.log");
+    let hosts = ["admins.test", "domain.test", "claims.test", "strict.test"];
+    let w = world_with(
+        300,
+        |pki| {
+            [
+                pki.tls_secret("ns", "policy-tls", &hosts),
+                ingress(
+                    "ns",
+                    "admins",
+                    &[
+                        ("portcullis.dev/auth", "oidc"),
+                        ("portcullis.dev/allow-groups", "admins, sre"),
+                    ],
+                    &[("admins.test", "policy-tls")],
+                    &[("admins.test", "/", "app")],
+                ),
+                ingress(
+                    "ns",
+                    "domain",
+                    &[
+                        ("portcullis.dev/auth", "oidc"),
+                        ("portcullis.dev/allow-email-domains", "example.com"),
+                    ],
+                    &[("domain.test", "policy-tls")],
+                    &[("domain.test", "/", "app")],
+                ),
+                ingress(
+                    "ns",
+                    "claims",
+                    &[
+                        ("portcullis.dev/auth", "jwt"),
+                        ("portcullis.dev/require-claims", "scope=api, scope=admin"),
+                    ],
+                    &[("claims.test", "policy-tls")],
+                    &[("claims.test", "/", "app")],
+                ),
+                ingress(
+                    "ns",
+                    "strict",
+                    &[
+                        ("portcullis.dev/auth", "jwt"),
+                        ("portcullis.dev/require-claims", "scope=admin"),
+                    ],
+                    &[("strict.test", "policy-tls")],
+                    &[("strict.test", "/", "app")],
+                ),
+            ]
+            .concat()
+        },
+        &format!("auditLog: {{path: {}}}\n", audit_file.display()),
+    )
+    .await;
+    let port = w.gw.https.port();
+    let mut redirects = vec![];
+    for host in ["admins.test", "domain.test"] {
+        redirects.push(format!("https://{host}:{port}/.portcullis/callback"));
+    }
+    redirects.push(format!("https://app.test:{port}/.portcullis/callback"));
+    w.idp
+        .register(json!({
+            "client_id": "portcullis",
+            "client_secret": CLIENT_SECRET,
+            "redirect_uris": redirects,
+            "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
+            "response_types": ["code"],
+            "token_endpoint_auth_method": "client_secret_basic",
+            "id_token_signed_response_alg": "ES256",
+        }))
+        .await;
+
+    // alice is in admins; bob is not.
+    let mut alice = Browser::new(w.gw.https, &w.pki);
+    let (reply, _) = alice.login(&w.url("admins.test", "/console"), "alice").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let mut bob = Browser::new(w.gw.https, &w.pki);
+    let (reply, _) = bob.login(&w.url("admins.test", "/console"), "bob").await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+    assert!(reply.text().contains("not in an allowed group"));
+    // Both have verified example.com addresses.
+    let (reply, _) = bob.login(&w.url("domain.test", "/d"), "bob").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+
+    // Claims on bearer tokens: the token's scope is "api".
+    let token = w.idp.client_credentials("portcullis", CLIENT_SECRET).await;
+    assert_eq!(w.bearer("claims.test", &token).await.status, StatusCode::OK);
+    let reply = w.bearer("strict.test", &token).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert!(reply.text().contains("claim scope"), "{}", reply.text());
+
+    // The audit trail: one event per request, with the decision and its reason.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let events = loop {
+        let text = std::fs::read_to_string(&audit_file).unwrap_or_default();
+        let events: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let last_seen = events
+            .iter()
+            .any(|e| e["host"] == "strict.test" && e["status"] == 403);
+        if last_seen || std::time::Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "config" && e["generation"] == 1),
+        "{events:?}\n{}",
+        w.gw.logs()
+    );
+    let access: Vec<&serde_json::Value> = events.iter().filter(|e| e["kind"] == "access").collect();
+    let mut ids = std::collections::HashSet::new();
+    for e in &access {
+        assert!(
+            ids.insert(e["request_id"].as_str().unwrap().to_string()),
+            "request logged twice: {e}"
+        );
+    }
+    let find = |host: &str, status: u16| {
+        access
+            .iter()
+            .find(|e| e["host"] == host && e["status"] == status)
+            .unwrap_or_else(|| panic!("no audit event for {host} {status}: {access:?}"))
+    };
+    let denied = find("admins.test", 403);
+    assert_eq!(denied["decision"], "deny");
+    assert_eq!(denied["reason"], "group_not_allowed");
+    assert_eq!(denied["identity"]["subject"], "bob");
+    assert_eq!(denied["identity"]["method"], "session");
+    assert_eq!(denied["route"]["ingress"], "ns/admins");
+    let allowed = find("admins.test", 200);
+    assert_eq!(allowed["decision"], "allow");
+    assert_eq!(allowed["identity"]["groups"], json!(["admins", "dev"]));
+    assert!(allowed["bytes_out"].as_u64().unwrap() > 0);
+    assert!(allowed["upstream"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let login = access
+        .iter()
+        .find(|e| e["host"] == "admins.test" && e["status"] == 302)
+        .expect("the login redirect is audited");
+    assert_eq!(
+        (login["decision"].as_str(), login["reason"].as_str()),
+        (Some("redirect"), Some("no_session"))
+    );
+    assert_eq!(find("claims.test", 200)["identity"]["method"], "bearer");
+    assert_eq!(find("strict.test", 403)["reason"], "claim_mismatch");
+
+    // No secret in any log: tokens, session cookies, the client secret.
+    let all_logs = format!(
+        "{}\n{}",
+        w.gw.logs(),
+        std::fs::read_to_string(&audit_file).unwrap()
+    );
+    let session = alice.cookie("admins.test", "__Host-portcullis-session").unwrap();
+    for secret in [
+        &token[..],
+        &token[token.len() - 40..],
+        &session[..30],
+        CLIENT_SECRET,
+        SESSION_KEY,
+    ] {
+        assert!(!all_logs.contains(secret), "a secret reached the logs");
+    }
+    assert!(!all_logs.contains("eyJ"), "a JWT reached the logs");
+    let metrics = client::http_get(w.gw.admin, "admin", "/metrics").await.text();
+    assert!(
+        metrics.contains("portcullis_access_decisions_total{ingress=\"ns/admins\",decision=\"deny\",reason=\"group_not_allowed\"} 1"),
+        "{metrics}"
+    );
 }

@@ -221,3 +221,25 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
 pub fn empty_body() -> Empty<Bytes> {
     Empty::new()
 }
+
+/// One plain-HTTP GET from a chosen local address (127.0.0.x), with extra headers.
+pub async fn http_get_from(
+    local: &str,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let mut send = h1(stream).await;
+    let mut req = request("GET", host, path, "");
+    for (k, v) in headers {
+        req.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    send_h1(&mut send, req).await.unwrap()
+}
