@@ -66,6 +66,18 @@ enum Command {
         /// A URL such as https://app.example.com/api/x
         #[arg(long)]
         explain: Option<String>,
+        /// With --explain: decide as this user (a verified email).
+        #[arg(long = "as", value_name = "EMAIL", requires = "explain")]
+        as_user: Option<String>,
+        /// With --as: the user's groups, comma-separated.
+        #[arg(long, value_delimiter = ',', requires = "as_user")]
+        groups: Vec<String>,
+        /// With --as: a claim the user has, CLAIM=VALUE (repeatable).
+        #[arg(long = "claim", value_name = "CLAIM=VALUE", requires = "as_user")]
+        claims: Vec<String>,
+        /// With --explain: the client address.
+        #[arg(long, requires = "explain")]
+        from: Option<std::net::IpAddr>,
     },
     /// A small backend that answers with a JSON echo of the request it received.
     Echo {
@@ -162,7 +174,14 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                 std::process::ExitCode::SUCCESS
             })
         }
-        Command::Routes { input, explain } => {
+        Command::Routes {
+            input,
+            explain,
+            as_user,
+            groups,
+            claims,
+            from,
+        } => {
             let settings = load_settings(input.config.as_ref())?;
             let manifests = read_once(&input.manifests)?;
             let compiled = compile(&manifests, &settings, unix_now());
@@ -173,10 +192,25 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                 );
             }
             match explain {
-                Some(url) => print!(
-                    "{}",
-                    report::explain(&compiled.snapshot, &url).map_err(anyhow::Error::msg)?
-                ),
+                Some(url) => {
+                    let mut parsed = Vec::new();
+                    for c in &claims {
+                        let (k, v) = c
+                            .split_once('=')
+                            .ok_or_else(|| anyhow::anyhow!("--claim {c:?}: write CLAIM=VALUE"))?;
+                        parsed.push((k.to_string(), v.to_string()));
+                    }
+                    let caller = report::Caller {
+                        email: as_user,
+                        groups,
+                        claims: parsed,
+                        from,
+                    };
+                    print!(
+                        "{}",
+                        report::explain(&compiled.snapshot, &url, &caller).map_err(anyhow::Error::msg)?
+                    )
+                }
                 None => print!("{}", report::routes(&compiled.snapshot)),
             }
             Ok(std::process::ExitCode::SUCCESS)

@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use portcullis_config::path;
+use portcullis_config::policy;
 use portcullis_config::routes::normalize_host;
 use portcullis_config::snapshot::{BackendTarget, Snapshot};
 use portcullis_config::Compiled;
@@ -104,7 +105,18 @@ pub fn routes(snapshot: &Snapshot) -> String {
 }
 
 /// Explains which route, backend and policy a URL gets, and what would happen.
-pub fn explain(snapshot: &Snapshot, url: &str) -> Result<String, String> {
+/// Who and where a request is from, for `routes --explain`.
+#[derive(Debug, Default)]
+pub struct Caller {
+    /// `--as`: the caller's (verified) email; unset means no credentials.
+    pub email: Option<String>,
+    pub groups: Vec<String>,
+    pub claims: Vec<(String, String)>,
+    /// `--from`: the client address.
+    pub from: Option<std::net::IpAddr>,
+}
+
+pub fn explain(snapshot: &Snapshot, url: &str, caller: &Caller) -> Result<String, String> {
     let uri: http::Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     let scheme = uri.scheme_str().unwrap_or("https");
     let authority = uri
@@ -189,18 +201,132 @@ pub fn explain(snapshot: &Snapshot, url: &str) -> Result<String, String> {
         r.options.auth, r.options.read_timeout
     );
     let authenticated = r.options.auth != portcullis_config::snapshot::AuthMode::None;
+    let p = &r.options.policy;
+    if !p.allow_source_ranges.is_empty() || !p.deny_source_ranges.is_empty() {
+        let list = |v: &[ipnet::IpNet]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(
+            out,
+            "sources:  allow [{}], deny [{}]",
+            list(&p.allow_source_ranges),
+            list(&p.deny_source_ranges)
+        );
+    }
+    if p.needs_identity() {
+        let mut rules = Vec::new();
+        if !p.allow_groups.is_empty() {
+            rules.push(format!("group in [{}]", p.allow_groups.join(", ")));
+        }
+        if !p.allow_emails.is_empty() {
+            rules.push(format!("verified email in [{}]", p.allow_emails.join(", ")));
+        }
+        if !p.allow_email_domains.is_empty() {
+            rules.push(format!(
+                "verified email domain in [{}]",
+                p.allow_email_domains.join(", ")
+            ));
+        }
+        for (claim, values) in &p.require_claims {
+            rules.push(format!("claim {claim} in [{}]", values.join(", ")));
+        }
+        let _ = writeln!(out, "allow:    {}", rules.join(" AND "));
+    }
+    if let Some(limit) = &r.options.rate_limit {
+        let _ = writeln!(
+            out,
+            "limits:   {}/{}s per {}, burst {}",
+            limit.rate,
+            limit.per.as_secs(),
+            match limit.key {
+                portcullis_config::snapshot::RateLimitKey::Client => "client address",
+                portcullis_config::snapshot::RateLimitKey::User => "user",
+            },
+            limit.burst
+        );
+    }
+    let source = caller.from.map(|ip| policy::check_source(p, ip));
+    let subject = caller.email.as_ref().map(|email| {
+        let mut claims: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (k, v) in &caller.claims {
+            claims.entry(k.clone()).or_default().push(v.clone());
+        }
+        policy::Subject {
+            email: Some(email.clone()),
+            email_verified: true,
+            groups: caller.groups.clone(),
+            claims,
+        }
+    });
     let decision = if scheme == "http" && (authenticated || tls && r.options.ssl_redirect) {
         "308 redirect to HTTPS".to_string()
+    } else if let Some(Err(denial)) = source {
+        format!("403 Forbidden: {denial}")
+    } else if authenticated && subject.is_none() {
+        "401 (API clients) or a login redirect (browsers on oidc routes) without credentials; pass --as EMAIL [--groups a,b] to see the decision for a user".into()
+    } else if let Some(Err(denial)) = subject.as_ref().map(|s| policy::check_subject(p, s)) {
+        format!("403 Forbidden: {denial}")
     } else {
         match &backend.target {
             BackendTarget::Endpoints(e) if e.is_empty() => {
                 "503 Service Unavailable (no ready endpoints)".into()
             }
             BackendTarget::Unavailable(reason) => format!("503 Service Unavailable ({reason})"),
-            _ if authenticated => "forwarded to the backend once authenticated (else 401, or a login redirect for browsers on oidc routes)".into(),
+            _ if caller.from.is_none() && !p.allow_source_ranges.is_empty() => {
+                "forwarded to the backend if the client address is allowed (pass --from IP)".into()
+            }
             _ => "forwarded to the backend".into(),
         }
     };
     let _ = writeln!(out, "decision: {decision}");
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_config::{Manifests, Settings};
+
+    fn snapshot() -> Snapshot {
+        let mut m = Manifests::default();
+        m.add_text(
+            "m.yaml",
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: admin\n  namespace: ops\n  annotations:\n    portcullis.dev/auth: oidc\n    portcullis.dev/allow-groups: admins\n    portcullis.dev/allow-source-ranges: 10.0.0.0/8\nspec:\n  ingressClassName: portcullis\n  rules:\n  - host: admin.example.com\n    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: admin, port: {number: 80}}}}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: admin, namespace: ops}\nspec: {ports: [{port: 80}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: admin-1, namespace: ops, labels: {kubernetes.io/service-name: admin}}\naddressType: IPv4\nports: [{port: 8080}]\nendpoints: [{addresses: [10.9.9.9]}]\n",
+        );
+        let settings = Settings::from_yaml(
+            "oidc: {providers: [{name: corp, issuer: 'https://idp.example.com', clientId: c}], sessionKeys: [{env: K}]}",
+        )
+        .unwrap();
+        portcullis_config::compile(&m, &settings, 1_800_000_000).snapshot
+    }
+
+    fn decision(caller: Caller) -> String {
+        let text = explain(&snapshot(), "https://admin.example.com/x", &caller).unwrap();
+        text.lines().last().unwrap().to_string()
+    }
+
+    #[test]
+    fn explain_decides_as_the_given_user_and_address() {
+        let ip = |s: &str| Some(s.parse().unwrap());
+        let admin = || Caller {
+            email: Some("a@example.com".into()),
+            groups: vec!["admins".into()],
+            from: ip("10.1.1.1"),
+            ..Caller::default()
+        };
+        assert_eq!(decision(admin()), "decision: forwarded to the backend");
+        assert!(decision(Caller {
+            groups: vec!["dev".into()],
+            ..admin()
+        })
+        .contains("403 Forbidden: not in an allowed group"));
+        assert!(decision(Caller {
+            from: ip("192.0.2.1"),
+            ..admin()
+        })
+        .contains("403 Forbidden: the client address"));
+        assert!(decision(Caller {
+            email: None,
+            ..admin()
+        })
+        .contains("401"));
+    }
 }
