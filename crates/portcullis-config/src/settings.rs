@@ -27,6 +27,17 @@ pub struct Settings {
     /// authentication.
     pub oidc: Option<OidcSettings>,
     pub audit_log: AuditSettings,
+    pub rate_limits: RateLimitSettings,
+}
+
+/// Where rate limits are counted.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RateLimitSettings {
+    /// `redis://HOST:PORT[/DB]`: count limits in Redis, shared by every replica.
+    /// Default: none, each replica counts on its own. When Redis cannot be reached the
+    /// gateway counts locally until it can (and says so in logs and metrics).
+    pub redis: Option<String>,
 }
 
 /// The audit log: one JSON line per access decision and per configuration change.
@@ -59,6 +70,7 @@ impl Default for Settings {
             limits: Limits::default(),
             oidc: None,
             audit_log: AuditSettings::default(),
+            rate_limits: RateLimitSettings::default(),
         }
     }
 }
@@ -306,6 +318,14 @@ impl Settings {
         }
         if let Some(oidc) = &self.oidc {
             oidc.validate()?;
+        }
+        if let Some(url) = &self.rate_limits.redis {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(SettingsError::Value {
+                    field: "rateLimits.redis".into(),
+                    message: format!("{url:?} must be a redis:// or rediss:// URL"),
+                });
+            }
         }
         if self.ingress_class.is_empty() {
             return Err(SettingsError::Value {

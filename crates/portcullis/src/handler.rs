@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::audit::{AccessEvent, AuditIdentity, AuditRoute};
 use crate::auth::{Auth, Decision, Identity, RequestFacts};
-use crate::limits::{ConcurrencyLimiter, RateLimiter, Slot};
+use crate::limits::{ConcurrencyLimiter, GlobalLimiter, RateLimiter, Slot};
 use crate::metrics::{DecisionLabels, IngressLabel, RequestLabels, UpstreamErrorLabels};
 use crate::proxy::{self, Body, ReadTimeout, UpstreamFailure, Upstreams};
 use crate::state::{Gateway, Runtime, Upstream};
@@ -45,14 +45,20 @@ pub struct Proxy {
     pub upstreams: Upstreams,
     pub auth: Auth,
     rate_limiter: RateLimiter,
+    global_limiter: Option<GlobalLimiter>,
     connections: Arc<ConcurrencyLimiter>,
     request_ids: RequestIds,
 }
 
 impl Proxy {
-    pub fn new(gateway: Arc<Gateway>, auth: Auth) -> Result<Self, rustls::Error> {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        auth: Auth,
+        global_limiter: Option<GlobalLimiter>,
+    ) -> Result<Self, rustls::Error> {
         let upstreams = Upstreams::new(&gateway.settings)?;
         Ok(Proxy {
+            global_limiter,
             gateway,
             upstreams,
             auth,
@@ -409,7 +415,7 @@ async fn serve(
         return Err(forbidden(record, &denial));
     }
     if let Some(limit) = route.options.rate_limit.filter(|l| l.key == RateLimitKey::Client) {
-        rate_limit(proxy, record, &route_key, &record.client.to_string(), &limit)?;
+        rate_limit(proxy, record, &route_key, &record.client.to_string(), &limit).await?;
     }
 
     if let Some(max) = route.options.max_body_size {
@@ -470,7 +476,7 @@ async fn serve(
         }
         if let Some(limit) = route.options.rate_limit.filter(|l| l.key == RateLimitKey::User) {
             let key = format!("{}\u{0}{}", identity.provider, identity.subject);
-            rate_limit(proxy, record, &route_key, &key, &limit)?;
+            rate_limit(proxy, record, &route_key, &key, &limit).await?;
         }
     }
     if let Some(max) = route.options.max_connections {
@@ -533,14 +539,22 @@ fn forbidden(record: &mut Record, denial: &policy::Denial) -> Refusal {
 }
 
 /// 429 with `Retry-After` when the bucket for `key` on this route is empty.
-fn rate_limit(
+async fn rate_limit(
     proxy: &Proxy,
     record: &Record,
     route_key: &str,
     key: &str,
     limit: &portcullis_config::snapshot::RateLimit,
 ) -> Result<(), Refusal> {
-    match proxy.rate_limiter.check(route_key, key, limit) {
+    let global = match &proxy.global_limiter {
+        Some(g) => g.check(route_key, key, limit).await,
+        None => None,
+    };
+    let outcome = match global {
+        Some(outcome) => outcome,
+        None => proxy.rate_limiter.check(route_key, key, limit),
+    };
+    match outcome {
         Ok(()) => Ok(()),
         Err(wait) => {
             proxy

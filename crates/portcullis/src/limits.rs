@@ -1,5 +1,8 @@
 //! Traffic limits per route: token-bucket rate limits (per client address or per
-//! user) and a cap on concurrent requests per client address. Local to this replica.
+//! user) and a cap on concurrent requests per client address. Rate limits are counted
+//! on this replica, or in Redis when configured so that every replica shares them;
+//! if Redis cannot answer quickly the gateway counts locally for a while instead,
+//! and says so: it neither fails open nor holds requests waiting on Redis.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -110,6 +113,118 @@ impl ConcurrencyLimiter {
             limiter: self.clone(),
             key,
         })
+    }
+}
+
+/// How long one Redis call may take before the request is counted locally instead.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
+/// After a failure, Redis is left alone this long (requests are counted locally).
+const REDIS_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A token bucket in Redis, atomic in one script. The time comes from Redis, so
+/// replicas with skewed clocks still share one bucket.
+const BUCKET_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1]) or burst
+local ts = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local allowed = 0
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+else
+  wait = math.ceil((1 - tokens) / rate)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate) + 1000)
+return {allowed, wait}
+"#;
+
+/// Rate limits shared by every replica, through Redis.
+pub struct GlobalLimiter {
+    connection: redis::aio::ConnectionManager,
+    script: redis::Script,
+    /// While set and in the future, Redis is skipped.
+    backoff_until: Mutex<Option<Instant>>,
+    fallbacks: prometheus_client::metrics::counter::Counter,
+    up: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl GlobalLimiter {
+    /// Connects lazily: the gateway starts whether or not Redis is there.
+    pub fn new(
+        url: &str,
+        fallbacks: prometheus_client::metrics::counter::Counter,
+        up: prometheus_client::metrics::gauge::Gauge,
+    ) -> Result<GlobalLimiter, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("rateLimits.redis: {e}"))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1);
+        let connection = client
+            .get_connection_manager_lazy(config)
+            .map_err(|e| format!("rateLimits.redis: {e}"))?;
+        up.set(1);
+        Ok(GlobalLimiter {
+            connection,
+            script: redis::Script::new(BUCKET_SCRIPT),
+            backoff_until: Mutex::new(None),
+            fallbacks,
+            up,
+        })
+    }
+
+    /// `None` when Redis is not answering: count locally instead.
+    pub async fn check(&self, route: &str, key: &str, limit: &RateLimit) -> Option<Result<(), Duration>> {
+        {
+            let backoff = self.backoff_until.lock().unwrap_or_else(|e| e.into_inner());
+            if backoff.is_some_and(|until| Instant::now() < until) {
+                self.fallbacks.inc();
+                return None;
+            }
+        }
+        let digest = ring::digest::digest(&ring::digest::SHA256, format!("{route}\0{key}").as_bytes());
+        let redis_key = format!(
+            "portcullis:rl:{}",
+            digest.as_ref()[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        let per_ms = limit.per_second() / 1000.0;
+        let mut connection = self.connection.clone();
+        let mut call = self.script.key(redis_key);
+        call.arg(per_ms).arg(limit.burst);
+        let answer =
+            tokio::time::timeout(REDIS_TIMEOUT, call.invoke_async::<(i64, i64)>(&mut connection)).await;
+        match answer {
+            Ok(Ok((allowed, wait_ms))) => {
+                self.up.set(1);
+                Some(if allowed == 1 {
+                    Ok(())
+                } else {
+                    Err(Duration::from_millis(wait_ms.max(1) as u64))
+                })
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_string(),
+                };
+                *self.backoff_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Instant::now() + REDIS_BACKOFF);
+                self.fallbacks.inc();
+                self.up.set(0);
+                tracing::warn!(error = %why, backoff = ?REDIS_BACKOFF, "Redis rate limiting unavailable: counting limits on this replica");
+                None
+            }
+        }
     }
 }
 

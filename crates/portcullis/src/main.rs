@@ -297,8 +297,21 @@ async fn serve(settings: Settings, manifests: PathBuf, watch_interval: Duration)
     let auth = portcullis::auth::Auth::new(&settings, &gateway.runtime().snapshot)
         .context("cannot set up authentication")?;
     auth.warm_up().await;
-    let proxy =
-        Arc::new(Proxy::new(gateway.clone(), auth).context("cannot build the backend TLS configuration")?);
+    let global_limiter = match &settings.rate_limits.redis {
+        Some(url) => Some(
+            portcullis::limits::GlobalLimiter::new(
+                url,
+                gateway.metrics.redis_fallbacks.clone(),
+                gateway.metrics.redis_up.clone(),
+            )
+            .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
+    let proxy = Arc::new(
+        Proxy::new(gateway.clone(), auth, global_limiter)
+            .context("cannot build the backend TLS configuration")?,
+    );
     let (stop, shutdown) = Shutdown::new();
     let drain = Drain::default();
     let listeners = [

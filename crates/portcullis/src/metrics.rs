@@ -62,6 +62,8 @@ pub struct Metrics {
     pub decisions: Family<DecisionLabels, Counter>,
     pub rate_limited: Family<IngressLabel, Counter>,
     pub audit_dropped: Counter,
+    pub redis_fallbacks: Counter,
+    pub redis_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -124,8 +126,22 @@ impl Metrics {
             "Audit events dropped because the writer fell behind",
             audit_dropped.clone(),
         );
+        let redis_fallbacks = Counter::default();
+        registry.register(
+            "rate_limit_redis_fallbacks",
+            "Rate-limit checks counted locally because Redis did not answer",
+            redis_fallbacks.clone(),
+        );
+        let redis_up = Gauge::default();
+        registry.register(
+            "rate_limit_redis_up",
+            "1 while Redis answers rate-limit checks (0 while counting locally)",
+            redis_up.clone(),
+        );
         Metrics {
             registry,
+            redis_fallbacks,
+            redis_up,
             decisions,
             rate_limited,
             audit_dropped,

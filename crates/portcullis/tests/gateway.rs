@@ -970,3 +970,64 @@ async fn the_audit_log_has_every_request_once_and_reopens_on_sighup() {
     );
     assert!(!read(&rotated).iter().any(|e| e["request_id"] == id.as_str()));
 }
+
+/// Two gateway processes share one limit through a real Redis; when Redis dies they
+/// go on counting locally, with no error to any client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_makes_rate_limits_global_and_its_loss_is_survived() {
+    let mut redis = support::Redis::start();
+    let web = Backend::named("web").await;
+    let manifests = concat(&[
+        service("ns", "web", &[web.addr]),
+        ingress(
+            "ns",
+            "limited",
+            &[
+                ("portcullis.dev/rate-limit", "6/m"),
+                ("portcullis.dev/rate-limit-burst", "4"),
+            ],
+            &[],
+            &[("g.test", "/", "web")],
+        ),
+    ]);
+    let config = format!("rateLimits: {{redis: \"redis://127.0.0.1:{}\"}}\n", redis.port);
+    let one = Gateway::start(&manifests, &config);
+    let two = Gateway::start(&manifests, &config);
+    let mut ok = 0;
+    for i in 0..6 {
+        let gw = if i % 2 == 0 { &one } else { &two };
+        let r = http_get(gw.http, "g.test", "/").await;
+        match r.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => assert!(r.header("retry-after").parse::<u64>().unwrap() >= 1),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(ok, 4, "one bucket of 4 shared by both replicas");
+
+    redis.stop();
+    let mut statuses = Vec::new();
+    for i in 0..10 {
+        let gw = if i % 2 == 0 { &one } else { &two };
+        statuses.push(http_get(gw.http, "g.test", "/").await.status);
+    }
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::OK || *s == StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    // Local buckets of 4 per replica: 8 allowed in all, then limited again.
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        8,
+        "{statuses:?}"
+    );
+    assert!(one.wait_for_log("counting limits on this replica"));
+    let metrics = http_get(one.admin, "admin", "/metrics").await.text();
+    assert!(metrics.contains("portcullis_rate_limit_redis_up 0"), "{metrics}");
+    assert!(
+        !metrics.contains("portcullis_rate_limit_redis_fallbacks_total 0"),
+        "{metrics}"
+    );
+}
