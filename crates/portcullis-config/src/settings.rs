@@ -34,7 +34,7 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct RateLimitSettings {
-    /// `redis://HOST:PORT[/DB]`: count limits in Redis, shared by every replica.
+    /// `redis://HOST:PORT[/DB]` (no TLS yet): count limits in Redis, shared by every replica.
     /// Default: none, each replica counts on its own. When Redis cannot be reached the
     /// gateway counts locally until it can (and says so in logs and metrics).
     pub redis: Option<String>,
@@ -320,10 +320,10 @@ impl Settings {
             oidc.validate()?;
         }
         if let Some(url) = &self.rate_limits.redis {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            if !url.starts_with("redis://") {
                 return Err(SettingsError::Value {
                     field: "rateLimits.redis".into(),
-                    message: format!("{url:?} must be a redis:// or rediss:// URL"),
+                    message: format!("{url:?} must be a redis:// URL (TLS to Redis is not supported yet)"),
                 });
             }
         }
