@@ -168,6 +168,17 @@ pub struct Listen {
     pub https: SocketAddr,
     /// Health, readiness and metrics. Default `127.0.0.1:9180`, never public by default.
     pub admin: SocketAddr,
+    /// Which listeners expect a PROXY protocol (v1 or v2) header on every connection,
+    /// from a load balancer in `trustedProxies`. Default: none.
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// Listeners that take the PROXY protocol.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ProxyProtocol {
+    pub http: bool,
+    pub https: bool,
 }
 
 impl Default for Listen {
@@ -176,6 +187,7 @@ impl Default for Listen {
             http: SocketAddr::from(([0, 0, 0, 0], 8080)),
             https: SocketAddr::from(([0, 0, 0, 0], 8443)),
             admin: SocketAddr::from(([127, 0, 0, 1], 9180)),
+            proxy_protocol: ProxyProtocol::default(),
         }
     }
 }
@@ -318,6 +330,14 @@ impl Settings {
         }
         if let Some(oidc) = &self.oidc {
             oidc.validate()?;
+        }
+        let pp = self.listen.proxy_protocol;
+        if (pp.http || pp.https) && self.trusted_proxies.is_empty() {
+            return Err(SettingsError::Value {
+                field: "listen.proxyProtocol".into(),
+                message: "needs trustedProxies: PROXY protocol headers are believed only from those peers"
+                    .into(),
+            });
         }
         if let Some(url) = &self.rate_limits.redis {
             if !url.starts_with("redis://") {

@@ -10,6 +10,7 @@ pub mod handler;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod report;
 pub mod server;
 pub mod source;

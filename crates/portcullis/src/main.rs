@@ -319,11 +319,13 @@ async fn serve(settings: Settings, manifests: PathBuf, watch_interval: Duration)
             name: "http",
             listener: http,
             tls: None,
+            proxy_protocol: settings.listen.proxy_protocol.http,
         },
         Listener {
             name: "https",
             listener: https,
             tls: Some(tokio_rustls::TlsAcceptor::from(tls_config)),
+            proxy_protocol: settings.listen.proxy_protocol.https,
         },
     ];
     let mut accept_loops = Vec::new();

@@ -62,6 +62,8 @@ pub struct Listener {
     pub name: &'static str,
     pub listener: TcpListener,
     pub tls: Option<TlsAcceptor>,
+    /// Every connection starts with a PROXY protocol header from a trusted proxy.
+    pub proxy_protocol: bool,
 }
 
 /// Binds an address, with a message that names what failed.
@@ -122,6 +124,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: Listener, mut shutdown: Shutdown
             shutdown.clone(),
             handshake_timeout,
             listener.name,
+            listener.proxy_protocol,
         );
         tokio::spawn(task);
     }
@@ -133,11 +136,12 @@ async fn connection(
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     tls: Option<TlsAcceptor>,
-    stream: TcpStream,
-    conn: Arc<ClientConn>,
+    mut stream: TcpStream,
+    mut conn: Arc<ClientConn>,
     shutdown: Shutdown,
     handshake_timeout: Duration,
     listener: &'static str,
+    proxy_protocol: bool,
 ) {
     let gauge = proxy
         .gateway
@@ -146,6 +150,29 @@ async fn connection(
         .get_or_create(&ListenerLabel { listener })
         .clone();
     gauge.inc();
+    if proxy_protocol {
+        let trusted = &proxy.gateway.settings.trusted_proxies;
+        if !trusted.iter().any(|n| n.contains(&conn.peer.ip())) {
+            tracing::warn!(peer = %conn.peer, listener, "PROXY protocol connection from a peer not in trustedProxies: closed");
+            gauge.dec();
+            return;
+        }
+        match crate::proxy_protocol::read_header(&mut stream, handshake_timeout).await {
+            Ok(Some(client)) => {
+                conn = Arc::new(ClientConn {
+                    peer: client,
+                    tls: conn.tls,
+                    drain: conn.drain.clone(),
+                })
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(peer = %conn.peer, listener, error = %e, "PROXY protocol header refused: connection closed");
+                gauge.dec();
+                return;
+            }
+        }
+    }
     let peer = conn.peer;
     match tls {
         None => serve_http(proxy, &builder, TokioIo::new(stream), conn, shutdown).await,

@@ -1031,3 +1031,66 @@ async fn redis_makes_rate_limits_global_and_its_loss_is_survived() {
         "{metrics}"
     );
 }
+
+/// A load balancer in front states the client address with the PROXY protocol (v1 or
+/// v2); only a trusted peer may, and a listener that expects it closes connections
+/// without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_from_trusted_load_balancers() {
+    use tokio::io::AsyncWriteExt;
+    let web = Backend::named("web").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            ingress(
+                "ns",
+                "internal",
+                &[("portcullis.dev/allow-source-ranges", "10.0.0.0/8, 2001:db8::/32")],
+                &[],
+                &[("pp.test", "/", "web")],
+            ),
+        ]),
+        "trustedProxies: [127.0.0.1/32]\nlisten: {http: 127.0.0.1:0, https: 127.0.0.1:0, admin: 127.0.0.1:0, proxyProtocol: {http: true}}\n",
+    );
+    let request = b"GET / HTTP/1.1\r\nHost: pp.test\r\nConnection: close\r\n\r\n";
+    let send = |local: &'static str, header: Vec<u8>| {
+        let addr = gw.http;
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{local}:0").parse().unwrap()).unwrap();
+            let mut stream = socket.connect(addr).await.unwrap();
+            let mut bytes = header;
+            bytes.extend_from_slice(request);
+            let _ = stream.write_all(&bytes).await;
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut out),
+            )
+            .await;
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    let v1 = b"PROXY TCP4 10.1.2.3 10.0.0.1 40000 80\r\n".to_vec();
+    let reply = send("127.0.0.1", v1.clone()).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(web.requests().pop().unwrap().headers["x-real-ip"], "10.1.2.3");
+
+    // v2, binary: signature, PROXY command, TCP over IPv6, 36 bytes of addresses.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend_from_slice(&[0x21, 0x21, 0, 36]);
+    v2.extend_from_slice(&"2001:db8::7".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    v2.extend_from_slice(&"2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    v2.extend_from_slice(&[0x9c, 0x40, 0, 80]);
+    let reply = send("127.0.0.1", v2).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(web.requests().pop().unwrap().headers["x-real-ip"], "2001:db8::7");
+
+    // The address the header names is the one the rules see.
+    let outside = b"PROXY TCP4 192.0.2.9 10.0.0.1 40000 80\r\n".to_vec();
+    assert!(send("127.0.0.1", outside).await.starts_with("HTTP/1.1 403"));
+    // An untrusted peer may not claim an address this way, and no header means no service.
+    assert_eq!(send("127.0.0.2", v1).await, "");
+    assert_eq!(send("127.0.0.1", Vec::new()).await, "");
+    assert!(gw.wait_for_log("PROXY protocol"));
+}

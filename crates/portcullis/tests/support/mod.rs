@@ -136,11 +136,13 @@ impl Gateway {
         std::fs::create_dir(dir.path().join("manifests")).unwrap();
         std::fs::write(dir.path().join("manifests/main.yaml"), manifests).unwrap();
         let config_file = dir.path().join("config.yaml");
-        std::fs::write(
-            &config_file,
-            format!("listen: {{http: 127.0.0.1:0, https: 127.0.0.1:0, admin: 127.0.0.1:0}}\n{config}"),
-        )
-        .unwrap();
+        // Tests that set `listen` themselves must keep every address on port 0.
+        let listen = if config.lines().any(|l| l.starts_with("listen:")) {
+            String::new()
+        } else {
+            "listen: {http: 127.0.0.1:0, https: 127.0.0.1:0, admin: 127.0.0.1:0}\n".to_string()
+        };
+        std::fs::write(&config_file, format!("{listen}{config}")).unwrap();
         let mut child = Command::new(binary())
             .args([
                 "--log-format",
