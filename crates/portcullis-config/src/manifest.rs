@@ -81,10 +81,18 @@ pub fn parse_documents(file: &str, text: &str) -> (Vec<Document>, Vec<Problem>) 
         };
         match serde_saphyr::from_multiple_with_options::<Value>(chunk, options) {
             Ok(values) => {
-                documents.extend(values.into_iter().filter(|v| !v.is_null()).map(|value| Document {
-                    value,
-                    line: start_line,
-                }))
+                // Point at the object itself, past the marker and leading comments.
+                let skipped = chunk.lines().position(|l| {
+                    let t = l.trim();
+                    !(t.is_empty() || t.starts_with('#') || t == "---" || t.starts_with("--- "))
+                });
+                let line = start_line + skipped.unwrap_or(0) as u64;
+                documents.extend(
+                    values
+                        .into_iter()
+                        .filter(|v| !v.is_null())
+                        .map(|value| Document { value, line }),
+                )
             }
             Err(err) => {
                 let line = err

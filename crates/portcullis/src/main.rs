@@ -79,6 +79,27 @@ enum Command {
         #[arg(long, requires = "explain")]
         from: Option<std::net::IpAddr>,
     },
+    /// Map every way into the cluster and report what is exposed, unencrypted or
+    /// unprotected, from manifest files, directories or `-` (stdin).
+    Scan {
+        /// Files or directories (searched recursively); `-` reads stdin, so
+        /// `helm template ... | portcullis scan -` works.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: ScanFormat,
+        /// Exit 1 when a finding of this severity or worse remains (critical, high,
+        /// medium, low, info).
+        #[arg(long, value_parser = parse_severity)]
+        fail_on: Option<portcullis_scan::Severity>,
+        /// Suppressions: lines of `RULE-ID [Kind namespace/name] # reason`.
+        #[arg(long)]
+        ignore: Option<PathBuf>,
+        /// Do not honour portcullis.dev/ignore annotations (the people who deploy can
+        /// otherwise exempt themselves).
+        #[arg(long)]
+        no_annotation_ignores: bool,
+    },
     /// A small backend that answers with a JSON echo of the request it received.
     Echo {
         #[arg(long, default_value = "127.0.0.1:9001")]
@@ -86,6 +107,18 @@ enum Command {
         #[arg(long, default_value = "echo")]
         name: String,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScanFormat {
+    Table,
+    Json,
+    Sarif,
+}
+
+fn parse_severity(s: &str) -> Result<portcullis_scan::Severity, String> {
+    portcullis_scan::Severity::parse(s)
+        .ok_or_else(|| format!("{s:?} is not one of critical, high, medium, low, info"))
 }
 
 #[derive(clap::Args)]
@@ -214,6 +247,62 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                 None => print!("{}", report::routes(&compiled.snapshot)),
             }
             Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Scan {
+            paths,
+            format,
+            fail_on,
+            ignore,
+            no_annotation_ignores,
+        } => {
+            let mut inventory = portcullis_scan::Inventory::default();
+            for path in &paths {
+                if path.as_os_str() == "-" {
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                        .context("cannot read stdin")?;
+                    inventory.add_text("-", &text);
+                    continue;
+                }
+                let files =
+                    source::list_files(path).with_context(|| format!("cannot read {}", path.display()))?;
+                for file in files {
+                    match std::fs::read_to_string(&file) {
+                        Ok(text) => inventory.add_text(&file.display().to_string(), &text),
+                        Err(e) => inventory.problems.push(portcullis_config::Problem::error(
+                            None,
+                            "",
+                            format!("{}: {e}", file.display()),
+                        )),
+                    }
+                }
+            }
+            let suppressions = match &ignore {
+                Some(p) => {
+                    let text =
+                        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+                    portcullis_scan::parse_ignore_file(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+                }
+                None => Vec::new(),
+            };
+            let options = portcullis_scan::Options {
+                suppressions,
+                annotation_suppressions: !no_annotation_ignores,
+            };
+            let report = portcullis_scan::scan(&inventory, &options);
+            let text = match format {
+                ScanFormat::Table => portcullis_scan::output::table(&report),
+                ScanFormat::Json => portcullis_scan::output::json(&report),
+                ScanFormat::Sarif => portcullis_scan::output::sarif(&report),
+            };
+            println!("{}", text.trim_end());
+            let failed = fail_on.is_some_and(|limit| report.findings.iter().any(|f| f.severity <= limit));
+            Ok(if failed {
+                std::process::ExitCode::FAILURE
+            } else {
+                std::process::ExitCode::SUCCESS
+            })
         }
         Command::Echo { listen, name } => {
             let listener = server::bind("echo", listen).await?;

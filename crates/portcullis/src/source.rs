@@ -161,7 +161,7 @@ fn is_manifest(path: &Path) -> bool {
 
 /// Manifest files below `root` (or `root` itself), sorted. Hidden entries (such as the
 /// `..data` links Kubernetes uses in mounted ConfigMaps) are skipped.
-fn list_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub fn list_files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
     let meta = std::fs::metadata(root)?;
     if meta.is_file() {
         return Ok(vec![root.to_path_buf()]);

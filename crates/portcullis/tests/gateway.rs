@@ -1094,3 +1094,64 @@ async fn proxy_protocol_from_trusted_load_balancers() {
     assert_eq!(send("127.0.0.1", Vec::new()).await, "");
     assert!(gw.wait_for_log("PROXY protocol"));
 }
+
+/// `portcullis scan` as CI uses it: stdin, SARIF, `--fail-on`, suppressions by file and
+/// by annotation (and the switch that refuses the latter).
+#[test]
+fn scan_command_for_ci() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let manifests = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop, annotations: {portcullis.dev/ignore: PC-EXP-001 the gateway itself}}\nspec: {type: LoadBalancer, ports: [{port: 443}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop}\nspec: {containers: [{name: c, image: i, securityContext: {privileged: true}}]}\n";
+    let run = |args: &[&str]| {
+        let mut child = Command::new(support::binary())
+            .arg("scan")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(manifests.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.code().unwrap(), String::from_utf8(out.stdout).unwrap())
+    };
+    let (code, sarif) = run(&["-", "--format", "sarif", "--fail-on", "critical"]);
+    assert_eq!(code, 1, "a privileged pod is critical");
+    let sarif: serde_json::Value = serde_json::from_str(&sarif).unwrap();
+    assert_eq!(sarif["version"], "2.1.0");
+    let results = sarif["runs"][0]["results"].as_array().unwrap();
+    let privileged = results.iter().find(|r| r["ruleId"] == "PC-WL-001").unwrap();
+    assert_eq!(privileged["level"], "error");
+    assert_eq!(
+        privileged["locations"][0]["physicalLocation"]["region"]["startLine"],
+        6
+    );
+    assert!(
+        !results.iter().any(|r| r["ruleId"] == "PC-EXP-001"),
+        "suppressed by annotation"
+    );
+
+    let (_, json) = run(&["-", "--format", "json", "--no-annotation-ignores"]);
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let rules: Vec<&str> = json["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["rule"].as_str())
+        .collect();
+    assert!(rules.contains(&"PC-EXP-001"), "annotations refused: {rules:?}");
+    assert_eq!(json["summary"]["entry_points"], 1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let ignore = dir.path().join("ignore");
+    std::fs::write(&ignore, "PC-WL-001 Pod shop/p # a test fixture on purpose\n").unwrap();
+    let (code, _) = run(&["-", "--ignore", ignore.to_str().unwrap(), "--fail-on", "critical"]);
+    assert_eq!(code, 0);
+    std::fs::write(&ignore, "PC-WL-001 Pod shop/p\n").unwrap();
+    let (code, _) = run(&["-", "--ignore", ignore.to_str().unwrap()]);
+    assert_eq!(code, 2, "a suppression without a reason is refused");
+}
