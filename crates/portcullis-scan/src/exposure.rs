@@ -155,6 +155,52 @@ pub fn entry_points(ctx: &Context<'_>) -> Vec<EntryPoint> {
             });
         }
     }
+    for g in &inv.gateways {
+        let (ns, name) = crate::inventory::json_name(&g.value);
+        // Routes attached to this Gateway: parentRefs name it (in the route's namespace
+        // unless the ref says otherwise).
+        let mut backends: Vec<usize> = Vec::new();
+        for r in &inv.routes {
+            let (route_ns, _) = crate::inventory::json_name(&r.value);
+            let attached = r.value["spec"]["parentRefs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| {
+                    p["name"].as_str() == Some(name.as_str())
+                        && p["namespace"].as_str().unwrap_or(route_ns.as_str()) == ns
+                });
+            if !attached {
+                continue;
+            }
+            for rule in r.value["spec"]["rules"].as_array().into_iter().flatten() {
+                for b in rule["backendRefs"].as_array().into_iter().flatten() {
+                    let kind = b["kind"].as_str().unwrap_or("Service");
+                    let service_ns = b["namespace"].as_str().unwrap_or(route_ns.as_str());
+                    if let (Some(service), "Service") = (b["name"].as_str(), kind) {
+                        backends.extend_from_slice(ctx.backends(service_ns, service));
+                    }
+                }
+            }
+        }
+        backends.sort_unstable();
+        backends.dedup();
+        for l in g.value["spec"]["listeners"].as_array().into_iter().flatten() {
+            let protocol = l["protocol"].as_str().unwrap_or("HTTP");
+            out.push(EntryPoint {
+                kind: "Gateway",
+                via: format!(
+                    "Gateway {ns}/{name} listener {}",
+                    l["name"].as_str().unwrap_or("?")
+                ),
+                ports: vec![format!("{}/{protocol}", l["port"].as_u64().unwrap_or(0))],
+                workloads: names(&backends),
+                tls: matches!(protocol, "HTTPS" | "TLS"),
+                auth: false,
+                network_policy: isolated(&backends),
+            });
+        }
+    }
     out
 }
 

@@ -48,6 +48,15 @@ impl<T: k8s_openapi::Metadata<Ty = ObjectMeta>> Item<T> {
     }
 }
 
+/// Namespace and name of a Gateway API object kept as JSON.
+pub fn json_name(v: &serde_json::Value) -> (String, String) {
+    let meta = &v["metadata"];
+    (
+        meta["namespace"].as_str().unwrap_or("default").to_string(),
+        meta["name"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
 /// A pod, or a controller that makes pods, seen through its pod template.
 #[derive(Debug, Clone)]
 pub struct Workload {
@@ -92,6 +101,10 @@ pub struct Inventory {
     pub cluster_role_bindings: Vec<Item<ClusterRoleBinding>>,
     pub service_accounts: Vec<Item<ServiceAccount>>,
     pub namespaces: Vec<Item<Namespace>>,
+    /// Gateway API objects (not in k8s-openapi), kept as JSON: Gateways, and routes
+    /// (HTTPRoute, GRPCRoute).
+    pub gateways: Vec<Item<serde_json::Value>>,
+    pub routes: Vec<Item<serde_json::Value>>,
     /// Documents whose apiVersion Kubernetes has removed.
     pub removed_apis: Vec<RemovedApi>,
     /// Kinds not looked at, counted.
@@ -226,6 +239,12 @@ impl Inventory {
             ("v1", "ServiceAccount") => {
                 let v = self.typed(value, &origin);
                 push(&mut self.service_accounts, v, origin)
+            }
+            (api, "Gateway") if api.starts_with("gateway.networking.k8s.io/") => {
+                self.gateways.push(Item { value, origin })
+            }
+            (api, "HTTPRoute" | "GRPCRoute") if api.starts_with("gateway.networking.k8s.io/") => {
+                self.routes.push(Item { value, origin })
             }
             ("v1", "Namespace") => {
                 let v = self.typed(value, &origin);

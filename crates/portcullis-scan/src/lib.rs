@@ -7,6 +7,7 @@ pub mod context;
 pub mod exposure;
 pub mod finding;
 pub mod inventory;
+pub mod netpol;
 pub mod output;
 pub mod rules;
 pub mod selector;

@@ -100,6 +100,19 @@ enum Command {
         #[arg(long)]
         no_annotation_ignores: bool,
     },
+    /// Print NetworkPolicies that close what the scan finds: default deny per namespace,
+    /// plus admission of the gateway's pods to each backend an Ingress routes to.
+    Netpol {
+        /// Files or directories (searched recursively); `-` reads stdin.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Namespace the Portcullis pods run in.
+        #[arg(long, default_value = "portcullis")]
+        gateway_namespace: String,
+        /// Labels of the Portcullis pods, KEY=VALUE (repeatable).
+        #[arg(long = "gateway-label", default_value = "app.kubernetes.io/name=portcullis")]
+        gateway_labels: Vec<String>,
+    },
     /// A small backend that answers with a JSON echo of the request it received.
     Echo {
         #[arg(long, default_value = "127.0.0.1:9001")]
@@ -255,28 +268,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             ignore,
             no_annotation_ignores,
         } => {
-            let mut inventory = portcullis_scan::Inventory::default();
-            for path in &paths {
-                if path.as_os_str() == "-" {
-                    let mut text = String::new();
-                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
-                        .context("cannot read stdin")?;
-                    inventory.add_text("-", &text);
-                    continue;
-                }
-                let files =
-                    source::list_files(path).with_context(|| format!("cannot read {}", path.display()))?;
-                for file in files {
-                    match std::fs::read_to_string(&file) {
-                        Ok(text) => inventory.add_text(&file.display().to_string(), &text),
-                        Err(e) => inventory.problems.push(portcullis_config::Problem::error(
-                            None,
-                            "",
-                            format!("{}: {e}", file.display()),
-                        )),
-                    }
-                }
-            }
+            let inventory = read_inventory(&paths)?;
             let suppressions = match &ignore {
                 Some(p) => {
                     let text =
@@ -304,6 +296,29 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                 std::process::ExitCode::SUCCESS
             })
         }
+        Command::Netpol {
+            paths,
+            gateway_namespace,
+            gateway_labels,
+        } => {
+            let inventory = read_inventory(&paths)?;
+            let mut labels = std::collections::BTreeMap::new();
+            for l in &gateway_labels {
+                let (k, v) = l
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--gateway-label {l:?}: write KEY=VALUE"))?;
+                labels.insert(k.to_string(), v.to_string());
+            }
+            let gateway = portcullis_scan::netpol::GatewayPods {
+                namespace: gateway_namespace,
+                labels,
+            };
+            print!(
+                "{}",
+                portcullis_scan::netpol::network_policies(&inventory, &gateway)
+            );
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Echo { listen, name } => {
             let listener = server::bind("echo", listen).await?;
             tokio::select! {
@@ -313,6 +328,32 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
     }
+}
+
+/// Reads manifest files, directories and stdin (`-`) for `scan` and `netpol`. A file
+/// that cannot be read is reported in the scan and the rest is still read.
+fn read_inventory(paths: &[PathBuf]) -> anyhow::Result<portcullis_scan::Inventory> {
+    let mut inventory = portcullis_scan::Inventory::default();
+    for path in paths {
+        if path.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("cannot read stdin")?;
+            inventory.add_text("-", &text);
+            continue;
+        }
+        let files = source::list_files(path).with_context(|| format!("cannot read {}", path.display()))?;
+        for file in files {
+            match std::fs::read_to_string(&file) {
+                Ok(text) => inventory.add_text(&file.display().to_string(), &text),
+                Err(e) => inventory.problems.push(portcullis_config::Problem::error(
+                    None,
+                    "",
+                    format!("{}: {e}", file.display()),
+                )),
+            }
+        }
+    }
+    Ok(inventory)
 }
 
 fn load_settings(path: Option<&PathBuf>) -> anyhow::Result<Settings> {

@@ -17,6 +17,7 @@ mod exp_005_host_network;
 mod exp_006_ingress_without_tls;
 mod exp_007_route_without_auth;
 mod exp_008_nginx_snippets;
+mod exp_009_gateway_listener_without_tls;
 mod net_001_no_default_deny;
 mod net_002_pod_without_policy;
 mod net_003_policy_selects_nothing;
@@ -60,6 +61,7 @@ pub const ALL: &[&Rule] = &[
     &exp_006_ingress_without_tls::RULE,
     &exp_007_route_without_auth::RULE,
     &exp_008_nginx_snippets::RULE,
+    &exp_009_gateway_listener_without_tls::RULE,
     &net_001_no_default_deny::RULE,
     &net_002_pod_without_policy::RULE,
     &net_003_policy_selects_nothing::RULE,
