@@ -7,7 +7,8 @@
 //! **Example**: `spec.type: LoadBalancer` on Service `shop/frontend-external`.
 //!
 //! **Fix**: make the Service `ClusterIP` and route to it through an Ingress served by
-//! Portcullis (the one LoadBalancer of the cluster).
+//! Portcullis (the one LoadBalancer of the cluster; annotate that one with
+//! `portcullis.dev/ignore: PC-EXP-001 the single entry point`).
 
 use crate::context::Context;
 use crate::finding::{Finding, Severity};
@@ -23,10 +24,6 @@ pub const RULE: Rule = Rule {
 fn check(ctx: &Context<'_>, out: &mut Vec<Finding>) {
     for s in &ctx.inv.services {
         if s.value.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("LoadBalancer") {
-            continue;
-        }
-        // The gateway's own Service is the one entry point that should exist.
-        if s.annotation("portcullis.dev/entry-point") == Some("true") {
             continue;
         }
         let backends = ctx.backends(s.namespace(), s.name());
