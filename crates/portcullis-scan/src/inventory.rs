@@ -130,6 +130,43 @@ impl Inventory {
         }
     }
 
+    /// Adds everything of another inventory (files and a cluster scanned together).
+    pub fn merge(&mut self, other: Inventory) {
+        self.workloads.extend(other.workloads);
+        self.services.extend(other.services);
+        self.ingresses.extend(other.ingresses);
+        self.network_policies.extend(other.network_policies);
+        self.roles.extend(other.roles);
+        self.cluster_roles.extend(other.cluster_roles);
+        self.role_bindings.extend(other.role_bindings);
+        self.cluster_role_bindings.extend(other.cluster_role_bindings);
+        self.service_accounts.extend(other.service_accounts);
+        self.namespaces.extend(other.namespaces);
+        self.gateways.extend(other.gateways);
+        self.routes.extend(other.routes);
+        self.removed_apis.extend(other.removed_apis);
+        self.problems.extend(other.problems);
+        for (k, n) in other.other_kinds {
+            *self.other_kinds.entry(k).or_default() += n;
+        }
+    }
+
+    /// Adds one object read from the API server (`kubectl get -o json` form).
+    pub fn add_object(&mut self, value: serde_json::Value, source: &str) {
+        let origin = Origin {
+            file: source.to_string(),
+            line: None,
+        };
+        self.manifests.add_documents(
+            source,
+            vec![Document {
+                value: value.clone(),
+                line: 0,
+            }],
+        );
+        self.add(Document { value, line: 0 }, origin);
+    }
+
     fn add(&mut self, doc: Document, origin: Origin) {
         let value = doc.value;
         let api = value["apiVersion"].as_str().unwrap_or_default().to_string();

@@ -84,8 +84,12 @@ enum Command {
     Scan {
         /// Files or directories (searched recursively); `-` reads stdin, so
         /// `helm template ... | portcullis scan -` works.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "cluster")]
         paths: Vec<PathBuf>,
+        /// Scan the cluster the in-cluster config or KUBECONFIG points at (read-only;
+        /// Secrets are never read).
+        #[arg(long)]
+        cluster: bool,
         #[arg(long, value_enum, default_value = "table")]
         format: ScanFormat,
         /// Exit 1 when a finding of this severity or worse remains (critical, high,
@@ -263,12 +267,18 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Scan {
             paths,
+            cluster,
             format,
             fail_on,
             ignore,
             no_annotation_ignores,
         } => {
-            let inventory = read_inventory(&paths)?;
+            let mut inventory = read_inventory(&paths)?;
+            if cluster {
+                let live = portcullis::cluster::read_cluster().await?;
+                // Files and the cluster may be scanned together: merge the cluster's objects.
+                inventory.merge(live);
+            }
             let suppressions = match &ignore {
                 Some(p) => {
                     let text =

@@ -1155,3 +1155,72 @@ fn scan_command_for_ci() {
     let (code, _) = run(&["-", "--ignore", ignore.to_str().unwrap()]);
     assert_eq!(code, 2, "a suppression without a reason is refused");
 }
+
+/// `portcullis scan --cluster` lists from an API server (here a test double speaking
+/// the real list shapes): controllers instead of their pods, never Secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_reads_a_live_cluster_read_only() {
+    use serde_json::json;
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app", "namespace": "shop"},
+        "spec": {"selector": {"matchLabels": {"app": "a"}}, "template": {"metadata": {"labels": {"app": "a"}},
+        "spec": {"serviceAccountName": "robot", "containers": [{"name": "c", "image": "i"}]}}}});
+    let owned_pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app-1", "namespace": "shop", "labels": {"app": "a"},
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "app-x", "uid": "1", "controller": true}]},
+        "spec": {"containers": [{"name": "c", "image": "i"}]}});
+    let bare_pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "debug", "namespace": "shop"},
+        "spec": {"hostNetwork": true, "containers": [{"name": "c", "image": "i"}]}});
+    let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "app", "namespace": "shop"},
+        "spec": {"type": "NodePort", "selector": {"app": "a"}, "ports": [{"port": 80, "nodePort": 30080}]}});
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": "robot-admin"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": "robot", "namespace": "shop"}]});
+    let api = support::kube_api::KubeApi::start(vec![
+        ("/api/v1/pods", "PodList", vec![owned_pod, bare_pod]),
+        ("/apis/apps/v1/deployments", "DeploymentList", vec![deployment]),
+        ("/api/v1/services", "ServiceList", vec![service]),
+        (
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            "ClusterRoleBindingList",
+            vec![binding],
+        ),
+    ])
+    .await;
+    let kubeconfig = api.kubeconfig.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(support::binary())
+            .args(["scan", "--cluster", "--format", "json"])
+            .env("KUBECONFIG", kubeconfig)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let findings = report["findings"].as_array().unwrap();
+    let top = findings
+        .iter()
+        .find(|f| f["rule"] == "PC-RBAC-009")
+        .expect("exposed cluster-admin workload");
+    assert_eq!(top["object"], "Deployment shop/app");
+    assert!(findings
+        .iter()
+        .any(|f| f["rule"] == "PC-EXP-005" && f["object"] == "Pod shop/debug"));
+    assert!(
+        !findings.iter().any(|f| f["object"] == "Pod shop/app-1"),
+        "pods of a controller are scanned through it"
+    );
+    let paths = api.requested.lock().unwrap().clone();
+    assert!(paths
+        .iter()
+        .any(|p| p == "/apis/networking.k8s.io/v1/networkpolicies"));
+    assert!(
+        !paths.iter().any(|p| p.contains("secrets")),
+        "never reads Secrets: {paths:?}"
+    );
+}

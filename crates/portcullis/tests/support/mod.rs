@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod kube_api;
 pub mod oidc;
 
 use std::io::{BufRead, BufReader};
