@@ -990,7 +990,11 @@ async fn redis_makes_rate_limits_global_and_its_loss_is_survived() {
             &[("g.test", "/", "web")],
         ),
     ]);
-    let config = format!("rateLimits: {{redis: \"redis://127.0.0.1:{}\"}}\n", redis.port);
+    let config = format!(
+        "rateLimits: {{redis: \"redis://{}:{}\"}}\n",
+        support::REDIS_IP,
+        redis.port
+    );
     let one = Gateway::start(&manifests, &config);
     let two = Gateway::start(&manifests, &config);
     let mut ok = 0;

@@ -334,6 +334,9 @@ pub fn check(dir: &Path) -> (i32, String) {
     )
 }
 
+/// Where the test Redis listens.
+pub const REDIS_IP: &str = "127.0.0.77";
+
 /// A real Redis server (Debian's redis-server) on a free loopback port; stopped on drop.
 pub struct Redis {
     child: Child,
@@ -346,7 +349,9 @@ impl Redis {
             Path::new("/usr/bin/redis-server").exists(),
             "Debian's redis-server is needed: apt-get install redis-server (.ci/run does)"
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        // A loopback address no other test binds: the free port found here cannot be
+        // taken by another test's server before redis-server binds it.
+        let port = std::net::TcpListener::bind((REDIS_IP, 0))
             .unwrap()
             .local_addr()
             .unwrap()
@@ -356,7 +361,7 @@ impl Redis {
                 "--port",
                 &port.to_string(),
                 "--bind",
-                "127.0.0.1",
+                REDIS_IP,
                 "--save",
                 "",
                 "--appendonly",
@@ -367,7 +372,7 @@ impl Redis {
             .spawn()
             .expect("start redis-server");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect((REDIS_IP, port)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
