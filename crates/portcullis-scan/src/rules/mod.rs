@@ -30,6 +30,7 @@ mod rbac_006_create_pods;
 mod rbac_007_nodes_proxy;
 mod rbac_008_public_bindings;
 mod rbac_009_exposed_takeover;
+mod rbac_010_workload_takeover_rights;
 mod wl_001_privileged;
 mod wl_002_privilege_escalation;
 mod wl_003_host_namespaces;
@@ -73,6 +74,7 @@ pub const ALL: &[&Rule] = &[
     &rbac_006_create_pods::RULE,
     &rbac_007_nodes_proxy::RULE,
     &rbac_008_public_bindings::RULE,
+    &rbac_010_workload_takeover_rights::RULE,
     &wl_001_privileged::RULE,
     &wl_002_privilege_escalation::RULE,
     &wl_003_host_namespaces::RULE,
