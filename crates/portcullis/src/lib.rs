@@ -6,6 +6,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod cluster;
+pub mod controller;
 pub mod echo;
 pub mod handler;
 pub mod limits;

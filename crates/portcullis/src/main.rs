@@ -54,6 +54,25 @@ enum Command {
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         watch_interval: Duration,
     },
+    /// Kubernetes mode: serve the Ingresses of the cluster, watching the API server
+    /// (in-cluster configuration or KUBECONFIG).
+    Controller {
+        /// Gateway config file (YAML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Watch only these namespaces (repeatable). Default: all.
+        #[arg(long = "namespace")]
+        namespaces: Vec<String>,
+        /// The IngressClass to serve (overrides ingressClass in the config file).
+        #[arg(long)]
+        ingress_class: Option<String>,
+        #[arg(long)]
+        http_addr: Option<SocketAddr>,
+        #[arg(long)]
+        https_addr: Option<SocketAddr>,
+        #[arg(long)]
+        admin_addr: Option<SocketAddr>,
+    },
     /// Validate manifests: print every problem with its object and field; exit 1 on errors.
     Check {
         #[command(flatten)]
@@ -203,7 +222,39 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             if let Some(a) = admin_addr {
                 settings.listen.admin = a;
             }
-            serve(settings, input.manifests, watch_interval).await?;
+            let source = if input.manifests.as_os_str() == "-" {
+                ConfigSource::Stdin
+            } else {
+                ConfigSource::Files {
+                    path: input.manifests,
+                    watch_interval,
+                }
+            };
+            serve(settings, source).await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Controller {
+            config,
+            namespaces,
+            ingress_class,
+            http_addr,
+            https_addr,
+            admin_addr,
+        } => {
+            let mut settings = load_settings(config.as_ref())?;
+            if let Some(c) = ingress_class {
+                settings.ingress_class = c;
+            }
+            if let Some(a) = http_addr {
+                settings.listen.http = a;
+            }
+            if let Some(a) = https_addr {
+                settings.listen.https = a;
+            }
+            if let Some(a) = admin_addr {
+                settings.listen.admin = a;
+            }
+            serve(settings, ConfigSource::Cluster { namespaces }).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Check { input } => {
@@ -399,7 +450,17 @@ async fn compile_async(manifests: Manifests, settings: Settings) -> anyhow::Resu
         .context("compilation panicked")
 }
 
-async fn serve(settings: Settings, manifests: PathBuf, watch_interval: Duration) -> anyhow::Result<()> {
+/// Where `serve` and `controller` get their configuration.
+enum ConfigSource {
+    /// A directory or file, polled for changes.
+    Files { path: PathBuf, watch_interval: Duration },
+    /// Stdin, read once.
+    Stdin,
+    /// The API server, watched.
+    Cluster { namespaces: Vec<String> },
+}
+
+async fn serve(settings: Settings, config_source: ConfigSource) -> anyhow::Result<()> {
     let generated = tls::generate_default_certificate()
         .map_err(anyhow::Error::msg)
         .context("cannot generate the default certificate")?;
@@ -407,29 +468,42 @@ async fn serve(settings: Settings, manifests: PathBuf, watch_interval: Duration)
         Gateway::new(settings.clone(), generated)
             .with_context(|| format!("cannot open the audit log {}", settings.audit_log.path))?,
     );
+    let (stop, shutdown) = Shutdown::new();
+    // Health and readiness answer from the start (not ready until the first snapshot).
+    let admin_listener = server::bind("admin", settings.listen.admin).await?;
+    tracing::info!(listener = "admin", addr = %admin_listener.local_addr()?, "listening");
+    tokio::spawn(admin::serve(gateway.clone(), admin_listener, shutdown.clone()));
 
-    let stdin = manifests.as_os_str() == "-";
-    let mut source = FileSource::new(&manifests);
-    let initial = if stdin {
-        source::read_stdin()?
-    } else {
-        source.load()?
-    };
-    let compiled = compile_async(initial, settings.clone()).await?;
-    if compiled.snapshot.certificates.default.is_none() {
+    let mut file_source = None;
+    let mut problems = Vec::new();
+    match &config_source {
+        ConfigSource::Files { path, .. } => {
+            let mut source = FileSource::new(path);
+            let compiled = compile_async(source.load()?, settings.clone()).await?;
+            problems = compiled.problems.clone();
+            gateway.publish(compiled, &[]);
+            file_source = Some(source);
+        }
+        ConfigSource::Stdin => {
+            let compiled = compile_async(source::read_stdin()?, settings.clone()).await?;
+            gateway.publish(compiled, &[]);
+        }
+        ConfigSource::Cluster { namespaces } => {
+            tracing::info!(namespaces = ?namespaces, "watching the API server; not ready until every initial list completes");
+            portcullis::controller::start(gateway.clone(), namespaces.clone()).await?;
+        }
+    }
+    if gateway.runtime().snapshot.certificates.default.is_none() {
         tracing::warn!("no tls.defaultCertificate configured: serving a self-signed default certificate");
     }
-    let mut problems = compiled.problems.clone();
-    gateway.publish(compiled, &[]);
 
     let http = server::bind("http", settings.listen.http).await?;
     let https = server::bind("https", settings.listen.https).await?;
-    let admin_listener = server::bind("admin", settings.listen.admin).await?;
     let https_port = https.local_addr()?.port();
     gateway
         .https_port
         .store(https_port, std::sync::atomic::Ordering::Relaxed);
-    for (name, l) in [("http", &http), ("https", &https), ("admin", &admin_listener)] {
+    for (name, l) in [("http", &http), ("https", &https)] {
         tracing::info!(listener = name, addr = %l.local_addr()?, "listening");
     }
 
@@ -452,7 +526,6 @@ async fn serve(settings: Settings, manifests: PathBuf, watch_interval: Duration)
         Proxy::new(gateway.clone(), auth, global_limiter)
             .context("cannot build the backend TLS configuration")?,
     );
-    let (stop, shutdown) = Shutdown::new();
     let drain = Drain::default();
     let listeners = [
         Listener {
@@ -477,9 +550,8 @@ async fn serve(settings: Settings, manifests: PathBuf, watch_interval: Duration)
             drain.sender.clone(),
         )));
     }
-    tokio::spawn(admin::serve(gateway.clone(), admin_listener, shutdown.clone()));
-
-    if !stdin {
+    if let (Some(mut source), ConfigSource::Files { watch_interval, .. }) = (file_source, &config_source) {
+        let watch_interval = *watch_interval;
         let gateway = gateway.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {

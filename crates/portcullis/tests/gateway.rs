@@ -1228,3 +1228,104 @@ async fn scan_reads_a_live_cluster_read_only() {
         "never reads Secrets: {paths:?}"
     );
 }
+
+/// Kubernetes mode against an API server double speaking list/watch: not ready until
+/// every initial list is in, then routes follow watch events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_serves_what_the_api_server_says() {
+    use serde_json::json;
+    let web = Backend::named("web").await;
+    let ingress = |name: &str, host: &str| {
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": name, "namespace": "shop", "resourceVersion": "2"},
+            "spec": {"ingressClassName": "portcullis", "rules": [{"host": host, "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}})
+    };
+    let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": web.addr.port()}]}});
+    let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": web.addr.port()}],
+        "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]});
+    let ingresses = "/apis/networking.k8s.io/v1/ingresses";
+    let api = support::kube_api::KubeApi::start_with_delay(
+        vec![
+            (ingresses, "IngressList", vec![ingress("one", "one.test")]),
+            ("/api/v1/services", "ServiceList", vec![service]),
+            (
+                "/apis/discovery.k8s.io/v1/endpointslices",
+                "EndpointSliceList",
+                vec![slice],
+            ),
+            ("/api/v1/secrets", "SecretList", vec![]),
+            (
+                "/apis/networking.k8s.io/v1/ingressclasses",
+                "IngressClassList",
+                vec![],
+            ),
+        ],
+        // The EndpointSlice list is slow: until it arrives, nothing may be published.
+        Some((
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            Duration::from_millis(1500),
+        )),
+    )
+    .await;
+    let kubeconfig = api.kubeconfig.path().to_path_buf();
+    let gw = tokio::task::spawn_blocking(move || Gateway::controller("", &kubeconfig, &[]))
+        .await
+        .unwrap();
+    // Started means the traffic listeners are up, which happens after the first snapshot.
+    assert_eq!(
+        http_get(gw.admin, "admin", "/readyz").await.status,
+        StatusCode::OK
+    );
+    assert!(gw.logs().contains("not ready until every initial list completes"));
+    // Nothing was published before the slow list arrived: admin listening -> (1.5 s) ->
+    // first configuration -> traffic listeners.
+    let when = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        gw.logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| pred(v))
+            .and_then(|v| v["timestamp"].as_str().map(str::to_string))
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .unwrap()
+    };
+    let admin_up = when(&|v| v["message"] == "listening" && v["listener"] == "admin");
+    let published = when(&|v| v["message"] == "configuration published");
+    let http_up = when(&|v| v["message"] == "listening" && v["listener"] == "http");
+    assert!(
+        published.duration_since(admin_up).as_secs_f64() >= 1.4,
+        "{admin_up} {published}"
+    );
+    assert!(http_up >= published);
+    let r = http_get(gw.http, "one.test", "/x").await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::OK, "web /x"),
+        "{}",
+        gw.logs()
+    );
+
+    // A new Ingress arrives through the watch.
+    let generation = gw.generation();
+    api.push(ingresses, "ADDED", ingress("two", "two.test"));
+    gw.wait_for_generation_after(generation);
+    assert_eq!(http_get(gw.http, "two.test", "/").await.status, StatusCode::OK);
+    // And goes away.
+    let generation = gw.generation();
+    api.push(ingresses, "DELETED", ingress("one", "one.test"));
+    gw.wait_for_generation_after(generation);
+    assert_eq!(
+        http_get(gw.http, "one.test", "/").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let paths = api.requested.lock().unwrap().clone();
+    assert!(
+        paths
+            .iter()
+            .any(|p| p == "/apis/networking.k8s.io/v1/ingresses?watch"),
+        "{paths:?}"
+    );
+}

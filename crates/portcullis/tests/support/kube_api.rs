@@ -1,6 +1,8 @@
-//! A Kubernetes API server test double: serves `list` responses for the paths it is
-//! given (the real JSON shapes: `{"kind": "PodList", "items": [...]}`), 404 with a
-//! `Status` for anything else, and records every path requested. Loopback, port 0.
+//! A Kubernetes API server test double speaking the real list/watch protocol: `list`
+//! responses for the paths it is given (`{"kind": "PodList", "items": [...]}`), watches
+//! (`?watch=true`) that stream the events a test pushes as JSON lines
+//! (`{"type": "ADDED", "object": {...}}`), 404 with a `Status` for anything else, and a
+//! record of every path requested. Loopback, port 0.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +19,8 @@ use tokio::net::TcpListener;
 pub struct KubeApi {
     pub addr: SocketAddr,
     pub requested: Arc<Mutex<Vec<String>>>,
+    /// Watch events pushed to open watches: (path, JSON line).
+    events: tokio::sync::broadcast::Sender<(String, String)>,
     task: tokio::task::JoinHandle<()>,
     pub kubeconfig: tempfile::NamedTempFile,
 }
@@ -30,6 +34,17 @@ impl Drop for KubeApi {
 impl KubeApi {
     /// `lists`: path (e.g. `/api/v1/pods`) -> (list kind, items).
     pub async fn start(lists: Vec<(&str, &str, Vec<serde_json::Value>)>) -> KubeApi {
+        KubeApi::start_with_delay(lists, None).await
+    }
+
+    /// As `start`, but the list of `delayed.0` answers only after `delayed.1`.
+    pub async fn start_with_delay(
+        lists: Vec<(&str, &str, Vec<serde_json::Value>)>,
+        delayed: Option<(&str, std::time::Duration)>,
+    ) -> KubeApi {
+        let delayed = delayed.map(|(p, d)| (p.to_string(), d));
+        let (events, _) = tokio::sync::broadcast::channel::<(String, String)>(256);
+        let events_tx = events.clone();
         let mut bodies: HashMap<String, String> = HashMap::new();
         for (path, kind, items) in lists {
             let body = serde_json::json!({
@@ -51,20 +66,49 @@ impl KubeApi {
                     continue;
                 };
                 let (bodies, log) = (bodies.clone(), log.clone());
+                let events = events_tx.clone();
+                let delayed = delayed.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let path = req.uri().path().to_string();
-                        log.lock().unwrap().push(path.clone());
-                        let response = match bodies.get(&path) {
-                            Some(body) => Response::new(Full::new(Bytes::from(body.clone()))),
-                            None => {
-                                let status = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{path} not found")});
-                                let mut r = Response::new(Full::new(Bytes::from(status.to_string())));
-                                *r.status_mut() = StatusCode::NOT_FOUND;
-                                r
-                            }
-                        };
-                        async move { Ok::<_, std::convert::Infallible>(response) }
+                        let watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
+                        log.lock()
+                            .unwrap()
+                            .push(format!("{path}{}", if watch { "?watch" } else { "" }));
+                        let body = bodies.get(&path).cloned();
+                        let mut subscription = events.subscribe();
+                        let delayed = delayed.clone();
+                        async move {
+                            let response: Response<Body> = match body {
+                                Some(_) if watch => {
+                                    let stream = async_stream(move |tx| async move {
+                                        while let Ok((p, line)) = subscription.recv().await {
+                                            if p == path
+                                                && tx.send(Bytes::from(format!("{line}\n"))).await.is_err()
+                                            {
+                                                return;
+                                            }
+                                        }
+                                    });
+                                    Response::new(stream)
+                                }
+                                Some(body) => {
+                                    if let Some((p, d)) = &delayed {
+                                        if *p == path {
+                                            tokio::time::sleep(*d).await;
+                                        }
+                                    }
+                                    Response::new(full(body))
+                                }
+                                None => {
+                                    let status = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{path} not found")});
+                                    let mut r = Response::new(full(status.to_string()));
+                                    *r.status_mut() = StatusCode::NOT_FOUND;
+                                    r
+                                }
+                            };
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -84,8 +128,38 @@ impl KubeApi {
         KubeApi {
             addr,
             requested,
+            events,
             task,
             kubeconfig,
         }
     }
+
+    /// Sends a watch event (`ADDED`, `MODIFIED`, `DELETED`) to the watches of `path`.
+    pub fn push(&self, path: &str, kind: &str, object: serde_json::Value) {
+        let line = serde_json::json!({"type": kind, "object": object}).to_string();
+        let _ = self.events.send((path.to_string(), line));
+    }
+}
+
+type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+fn full(text: impl Into<Bytes>) -> Body {
+    use http_body_util::BodyExt;
+    Full::new(text.into()).boxed_unsync()
+}
+
+/// A streaming body fed by a task through a channel.
+fn async_stream<F, Fut>(producer: F) -> Body
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Bytes>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(producer(tx));
+    let stream = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|o| o.map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b))))
+    });
+    http_body_util::StreamBody::new(stream).boxed_unsync()
 }

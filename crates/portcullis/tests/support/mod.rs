@@ -144,7 +144,8 @@ impl Gateway {
             "listen: {http: 127.0.0.1:0, https: 127.0.0.1:0, admin: 127.0.0.1:0}\n".to_string()
         };
         std::fs::write(&config_file, format!("{listen}{config}")).unwrap();
-        let mut child = Command::new(binary())
+        let mut command = Command::new(binary());
+        command
             .args([
                 "--log-format",
                 "json",
@@ -155,7 +156,30 @@ impl Gateway {
             ])
             .arg(dir.path().join("manifests"))
             .arg("--config")
+            .arg(&config_file);
+        Gateway::spawn(command, dir)
+    }
+
+    /// Starts `portcullis controller` against the API server a kubeconfig points at.
+    pub fn controller(config: &str, kubeconfig: &Path, extra_args: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let config_file = dir.path().join("config.yaml");
+        std::fs::write(
+            &config_file,
+            format!("listen: {{http: 127.0.0.1:0, https: 127.0.0.1:0, admin: 127.0.0.1:0}}\n{config}"),
+        )
+        .unwrap();
+        let mut command = Command::new(binary());
+        command
+            .args(["--log-format", "json", "controller", "--config"])
             .arg(&config_file)
+            .args(extra_args)
+            .env("KUBECONFIG", kubeconfig);
+        Gateway::spawn(command, dir)
+    }
+
+    fn spawn(mut command: Command, dir: tempfile::TempDir) -> Gateway {
+        let mut child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,0 +1,286 @@
+//! Kubernetes mode's source of configuration: watches Ingresses, IngressClasses,
+//! Services, EndpointSlices and `kubernetes.io/tls` Secrets (in the watched namespaces,
+//! or all), keeps the latest version of each object, and compiles them with the same
+//! compiler as file mode, so the two can never disagree. The first snapshot is
+//! published only once every initial list has completed (readiness stays false until
+//! then); afterwards every change recompiles, debounced, and swaps atomically. Watches
+//! that expire or break are resumed by re-listing (kube-runtime's watcher), with
+//! backoff, so an API server restart leaves no gap.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Resource, ResourceExt};
+use portcullis_config::manifest::Document;
+use portcullis_config::{Manifests, Problem};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::state::Gateway;
+
+/// Changes arriving within this window are compiled together.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// The latest objects of every watched kind, by kind then `namespace/name`.
+#[derive(Default)]
+struct Stores {
+    objects: BTreeMap<&'static str, HashMap<String, serde_json::Value>>,
+    /// Watches (kind and namespace) whose initial list has not completed yet.
+    pending: std::collections::BTreeSet<String>,
+}
+
+/// Starts the watches; returns once the first snapshot is published. The watches go on
+/// publishing in the background.
+pub async fn start(gateway: Arc<Gateway>, namespaces: Vec<String>) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the API server (in-cluster config or KUBECONFIG): {e}"))?;
+    let stores: Arc<Mutex<Stores>> = Arc::default();
+    let changed = Arc::new(Notify::new());
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
+    };
+    for ns in &scopes {
+        spawn_watch::<Ingress>(
+            &client,
+            ns.as_deref(),
+            watcher::Config::default(),
+            &stores,
+            &changed,
+        );
+        spawn_watch::<Service>(
+            &client,
+            ns.as_deref(),
+            watcher::Config::default(),
+            &stores,
+            &changed,
+        );
+        spawn_watch::<EndpointSlice>(
+            &client,
+            ns.as_deref(),
+            watcher::Config::default(),
+            &stores,
+            &changed,
+        );
+        // Only TLS Secrets: the gateway has no business reading the others.
+        let tls = watcher::Config::default().fields("type=kubernetes.io/tls");
+        spawn_watch::<Secret>(&client, ns.as_deref(), tls, &stores, &changed);
+    }
+    spawn_cluster_watch::<IngressClass>(&client, &stores, &changed);
+
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(compile_loop(gateway, stores, changed, first_tx));
+    first_rx
+        .await
+        .map_err(|_| anyhow::anyhow!("the configuration loop stopped before the first snapshot"))
+}
+
+fn key(namespace: Option<&str>, name: &str) -> String {
+    format!("{}/{name}", namespace.unwrap_or(""))
+}
+
+fn spawn_watch<K>(
+    client: &Client,
+    ns: Option<&str>,
+    config: watcher::Config,
+    stores: &Arc<Mutex<Stores>>,
+    changed: &Arc<Notify>,
+) where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + k8s_openapi::Resource
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: Api<K> = match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    run_watch(
+        api,
+        config,
+        <K as k8s_openapi::Resource>::KIND,
+        ns.unwrap_or("*"),
+        stores,
+        changed,
+    );
+}
+
+fn spawn_cluster_watch<K>(client: &Client, stores: &Arc<Mutex<Stores>>, changed: &Arc<Notify>)
+where
+    K: Resource<Scope = k8s_openapi::ClusterResourceScope, DynamicType = ()>
+        + k8s_openapi::Resource
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: Api<K> = Api::all(client.clone());
+    run_watch(
+        api,
+        watcher::Config::default(),
+        <K as k8s_openapi::Resource>::KIND,
+        "*",
+        stores,
+        changed,
+    );
+}
+
+fn run_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    kind: &'static str,
+    scope: &str,
+    stores: &Arc<Mutex<Stores>>,
+    changed: &Arc<Notify>,
+) where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let watch_id = format!("{kind} in {scope}");
+    stores
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pending
+        .insert(watch_id.clone());
+    let (stores, changed) = (stores.clone(), changed.clone());
+    tokio::spawn(async move {
+        let mut buffer: HashMap<String, serde_json::Value> = HashMap::new();
+        let mut events = watcher::watcher(api, config).default_backoff().boxed();
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(watch = %watch_id, error = %e, "watch failed; retrying with backoff");
+                    continue;
+                }
+            };
+            let mut s = stores.lock().unwrap_or_else(|e| e.into_inner());
+            let objects = s.objects.entry(kind).or_default();
+            // Keys are per watch: several namespaces of one kind share the map.
+            let json = |o: &K| serde_json::to_value(o).ok();
+            match event {
+                Event::Init => buffer.clear(),
+                Event::InitApply(o) => {
+                    if let Some(v) = json(&o) {
+                        buffer.insert(key(o.namespace().as_deref(), &o.name_any()), v);
+                    }
+                    continue;
+                }
+                Event::InitDone => {
+                    // A re-list replaces what this watch saw before (deletions missed
+                    // while disconnected disappear here).
+                    let scope_prefix = if scope_is_all(&watch_id) {
+                        None
+                    } else {
+                        Some(watch_scope(&watch_id))
+                    };
+                    objects.retain(|k, _| scope_prefix.as_ref().is_some_and(|p| !k.starts_with(p.as_str())));
+                    objects.extend(buffer.drain());
+                    s.pending.remove(&watch_id);
+                }
+                Event::Apply(o) => {
+                    if let Some(v) = json(&o) {
+                        objects.insert(key(o.namespace().as_deref(), &o.name_any()), v);
+                    }
+                }
+                Event::Delete(o) => {
+                    objects.remove(&key(o.namespace().as_deref(), &o.name_any()));
+                }
+            }
+            drop(s);
+            changed.notify_one();
+        }
+    });
+}
+
+fn scope_is_all(watch_id: &str) -> bool {
+    watch_id.ends_with(" in *")
+}
+
+/// `namespace/` for a namespaced watch id `Kind in namespace`.
+fn watch_scope(watch_id: &str) -> String {
+    format!("{}/", watch_id.rsplit(" in ").next().unwrap_or(""))
+}
+
+async fn compile_loop(
+    gateway: Arc<Gateway>,
+    stores: Arc<Mutex<Stores>>,
+    changed: Arc<Notify>,
+    first: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut first = Some(first);
+    let mut previous: Vec<Problem> = Vec::new();
+    loop {
+        changed.notified().await;
+        tokio::time::sleep(DEBOUNCE).await;
+        let manifests = {
+            let s = stores.lock().unwrap_or_else(|e| e.into_inner());
+            if !s.pending.is_empty() {
+                tracing::debug!(pending = ?s.pending, "waiting for initial lists");
+                continue;
+            }
+            let mut m = Manifests::default();
+            for objects in s.objects.values() {
+                let mut docs: Vec<(&String, &serde_json::Value)> = objects.iter().collect();
+                docs.sort_by(|a, b| a.0.cmp(b.0));
+                m.add_documents(
+                    "",
+                    docs.into_iter()
+                        .map(|(_, v)| Document {
+                            value: v.clone(),
+                            line: 0,
+                        })
+                        .collect(),
+                );
+            }
+            m
+        };
+        let settings = gateway.settings.clone();
+        let compiled = match tokio::task::spawn_blocking(move || {
+            portcullis_config::compile(&manifests, &settings, crate::auth::now())
+        })
+        .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "compilation failed; keeping the last good configuration");
+                continue;
+            }
+        };
+        let problems = compiled.problems.clone();
+        gateway.publish(compiled, &previous);
+        gateway
+            .metrics
+            .reloads
+            .get_or_create(&crate::metrics::ResultLabel { result: "success" })
+            .inc();
+        previous = problems;
+        if let Some(tx) = first.take() {
+            let _ = tx.send(());
+        }
+    }
+}
