@@ -14,7 +14,7 @@ pub fn table(report: &Report) -> String {
     let s = &report.summary;
     let _ = writeln!(
         out,
-        "This cluster has {} entry points; {} reach workloads without TLS; {} without authentication; {} without a NetworkPolicy in front.",
+        "This cluster has {} entry points; {} reach workloads without TLS; {} without authentication; {} reach workloads no NetworkPolicy isolates.",
         s.entry_points, s.without_tls, s.without_auth, s.without_network_policy
     );
     if !report.entry_points.is_empty() {
@@ -33,7 +33,7 @@ pub fn table(report: &Report) -> String {
                         p.workloads.join(", ")
                     },
                     format!("tls={} auth={}", yes(p.tls), yes(p.auth)),
-                    format!("netpol={}", yes(p.network_policy)),
+                    format!("isolated={}", yes(p.network_policy)),
                 ]
             })
             .collect();

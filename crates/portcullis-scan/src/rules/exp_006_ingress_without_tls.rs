@@ -40,7 +40,7 @@ fn check(ctx: &Context<'_>, out: &mut Vec<Finding>) {
             let covered = tls.iter().any(|t| portcullis_config::tls::name_covers(t, &host));
             if !covered {
                 let shown = if host.is_empty() {
-                    "requests without a host".to_string()
+                    "the rules without a host".to_string()
                 } else {
                     host.clone()
                 };
@@ -49,7 +49,7 @@ fn check(ctx: &Context<'_>, out: &mut Vec<Finding>) {
                     RULE.severity,
                     format!("Ingress {}/{}", ing.namespace(), ing.name()),
                     &ing.origin,
-                    format!("{shown} is served without TLS"),
+                    format!("{shown}: served without TLS"),
                     "add a spec.tls entry with a certificate Secret for the host",
                 ));
             }
