@@ -171,6 +171,9 @@ pub struct Listen {
     /// Which listeners expect a PROXY protocol (v1 or v2) header on every connection,
     /// from a load balancer in `trustedProxies`. Default: none.
     pub proxy_protocol: ProxyProtocol,
+    /// The HTTPS port clients see, for redirects (e.g. 443 when a load balancer maps
+    /// 443 to the listener's 8443). Default: the HTTPS listener's port.
+    pub https_redirect_port: Option<u16>,
 }
 
 /// Listeners that take the PROXY protocol.
@@ -188,6 +191,7 @@ impl Default for Listen {
             https: SocketAddr::from(([0, 0, 0, 0], 8443)),
             admin: SocketAddr::from(([127, 0, 0, 1], 9180)),
             proxy_protocol: ProxyProtocol::default(),
+            https_redirect_port: None,
         }
     }
 }

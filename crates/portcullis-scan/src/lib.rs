@@ -178,5 +178,29 @@ fn object_annotations(inv: &Inventory) -> std::collections::HashMap<String, Stri
     for w in &inv.workloads {
         add(w.id(), w.annotations.get(IGNORE_ANNOTATION).map(String::as_str));
     }
+    for r in &inv.cluster_roles {
+        add(
+            format!("ClusterRole {}", r.name()),
+            r.annotation(IGNORE_ANNOTATION),
+        );
+    }
+    for r in &inv.roles {
+        add(
+            format!("Role {}/{}", r.namespace(), r.name()),
+            r.annotation(IGNORE_ANNOTATION),
+        );
+    }
+    for b in &inv.cluster_role_bindings {
+        add(
+            format!("ClusterRoleBinding {}", b.name()),
+            b.annotation(IGNORE_ANNOTATION),
+        );
+    }
+    for b in &inv.role_bindings {
+        add(
+            format!("RoleBinding {}/{}", b.namespace(), b.name()),
+            b.annotation(IGNORE_ANNOTATION),
+        );
+    }
     out
 }

@@ -143,3 +143,27 @@ fn ten_thousand_objects_in_seconds() {
     assert!(took < Duration::from_secs(20), "{took:?}");
     eprintln!("10,000 objects scanned in {took:?}");
 }
+
+/// Our own deployment manifests pass our own scan: nothing above info, and every
+/// exemption carries its reason.
+#[test]
+fn the_deploy_manifests_pass_the_scan() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let report = scan(&read(&dir), &Options::default());
+    assert!(report.unreadable.is_empty(), "{:?}", report.unreadable);
+    let above_info: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| f.severity < Severity::Info)
+        .collect();
+    assert!(above_info.is_empty(), "{above_info:#?}");
+    for (f, reason) in &report.suppressed {
+        assert!(
+            reason.len() > 20,
+            "{} on {} needs a real reason",
+            f.rule,
+            f.object
+        );
+    }
+    assert_eq!(report.entry_points.len(), 1, "one LoadBalancer: the gateway");
+}

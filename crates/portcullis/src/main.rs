@@ -499,7 +499,10 @@ async fn serve(settings: Settings, config_source: ConfigSource) -> anyhow::Resul
 
     let http = server::bind("http", settings.listen.http).await?;
     let https = server::bind("https", settings.listen.https).await?;
-    let https_port = https.local_addr()?.port();
+    let https_port = settings
+        .listen
+        .https_redirect_port
+        .unwrap_or(https.local_addr()?.port());
     gateway
         .https_port
         .store(https_port, std::sync::atomic::Ordering::Relaxed);

@@ -119,6 +119,20 @@ pub(crate) mod util {
         out
     }
 
+    /// Whether the pod's containers get a service account token: automounted (unless
+    /// turned off), or mounted explicitly through a projected volume.
+    pub fn mounts_token(spec: &PodSpec) -> bool {
+        let projected = spec.volumes.iter().flatten().any(|v| {
+            v.projected.as_ref().is_some_and(|p| {
+                p.sources
+                    .iter()
+                    .flatten()
+                    .any(|s| s.service_account_token.is_some())
+            })
+        });
+        projected || spec.automount_service_account_token != Some(false)
+    }
+
     /// Every container of a pod: init, regular and ephemeral.
     pub fn containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
         spec.init_containers

@@ -34,7 +34,7 @@ fn check(ctx: &Context<'_>, out: &mut Vec<Finding>) {
             .filter(|p| p.workloads.contains(&id))
             .map(|p| format!("{} ({})", p.kind, p.via))
             .collect();
-        if doors.is_empty() || w.spec.automount_service_account_token == Some(false) {
+        if doors.is_empty() || !crate::rules::util::mounts_token(&w.spec) {
             continue;
         }
         let rights = ctx.rights_of(w).takeover();

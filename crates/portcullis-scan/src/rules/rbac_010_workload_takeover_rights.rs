@@ -27,7 +27,7 @@ fn check(ctx: &Context<'_>, out: &mut Vec<Finding>) {
     for w in &ctx.inv.workloads {
         let id = w.id();
         let exposed = ctx.entry_points.iter().any(|p| p.workloads.contains(&id));
-        if exposed || w.static_pod || w.spec.automount_service_account_token == Some(false) {
+        if exposed || w.static_pod || !crate::rules::util::mounts_token(&w.spec) {
             continue;
         }
         let rights = ctx.rights_of(w).takeover();
