@@ -39,7 +39,11 @@ struct Stores {
 
 /// Starts the watches; returns once the first snapshot is published. The watches go on
 /// publishing in the background.
-pub async fn start(gateway: Arc<Gateway>, namespaces: Vec<String>) -> anyhow::Result<()> {
+pub async fn start(
+    gateway: Arc<Gateway>,
+    namespaces: Vec<String>,
+    status: crate::status::StatusConfig,
+) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the API server (in-cluster config or KUBECONFIG): {e}"))?;
@@ -78,8 +82,27 @@ pub async fn start(gateway: Arc<Gateway>, namespaces: Vec<String>) -> anyhow::Re
     }
     spawn_cluster_watch::<IngressClass>(&client, &stores, &changed);
 
+    let writer = Arc::new(crate::status::StatusWriter::new(client.clone(), status));
+    writer.spawn_election();
+    let latest: Arc<Mutex<crate::status::Outcome>> = Arc::default();
+    // Status is rewritten now and then too, so a new leader catches up without a change.
+    {
+        let (writer, latest) = (writer.clone(), latest.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                let served = latest.lock().unwrap_or_else(|e| e.into_inner()).served.clone();
+                writer
+                    .write(&crate::status::Outcome {
+                        served,
+                        new_problems: Vec::new(),
+                    })
+                    .await;
+            }
+        });
+    }
     let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(compile_loop(gateway, stores, changed, first_tx));
+    tokio::spawn(compile_loop(gateway, stores, changed, first_tx, writer, latest));
     first_rx
         .await
         .map_err(|_| anyhow::anyhow!("the configuration loop stopped before the first snapshot"))
@@ -231,6 +254,8 @@ async fn compile_loop(
     stores: Arc<Mutex<Stores>>,
     changed: Arc<Notify>,
     first: tokio::sync::oneshot::Sender<()>,
+    writer: Arc<crate::status::StatusWriter>,
+    latest: Arc<Mutex<crate::status::Outcome>>,
 ) {
     let mut first = Some(first);
     let mut previous: Vec<Problem> = Vec::new();
@@ -272,6 +297,10 @@ async fn compile_loop(
             }
         };
         let problems = compiled.problems.clone();
+        let outcome = crate::status::Outcome {
+            served: crate::status::served(&compiled.snapshot),
+            new_problems: crate::status::new_ingress_problems(&problems, &previous),
+        };
         gateway.publish(compiled, &previous);
         gateway
             .metrics
@@ -282,5 +311,8 @@ async fn compile_loop(
         if let Some(tx) = first.take() {
             let _ = tx.send(());
         }
+        *latest.lock().unwrap_or_else(|e| e.into_inner()) = outcome.clone();
+        let writer = writer.clone();
+        tokio::spawn(async move { writer.write(&outcome).await });
     }
 }

@@ -17,4 +17,5 @@ pub mod report;
 pub mod server;
 pub mod source;
 pub mod state;
+pub mod status;
 pub mod tls;

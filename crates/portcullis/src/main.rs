@@ -72,6 +72,16 @@ enum Command {
         https_addr: Option<SocketAddr>,
         #[arg(long)]
         admin_addr: Option<SocketAddr>,
+        /// Write the addresses of this LoadBalancer Service (NAMESPACE/NAME) to the
+        /// status of the Ingresses served.
+        #[arg(long, conflicts_with = "publish_status_address")]
+        publish_service: Option<String>,
+        /// Write these addresses (IPs or hostnames, comma-separated) to Ingress status.
+        #[arg(long, value_delimiter = ',')]
+        publish_status_address: Vec<String>,
+        /// Namespace of the leader-election Lease. Default: $POD_NAMESPACE, else portcullis.
+        #[arg(long)]
+        lease_namespace: Option<String>,
     },
     /// Validate manifests: print every problem with its object and field; exit 1 on errors.
     Check {
@@ -240,7 +250,32 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             http_addr,
             https_addr,
             admin_addr,
+            publish_service,
+            publish_status_address,
+            lease_namespace,
         } => {
+            let publish = match (publish_service, publish_status_address.is_empty()) {
+                (Some(s), _) => {
+                    let (namespace, name) = portcullis_config::split_namespaced(&s)
+                        .ok_or_else(|| anyhow::anyhow!("--publish-service {s:?}: write NAMESPACE/NAME"))?;
+                    Some(portcullis::status::Publish::Service {
+                        namespace: namespace.to_string(),
+                        name: name.to_string(),
+                    })
+                }
+                (None, false) => Some(portcullis::status::Publish::Addresses(publish_status_address)),
+                (None, true) => None,
+            };
+            let status = portcullis::status::StatusConfig {
+                publish,
+                lease_namespace: lease_namespace
+                    .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                    .unwrap_or_else(|| "portcullis".into()),
+                lease_name: "portcullis-leader".into(),
+                identity: std::env::var("POD_NAME")
+                    .or_else(|_| std::env::var("HOSTNAME"))
+                    .unwrap_or_else(|_| format!("portcullis-{}", std::process::id())),
+            };
             let mut settings = load_settings(config.as_ref())?;
             if let Some(c) = ingress_class {
                 settings.ingress_class = c;
@@ -254,7 +289,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             if let Some(a) = admin_addr {
                 settings.listen.admin = a;
             }
-            serve(settings, ConfigSource::Cluster { namespaces }).await?;
+            serve(settings, ConfigSource::Cluster { namespaces, status }).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Check { input } => {
@@ -457,7 +492,10 @@ enum ConfigSource {
     /// Stdin, read once.
     Stdin,
     /// The API server, watched.
-    Cluster { namespaces: Vec<String> },
+    Cluster {
+        namespaces: Vec<String>,
+        status: portcullis::status::StatusConfig,
+    },
 }
 
 async fn serve(settings: Settings, config_source: ConfigSource) -> anyhow::Result<()> {
@@ -488,9 +526,9 @@ async fn serve(settings: Settings, config_source: ConfigSource) -> anyhow::Resul
             let compiled = compile_async(source::read_stdin()?, settings.clone()).await?;
             gateway.publish(compiled, &[]);
         }
-        ConfigSource::Cluster { namespaces } => {
+        ConfigSource::Cluster { namespaces, status } => {
             tracing::info!(namespaces = ?namespaces, "watching the API server; not ready until every initial list completes");
-            portcullis::controller::start(gateway.clone(), namespaces.clone()).await?;
+            portcullis::controller::start(gateway.clone(), namespaces.clone(), status.clone()).await?;
         }
     }
     if gateway.runtime().snapshot.certificates.default.is_none() {

@@ -1272,9 +1272,20 @@ async fn controller_serves_what_the_api_server_says() {
     )
     .await;
     let kubeconfig = api.kubeconfig.path().to_path_buf();
-    let gw = tokio::task::spawn_blocking(move || Gateway::controller("", &kubeconfig, &[]))
-        .await
-        .unwrap();
+    let gw = tokio::task::spawn_blocking(move || {
+        Gateway::controller(
+            "",
+            &kubeconfig,
+            &[
+                "--publish-status-address",
+                "203.0.113.7",
+                "--lease-namespace",
+                "portcullis",
+            ],
+        )
+    })
+    .await
+    .unwrap();
     // Started means the traffic listeners are up, which happens after the first snapshot.
     assert_eq!(
         http_get(gw.admin, "admin", "/readyz").await.status,
@@ -1327,5 +1338,50 @@ async fn controller_serves_what_the_api_server_says() {
             .iter()
             .any(|p| p == "/apis/networking.k8s.io/v1/ingresses?watch"),
         "{paths:?}"
+    );
+
+    // The leader (the only replica here) took the Lease, wrote the served Ingresses'
+    // status, and recorded an Event for the rejected one.
+    let generation = gw.generation();
+    let mut bad = ingress("bad", "bad.test");
+    bad["metadata"]["annotations"] = json!({"portcullis.dev/max-body-size": "huge"});
+    api.push(ingresses, "ADDED", bad);
+    gw.wait_for_generation_after(generation);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let wrote = |method: &str, path: &str| {
+        api.writes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, p, _)| m == method && p.contains(path))
+            .map(|(_, _, b)| b.clone())
+            .collect::<Vec<_>>()
+    };
+    while (wrote("PATCH", "/ingresses/two/status").is_empty() || wrote("POST", "/events").is_empty())
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lease = wrote("POST", "/namespaces/portcullis/leases");
+    assert_eq!(lease.len(), 1, "{:?}", api.writes.lock().unwrap());
+    assert_eq!(lease[0]["spec"]["leaseDurationSeconds"], 15);
+    let status = wrote("PATCH", "/namespaces/shop/ingresses/two/status");
+    assert_eq!(
+        status[0]["status"]["loadBalancer"]["ingress"][0]["ip"],
+        "203.0.113.7"
+    );
+    assert!(
+        wrote("PATCH", "/ingresses/bad/status").is_empty(),
+        "a rejected Ingress gets no address"
+    );
+    let events = wrote("POST", "/apis/events.k8s.io/v1/namespaces/shop/events");
+    let event = events
+        .iter()
+        .find(|e| e["regarding"]["name"] == "bad")
+        .expect("an Event for the rejected Ingress");
+    assert_eq!(event["reason"], "Rejected");
+    assert!(
+        event["note"].as_str().unwrap().contains("max-body-size"),
+        "{event}"
     );
 }

@@ -21,6 +21,8 @@ pub struct KubeApi {
     pub requested: Arc<Mutex<Vec<String>>>,
     /// Watch events pushed to open watches: (path, JSON line).
     events: tokio::sync::broadcast::Sender<(String, String)>,
+    /// Writes received: (method, path, body).
+    pub writes: Arc<Mutex<Vec<(String, String, serde_json::Value)>>>,
     task: tokio::task::JoinHandle<()>,
     pub kubeconfig: tempfile::NamedTempFile,
 }
@@ -60,6 +62,10 @@ impl KubeApi {
         let addr = listener.local_addr().unwrap();
         let requested: Arc<Mutex<Vec<String>>> = Arc::default();
         let log = requested.clone();
+        let writes: Arc<Mutex<Vec<(String, String, serde_json::Value)>>> = Arc::default();
+        let writes_log = writes.clone();
+        // Objects created or replaced through the double (Leases), by path.
+        let stored: Arc<Mutex<HashMap<String, serde_json::Value>>> = Arc::default();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -68,8 +74,11 @@ impl KubeApi {
                 let (bodies, log) = (bodies.clone(), log.clone());
                 let events = events_tx.clone();
                 let delayed = delayed.clone();
+                let (writes_log, stored) = (writes_log.clone(), stored.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
+                        let method = req.method().clone();
+                        let (writes_log, stored) = (writes_log.clone(), stored.clone());
                         let path = req.uri().path().to_string();
                         let watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
                         log.lock()
@@ -79,6 +88,9 @@ impl KubeApi {
                         let mut subscription = events.subscribe();
                         let delayed = delayed.clone();
                         async move {
+                            if method != http::Method::GET || path.contains("/leases/") {
+                                return Ok(write(method, path, req, &writes_log, &stored).await);
+                            }
                             let response: Response<Body> = match body {
                                 Some(_) if watch => {
                                     let stream = async_stream(move |tx| async move {
@@ -128,6 +140,7 @@ impl KubeApi {
         KubeApi {
             addr,
             requested,
+            writes,
             events,
             task,
             kubeconfig,
@@ -142,6 +155,70 @@ impl KubeApi {
 }
 
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+/// Creates, replaces and patches: recorded, and answered as the API server would.
+async fn write(
+    method: http::Method,
+    path: String,
+    req: Request<Incoming>,
+    writes: &Mutex<Vec<(String, String, serde_json::Value)>>,
+    stored: &Mutex<HashMap<String, serde_json::Value>>,
+) -> Response<Body> {
+    use http_body_util::BodyExt;
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    writes
+        .lock()
+        .unwrap()
+        .push((method.to_string(), path.clone(), value.clone()));
+    let respond = |status: StatusCode, v: &serde_json::Value| {
+        let mut r = Response::new(full(v.to_string()));
+        *r.status_mut() = status;
+        r
+    };
+    match method {
+        http::Method::GET => match stored.lock().unwrap().get(&path) {
+            Some(v) => respond(StatusCode::OK, v),
+            None => respond(
+                StatusCode::NOT_FOUND,
+                &serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+            ),
+        },
+        http::Method::POST => {
+            value["metadata"]["resourceVersion"] = "1".into();
+            if let Some(name) = value["metadata"]["name"].as_str() {
+                stored
+                    .lock()
+                    .unwrap()
+                    .insert(format!("{path}/{name}"), value.clone());
+            }
+            respond(StatusCode::CREATED, &value)
+        }
+        http::Method::PUT => {
+            stored.lock().unwrap().insert(path, value.clone());
+            respond(StatusCode::OK, &value)
+        }
+        _ => {
+            // A status patch: answer with the object (name and namespace from the path).
+            let parts: Vec<&str> = path.split('/').collect();
+            let find = |after: &str| {
+                parts
+                    .iter()
+                    .position(|p| *p == after)
+                    .and_then(|i| parts.get(i + 1))
+                    .copied()
+            };
+            let object = serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": find("ingresses"), "namespace": find("namespaces")}});
+            respond(StatusCode::OK, &object)
+        }
+    }
+}
 
 fn full(text: impl Into<Bytes>) -> Body {
     use http_body_util::BodyExt;
