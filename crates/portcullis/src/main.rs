@@ -66,10 +66,13 @@ enum Command {
         /// The IngressClass to serve (overrides ingressClass in the config file).
         #[arg(long)]
         ingress_class: Option<String>,
+        /// Plain HTTP listener (redirects to HTTPS for hosts with TLS).
         #[arg(long)]
         http_addr: Option<SocketAddr>,
+        /// HTTPS listener.
         #[arg(long)]
         https_addr: Option<SocketAddr>,
+        /// Health, readiness and metrics listener.
         #[arg(long)]
         admin_addr: Option<SocketAddr>,
         /// Write the addresses of this LoadBalancer Service (NAMESPACE/NAME) to the
