@@ -1385,3 +1385,90 @@ async fn controller_serves_what_the_api_server_says() {
         "{event}"
     );
 }
+
+/// A rolling update seen through the API: the old endpoint turns not-ready while a
+/// request to it is in flight. That request finishes; new requests go to the new pod;
+/// none fails. Then the watch expires (410 Gone) and the controller re-lists with no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_rolling_update_and_watch_expiry_lose_no_request() {
+    use serde_json::json;
+    let old = Backend::slow(Duration::from_millis(1200)).await;
+    let slice = |endpoints: serde_json::Value| {
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "app-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "app"}, "resourceVersion": "3"},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 0}], "endpoints": endpoints})
+    };
+    // Two pods on one port number: the old one on 127.0.0.1, the new one on 127.0.0.2.
+    let port = old.addr.port();
+    let new_pod = Backend::start_on(format!("127.0.0.2:{port}").parse().unwrap(), "new").await;
+    let mut initial = slice(json!([{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]));
+    initial["ports"][0]["port"] = port.into();
+    let ingress = json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "app", "namespace": "shop"},
+        "spec": {"ingressClassName": "portcullis", "rules": [{"host": "app.test", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "app", "port": {"number": 80}}}}]}}]}});
+    let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "app", "namespace": "shop"},
+        "spec": {"ports": [{"name": "http", "port": 80}]}});
+    let slices = "/apis/discovery.k8s.io/v1/endpointslices";
+    let api = support::kube_api::KubeApi::start(vec![
+        (
+            "/apis/networking.k8s.io/v1/ingresses",
+            "IngressList",
+            vec![ingress],
+        ),
+        ("/api/v1/services", "ServiceList", vec![service]),
+        (slices, "EndpointSliceList", vec![initial.clone()]),
+        ("/api/v1/secrets", "SecretList", vec![]),
+        (
+            "/apis/networking.k8s.io/v1/ingressclasses",
+            "IngressClassList",
+            vec![],
+        ),
+    ])
+    .await;
+    let kubeconfig = api.kubeconfig.path().to_path_buf();
+    let gw = tokio::task::spawn_blocking(move || Gateway::controller("", &kubeconfig, &[]))
+        .await
+        .unwrap();
+    let addr = gw.http;
+    let in_flight = tokio::spawn(async move { http_get(addr, "app.test", "/slow").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The rollout: the new pod is ready, the old one terminating (not ready).
+    let generation = gw.generation();
+    let mut rolled = slice(json!([
+        {"addresses": ["127.0.0.1"], "conditions": {"ready": false, "terminating": true}},
+        {"addresses": ["127.0.0.2"], "conditions": {"ready": true}}]));
+    rolled["ports"][0]["port"] = port.into();
+    api.push(slices, "MODIFIED", rolled);
+    gw.wait_for_generation_after(generation);
+    for _ in 0..5 {
+        let r = http_get(gw.http, "app.test", "/").await;
+        assert_eq!(r.text(), "new /", "new requests go to the ready pod only");
+    }
+    let r = in_flight.await.unwrap();
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (StatusCode::OK, "slow done"),
+        "the in-flight request finished"
+    );
+
+    // The watch expires: the controller re-lists (the list still says the old pod is
+    // the one) and keeps serving throughout.
+    let generation = gw.generation();
+    api.push(slices, "ERROR", json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Expired", "code": 410, "message": "too old resource version"}));
+    for _ in 0..10 {
+        let r = http_get(gw.http, "app.test", "/").await;
+        assert!(r.status == StatusCode::OK, "{}", r.status);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gw.wait_for_generation_after(generation);
+    let lists = api
+        .requested
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|p| p.as_str() == slices)
+        .count();
+    assert!(lists >= 2, "re-listed after the expiry");
+    drop((old, new_pod));
+}

@@ -59,6 +59,29 @@ impl Backend {
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Backend::serve(listener, handler)
+    }
+
+    /// `named`, on a chosen address (e.g. another loopback IP with the same port).
+    pub async fn start_on(addr: SocketAddr, name: &'static str) -> Backend {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        Backend::serve(listener, move |req: Request<Incoming>| async move {
+            let path = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            let mut r = Response::new(full(format!("{name} {path}")));
+            r.headers_mut().insert("x-backend", name.parse().unwrap());
+            r
+        })
+    }
+
+    fn serve<F, Fut>(listener: TcpListener, handler: F) -> Backend
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let handler = Arc::new(handler);
