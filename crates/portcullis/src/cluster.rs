@@ -32,30 +32,10 @@ fn made_by_controller(meta: &ObjectMeta) -> bool {
         .any(|o| o.controller == Some(true) && CONTROLLERS.contains(&o.kind.as_str()))
 }
 
+/// Lists one kind in every namespace (or, for cluster-scoped kinds, the cluster).
 async fn list<K>(client: &Client, inv: &mut Inventory, source: &str)
 where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + kube::Resource<DynamicType = ()>
-        + k8s_openapi::Resource
-        + k8s_openapi::Metadata<Ty = ObjectMeta>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::all(client.clone());
-    add(
-        api.list(&ListParams::default()).await.map(|l| l.items),
-        inv,
-        source,
-        <K as k8s_openapi::Resource>::KIND,
-    );
-}
-
-async fn list_cluster<K>(client: &Client, inv: &mut Inventory, source: &str)
-where
-    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope>
-        + kube::Resource<DynamicType = ()>
+    K: kube::Resource<DynamicType = ()>
         + k8s_openapi::Resource
         + k8s_openapi::Metadata<Ty = ObjectMeta>
         + Clone
@@ -112,9 +92,9 @@ pub async fn read_cluster() -> anyhow::Result<Inventory> {
     list::<Role>(&client, &mut inv, source).await;
     list::<RoleBinding>(&client, &mut inv, source).await;
     list::<ServiceAccount>(&client, &mut inv, source).await;
-    list_cluster::<ClusterRole>(&client, &mut inv, source).await;
-    list_cluster::<ClusterRoleBinding>(&client, &mut inv, source).await;
-    list_cluster::<Namespace>(&client, &mut inv, source).await;
+    list::<ClusterRole>(&client, &mut inv, source).await;
+    list::<ClusterRoleBinding>(&client, &mut inv, source).await;
+    list::<Namespace>(&client, &mut inv, source).await;
     // Gateway API, when the cluster has it (a 404 means it does not).
     for (kind, plural) in [
         ("Gateway", "gateways"),

@@ -80,7 +80,16 @@ pub async fn start(
         let tls = watcher::Config::default().fields("type=kubernetes.io/tls");
         spawn_watch::<Secret>(&client, ns.as_deref(), tls, &stores, &changed);
     }
-    spawn_cluster_watch::<IngressClass>(&client, &stores, &changed);
+    // Cluster-scoped.
+    let classes: Api<IngressClass> = Api::all(client.clone());
+    run_watch(
+        classes,
+        watcher::Config::default(),
+        "IngressClass",
+        "*",
+        &stores,
+        &changed,
+    );
 
     let writer = Arc::new(crate::status::StatusWriter::new(client.clone(), status));
     writer.spawn_election();
@@ -138,29 +147,6 @@ fn spawn_watch<K>(
         config,
         <K as k8s_openapi::Resource>::KIND,
         ns.unwrap_or("*"),
-        stores,
-        changed,
-    );
-}
-
-fn spawn_cluster_watch<K>(client: &Client, stores: &Arc<Mutex<Stores>>, changed: &Arc<Notify>)
-where
-    K: Resource<Scope = k8s_openapi::ClusterResourceScope, DynamicType = ()>
-        + k8s_openapi::Resource
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let api: Api<K> = Api::all(client.clone());
-    run_watch(
-        api,
-        watcher::Config::default(),
-        <K as k8s_openapi::Resource>::KIND,
-        "*",
         stores,
         changed,
     );
