@@ -294,6 +294,7 @@ async fn large_bodies_stream_without_the_gateway_holding_them() {
 
     let (_, peak) = gw.memory_kib();
     let growth_mib = (peak.saturating_sub(baseline_peak)) / 1024;
+    eprintln!("peak RSS {baseline_peak} KiB before, {peak} KiB after moving 200 MB");
     assert!(
         growth_mib < 32,
         "peak RSS grew by {growth_mib} MiB while moving 200 MB"
