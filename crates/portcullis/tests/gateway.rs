@@ -1473,3 +1473,112 @@ async fn controller_rolling_update_and_watch_expiry_lose_no_request() {
     assert!(lists >= 2, "re-listed after the expiry");
     drop((old, new_pod));
 }
+
+/// Slow clients: a request head trickled byte by byte is cut off at
+/// `timeouts.clientHeader`, and nobody else waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_is_timed_out_without_starving_others() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let web = Backend::named("web").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            ingress("ns", "i", &[], &[], &[("s.test", "/", "web")]),
+        ]),
+        "timeouts: {clientHeader: 1s}\n",
+    );
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: s.test\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    // Everyone else is served at once while the slow ones hang.
+    let started = Instant::now();
+    assert_eq!(http_get(gw.http, "s.test", "/").await.status, StatusCode::OK);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    // Keep trickling: the deadline is for the whole head, not between bytes.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        for s in &mut slow {
+            let _ = s.write_all(b"a").await;
+        }
+    }
+    for mut s in slow {
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+        match n {
+            Ok(Ok(n)) => {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+            }
+            Ok(Err(_)) => {}
+            Err(_) => panic!("a slow client was still connected after the header timeout"),
+        }
+    }
+    assert!(web.requests().iter().all(|r| !r.headers.contains_key("x-slow")));
+}
+
+/// Path tricks go through routing and authorization alike, and the backend gets
+/// exactly the path the decision was made on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_tricks_cannot_reach_a_denied_route() {
+    let web = Backend::named("web").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            ingress("ns", "public", &[], &[], &[("p.test", "/", "web")]),
+            ingress(
+                "ns",
+                "admin",
+                &[("portcullis.dev/deny-source-ranges", "0.0.0.0/0, ::/0")],
+                &[],
+                &[("p.test", "/admin", "web")],
+            ),
+        ]),
+        "",
+    );
+    for denied in [
+        "/admin",
+        "/admin/",
+        "/admin/users",
+        "/%61dmin",
+        "/%61%64%6d%69%6e/x",
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/./admin",
+        "//admin",
+        "/admin//x",
+        "/x/../admin?q=1",
+    ] {
+        let r = http_get(gw.http, "p.test", denied).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{denied}");
+    }
+    for refused in [
+        "/admin%2fx",
+        "/%2e%2e/admin",
+        "/admin%00",
+        "/admin\\x",
+        "/adm%zzin",
+    ] {
+        let r = http_get(gw.http, "p.test", refused).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{refused}");
+    }
+    // Served by the public route: and the backend sees the very path that was routed.
+    for (open, upstream) in [
+        ("/ADMIN", "/ADMIN"),
+        ("/admin;x", "/admin;x"),
+        ("/administrator", "/administrator"),
+        ("/admin%252fx", "/admin%252fx"),
+    ] {
+        let r = http_get(gw.http, "p.test", open).await;
+        assert_eq!(r.status, StatusCode::OK, "{open}");
+        assert_eq!(r.text(), format!("web {upstream}"), "{open}");
+    }
+    assert!(web
+        .requests()
+        .iter()
+        .all(|r| !r.path_and_query.starts_with("/admin/") && r.path_and_query != "/admin"));
+}

@@ -271,6 +271,27 @@ async fn bearer_tokens_and_api_clients() {
     let reply = w.bearer("api.test", &token).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(last_identity(&w.app).0, "portcullis");
+    // Naming identity headers in Connection cannot remove the gateway's, nor let a
+    // client's through.
+    let reply = w
+        .call(
+            "api.test",
+            "/data",
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("connection", "x-auth-request-user, x-auth-request-groups"),
+                ("x-auth-request-groups", "root"),
+            ],
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let seen = w.app.requests().pop().unwrap();
+    assert_eq!(seen.headers["x-auth-request-user"], "portcullis");
+    assert!(
+        !seen.headers.contains_key("x-auth-request-groups"),
+        "{:?}",
+        seen.headers
+    );
     // Accepted on browser-login routes too.
     assert_eq!(w.bearer("app.test", &token).await.status, StatusCode::OK);
 
