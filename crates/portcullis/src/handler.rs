@@ -818,10 +818,13 @@ async fn forward(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (upstream, endpoints) = runtime.pick(route.backend).map_err(|reason| {
-            failed("no_endpoints");
-            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, reason)
-        })?;
+        let (upstream, endpoints) =
+            runtime
+                .pick(route.backend, &proxy.gateway.ejections)
+                .map_err(|reason| {
+                    failed("no_endpoints");
+                    Refusal::new(StatusCode::SERVICE_UNAVAILABLE, reason)
+                })?;
         let request = outgoing.request(&upstream, protocol)?;
         let sent = tokio::time::timeout(
             route.options.read_timeout,
@@ -844,6 +847,12 @@ async fn forward(
             Ok(Err(err)) => {
                 let failure = UpstreamFailure::classify(&err);
                 failed(failure.label());
+                if let (UpstreamFailure::Connect | UpstreamFailure::Timeout, Upstream::Address(a)) =
+                    (failure, &upstream)
+                {
+                    tracing::warn!(endpoint = %a, ejected_for = ?crate::state::EJECTION, "endpoint failed to connect: left out of rotation");
+                    proxy.gateway.ejections.eject(*a);
+                }
                 record.upstream = Some(upstream.to_string());
                 let retry =
                     failure == UpstreamFailure::Connect && outgoing.bodiless && attempt < endpoints.min(3);

@@ -56,14 +56,20 @@ impl Runtime {
         }
     }
 
-    /// The next endpoint of a backend, round robin, with the number of endpoints (how
-    /// many distinct ones a retry can reach). `Err` carries why there is none.
-    pub fn pick(&self, id: BackendId) -> Result<(Upstream, usize), String> {
+    /// The next endpoint of a backend, round robin, skipping endpoints ejected after
+    /// failing (unless all are), with the number of endpoints (how many distinct ones a
+    /// retry can reach). `Err` carries why there is none.
+    pub fn pick(&self, id: BackendId, ejections: &Ejections) -> Result<(Upstream, usize), String> {
         let backend = self.snapshot.backend(id);
         match &backend.target {
             BackendTarget::Endpoints(endpoints) if !endpoints.is_empty() => {
-                let n = self.cursors[id.0].fetch_add(1, Ordering::Relaxed);
-                Ok((Upstream::Address(endpoints[n % endpoints.len()]), endpoints.len()))
+                let len = endpoints.len();
+                let start = self.cursors[id.0].fetch_add(1, Ordering::Relaxed);
+                let healthy = (0..len)
+                    .map(|k| endpoints[(start + k) % len])
+                    .find(|e| !ejections.is_ejected(e));
+                let chosen = healthy.unwrap_or(endpoints[start % len]);
+                Ok((Upstream::Address(chosen), len))
             }
             BackendTarget::Endpoints(_) => Err(format!("Service {backend} has no ready endpoints")),
             BackendTarget::External { host, port } => Ok((
@@ -78,6 +84,40 @@ impl Runtime {
     }
 }
 
+/// Endpoints that recently refused or timed out a connection are skipped for a while
+/// (passive health checking); they come back on their own when the time is up. Kept
+/// across reloads, since endpoints outlive snapshots.
+#[derive(Default)]
+pub struct Ejections {
+    until: std::sync::RwLock<std::collections::HashMap<std::net::SocketAddr, std::time::Instant>>,
+    /// Fast path: no lock at all while nothing is ejected.
+    count: AtomicUsize,
+}
+
+/// How long a failing endpoint is left out.
+pub const EJECTION: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Ejections {
+    pub fn is_ejected(&self, endpoint: &std::net::SocketAddr) -> bool {
+        if self.count.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let until = self.until.read().unwrap_or_else(|e| e.into_inner());
+        until
+            .get(endpoint)
+            .is_some_and(|t| std::time::Instant::now() < *t)
+    }
+
+    /// Leaves an endpoint out for [`EJECTION`].
+    pub fn eject(&self, endpoint: std::net::SocketAddr) {
+        let mut until = self.until.write().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        until.retain(|_, t| *t > now);
+        until.insert(endpoint, now + EJECTION);
+        self.count.store(until.len(), Ordering::Relaxed);
+    }
+}
+
 /// State shared by every listener and request.
 pub struct Gateway {
     pub settings: Settings,
@@ -87,6 +127,7 @@ pub struct Gateway {
     ready: AtomicBool,
     pub metrics: Metrics,
     pub audit: crate::audit::AuditLog,
+    pub ejections: Ejections,
     /// Port of the HTTPS listener, for redirects.
     pub https_port: std::sync::atomic::AtomicU16,
 }
@@ -106,6 +147,7 @@ impl Gateway {
             ready: AtomicBool::new(false),
             metrics,
             audit,
+            ejections: Ejections::default(),
             https_port: std::sync::atomic::AtomicU16::new(https_port),
         })
     }

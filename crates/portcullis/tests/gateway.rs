@@ -1582,3 +1582,38 @@ async fn path_tricks_cannot_reach_a_denied_route() {
         .iter()
         .all(|r| !r.path_and_query.starts_with("/admin/") && r.path_and_query != "/admin"));
 }
+
+/// Passive health checking: an endpoint that refuses connections is left out for a
+/// while, so requests that cannot be retried (they have a body) stop failing on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoint_is_ejected_from_rotation() {
+    let live = Backend::named("live").await;
+    let down = refused_addr().await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "mixed", &[down, live.addr]),
+            ingress("ns", "i", &[], &[], &[("e.test", "/", "mixed")]),
+        ]),
+        "",
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let stream = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+        let mut send = client::h1(stream).await;
+        let r = send_h1(&mut send, request("POST", "e.test", "/", "body"))
+            .await
+            .unwrap();
+        statuses.push(r.status.as_u16());
+    }
+    // At most the first request can meet the dead endpoint; then it is out of rotation.
+    assert!(
+        statuses.iter().filter(|s| **s == 502).count() <= 1,
+        "{statuses:?}"
+    );
+    let first_failure = statuses.iter().position(|s| *s == 502).unwrap_or(0);
+    assert!(
+        statuses[first_failure + 1..].iter().all(|s| *s == 200),
+        "{statuses:?}"
+    );
+    assert!(gw.wait_for_log("left out of rotation"));
+}
