@@ -103,6 +103,11 @@ impl AuditLog {
         })
     }
 
+    /// Whether events are written at all (building them can be skipped otherwise).
+    pub fn is_enabled(&self) -> bool {
+        self.queue.is_some()
+    }
+
     /// Queues one event; never waits.
     pub fn record<T: Serialize>(&self, event: &T) {
         let Some(queue) = &self.queue else { return };

@@ -212,7 +212,10 @@ pub async fn handle(
         auth = record.identity.as_ref().map_or("-", |i| i.method),
         detail = record.detail.as_deref().unwrap_or(""),
     );
-    let event = AccessEvent {
+    if !proxy.gateway.audit.is_enabled() && record.slot.is_none() {
+        return Ok(response);
+    }
+    let event = proxy.gateway.audit.is_enabled().then(|| AccessEvent {
         kind: "access",
         time: crate::audit::timestamp(),
         request_id,
@@ -229,8 +232,9 @@ pub async fn handle(
         bytes_out: 0,
         duration_ms: 0.0,
         upstream: record.upstream,
-    };
-    // The audit event is written when the response body is done, with its size.
+    });
+    // The audit event is written when the response body is done, with its size; the
+    // connection slot (max-connections) is released then too.
     let (parts, body) = response.into_parts();
     let body = Audited {
         inner: body,
@@ -255,7 +259,7 @@ struct Audited {
 
 struct Pending {
     gateway: Arc<Gateway>,
-    event: AccessEvent,
+    event: Option<AccessEvent>,
     started: Instant,
     bytes_in: Arc<AtomicU64>,
     bytes_out: u64,
@@ -291,11 +295,13 @@ impl http_body::Body for Audited {
 
 impl Drop for Audited {
     fn drop(&mut self) {
-        if let Some(mut p) = self.pending.take() {
-            p.event.bytes_in = p.bytes_in.load(Ordering::Relaxed);
-            p.event.bytes_out = p.bytes_out;
-            p.event.duration_ms = p.started.elapsed().as_secs_f64() * 1000.0;
-            p.gateway.audit.record(&p.event);
+        if let Some(p) = self.pending.take() {
+            if let Some(mut event) = p.event {
+                event.bytes_in = p.bytes_in.load(Ordering::Relaxed);
+                event.bytes_out = p.bytes_out;
+                event.duration_ms = p.started.elapsed().as_secs_f64() * 1000.0;
+                p.gateway.audit.record(&event);
+            }
         }
     }
 }
