@@ -62,6 +62,15 @@ pub struct Report {
     pub other_kinds: std::collections::BTreeMap<String, usize>,
 }
 
+/// Whether a file is a Helm chart template (under `templates/` next to a `Chart.yaml`):
+/// not a manifest until rendered (`helm template ... | portcullis scan -`).
+pub fn is_helm_template(path: &std::path::Path) -> bool {
+    path.ancestors().any(|dir| {
+        dir.file_name().is_some_and(|n| n == "templates")
+            && dir.parent().is_some_and(|p| p.join("Chart.yaml").is_file())
+    })
+}
+
 /// Parses an `--ignore` file: one `RULE-ID [Kind namespace/name] # reason` per line; a
 /// reason is required.
 pub fn parse_ignore_file(text: &str) -> Result<Vec<Suppression>, String> {

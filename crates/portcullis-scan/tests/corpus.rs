@@ -18,7 +18,9 @@ fn read(dir: &Path) -> Inventory {
             let p = e.path();
             if p.is_dir() {
                 dirs.push(p);
-            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml")
+                && !portcullis_scan::is_helm_template(&p)
+            {
                 files.push(p);
             }
         }

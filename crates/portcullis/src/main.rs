@@ -441,7 +441,14 @@ fn read_inventory(paths: &[PathBuf]) -> anyhow::Result<portcullis_scan::Inventor
             continue;
         }
         let files = source::list_files(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut charts = std::collections::BTreeSet::new();
         for file in files {
+            if portcullis_scan::is_helm_template(&file) {
+                if let Some(chart) = file.ancestors().find(|d| d.join("Chart.yaml").is_file()) {
+                    charts.insert(chart.to_path_buf());
+                }
+                continue;
+            }
             match std::fs::read_to_string(&file) {
                 Ok(text) => inventory.add_text(&file.display().to_string(), &text),
                 Err(e) => inventory.problems.push(portcullis_config::Problem::error(
@@ -450,6 +457,13 @@ fn read_inventory(paths: &[PathBuf]) -> anyhow::Result<portcullis_scan::Inventor
                     format!("{}: {e}", file.display()),
                 )),
             }
+        }
+        for chart in charts {
+            eprintln!(
+                "note: Helm chart {} skipped: scan what it renders with `helm template {} | portcullis scan -`",
+                chart.display(),
+                chart.display()
+            );
         }
     }
     Ok(inventory)

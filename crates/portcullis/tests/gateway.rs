@@ -1617,3 +1617,45 @@ async fn a_failing_endpoint_is_ejected_from_rotation() {
     );
     assert!(gw.wait_for_log("left out of rotation"));
 }
+
+/// The Helm chart renders the very objects of `deploy/portcullis.yaml`.
+#[test]
+fn helm_chart_renders_the_plain_manifests() {
+    use portcullis_config::manifest::parse_documents;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let helm = std::env::var("HELM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join("target/tools/helm"));
+    assert!(
+        helm.exists(),
+        "helm is needed at {} (.ci/run installs it)",
+        helm.display()
+    );
+    let out = std::process::Command::new(&helm)
+        .args(["template", "portcullis"])
+        .arg(root.join("deploy/helm/portcullis"))
+        .args(["--namespace", "portcullis"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let by_name = |text: &str| {
+        let (docs, problems) = parse_documents("x", text);
+        assert!(problems.is_empty(), "{problems:?}");
+        docs.into_iter()
+            .map(|d| {
+                let v = d.value;
+                let key = format!(
+                    "{} {}/{}",
+                    v["kind"], v["metadata"]["namespace"], v["metadata"]["name"]
+                );
+                (key, v)
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let chart = by_name(&String::from_utf8(out.stdout).unwrap());
+    let plain = by_name(&std::fs::read_to_string(root.join("deploy/portcullis.yaml")).unwrap());
+    assert_eq!(chart.keys().collect::<Vec<_>>(), plain.keys().collect::<Vec<_>>());
+    for (key, object) in &plain {
+        assert_eq!(&chart[key], object, "{key} differs");
+    }
+}
