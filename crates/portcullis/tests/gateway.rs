@@ -1659,3 +1659,79 @@ fn helm_chart_renders_the_plain_manifests() {
         assert_eq!(&chart[key], object, "{key} differs");
     }
 }
+
+/// Another replica holds the Lease: this one serves traffic but writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_serves_but_never_writes_status() {
+    use serde_json::json;
+    let web = Backend::named("web").await;
+    let ingress = json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "one", "namespace": "shop"},
+        "spec": {"ingressClassName": "portcullis", "rules": [{"host": "one.test", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}});
+    let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"ports": [{"port": 80, "targetPort": web.addr.port()}]}});
+    let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4", "ports": [{"port": web.addr.port()}], "endpoints": [{"addresses": ["127.0.0.1"]}]});
+    let api = support::kube_api::KubeApi::start(vec![
+        (
+            "/apis/networking.k8s.io/v1/ingresses",
+            "IngressList",
+            vec![ingress],
+        ),
+        ("/api/v1/services", "ServiceList", vec![service]),
+        (
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            "EndpointSliceList",
+            vec![slice],
+        ),
+        ("/api/v1/secrets", "SecretList", vec![]),
+        (
+            "/apis/networking.k8s.io/v1/ingressclasses",
+            "IngressClassList",
+            vec![],
+        ),
+    ])
+    .await;
+    // The leader renews far into the future: the lease is never free here.
+    let renew = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(3600))
+        .unwrap();
+    api.stored.lock().unwrap().insert(
+        "/apis/coordination.k8s.io/v1/namespaces/portcullis/leases/portcullis-leader".into(),
+        json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "portcullis-leader", "namespace": "portcullis", "resourceVersion": "7"},
+            "spec": {"holderIdentity": "the-other-replica", "leaseDurationSeconds": 15,
+                     "renewTime": renew.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}}),
+    );
+    let kubeconfig = api.kubeconfig.path().to_path_buf();
+    let gw = tokio::task::spawn_blocking(move || {
+        Gateway::controller(
+            "",
+            &kubeconfig,
+            &[
+                "--publish-status-address",
+                "203.0.113.7",
+                "--lease-namespace",
+                "portcullis",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(http_get(gw.http, "one.test", "/").await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let writes = api.writes.lock().unwrap().clone();
+    assert!(
+        writes
+            .iter()
+            .all(|(m, p, _)| !(m == "PATCH" || m == "PUT" || (m == "POST" && p.contains("leases")))),
+        "a follower wrote: {writes:?}"
+    );
+    // It did read the Lease, and understood it (no error): it simply is not the holder.
+    assert!(writes
+        .iter()
+        .any(|(m, p, _)| m == "GET" && p.ends_with("/leases/portcullis-leader")));
+    assert!(!gw.logs().contains("cannot reach the Lease"), "{}", gw.logs());
+}

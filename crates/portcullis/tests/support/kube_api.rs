@@ -23,6 +23,8 @@ pub struct KubeApi {
     events: tokio::sync::broadcast::Sender<(String, String)>,
     /// Writes received: (method, path, body).
     pub writes: Arc<Mutex<Vec<(String, String, serde_json::Value)>>>,
+    /// Objects held by path (Leases), as created, replaced or put by the test.
+    pub stored: Arc<Mutex<HashMap<String, serde_json::Value>>>,
     task: tokio::task::JoinHandle<()>,
     pub kubeconfig: tempfile::NamedTempFile,
 }
@@ -66,6 +68,7 @@ impl KubeApi {
         let writes_log = writes.clone();
         // Objects created or replaced through the double (Leases), by path.
         let stored: Arc<Mutex<HashMap<String, serde_json::Value>>> = Arc::default();
+        let stored_handle = stored.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -141,6 +144,7 @@ impl KubeApi {
             addr,
             requested,
             writes,
+            stored: stored_handle,
             events,
             task,
             kubeconfig,
