@@ -1735,3 +1735,19 @@ async fn a_follower_serves_but_never_writes_status() {
         .any(|(m, p, _)| m == "GET" && p.ends_with("/leases/portcullis-leader")));
     assert!(!gw.logs().contains("cannot reach the Lease"), "{}", gw.logs());
 }
+
+/// Against a real cluster (`KUBECONFIG`): the controller lists, becomes ready and serves.
+/// `cargo nextest run --run-ignored only` on a machine with a cluster.
+#[test]
+#[ignore = "needs cluster"]
+fn controller_against_a_real_cluster() {
+    let kubeconfig = std::env::var("KUBECONFIG").expect("KUBECONFIG points at a test cluster");
+    let gw = Gateway::controller("", std::path::Path::new(&kubeconfig), &[]);
+    let ready = std::net::TcpStream::connect(gw.admin).is_ok();
+    assert!(ready, "{}", gw.logs());
+    assert!(
+        gw.generation() >= 1,
+        "published a snapshot from the cluster:\n{}",
+        gw.logs()
+    );
+}
