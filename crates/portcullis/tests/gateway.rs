@@ -1358,9 +1358,12 @@ async fn controller_serves_what_the_api_server_says() {
             .map(|(_, _, b)| b.clone())
             .collect::<Vec<_>>()
     };
-    while (wrote("PATCH", "/ingresses/two/status").is_empty() || wrote("POST", "/events").is_empty())
-        && Instant::now() < deadline
-    {
+    let bad_event = || {
+        wrote("POST", "/events")
+            .iter()
+            .any(|e| e["regarding"]["name"] == "bad")
+    };
+    while (wrote("PATCH", "/ingresses/two/status").is_empty() || !bad_event()) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let lease = wrote("POST", "/namespaces/portcullis/leases");
@@ -1440,6 +1443,8 @@ async fn controller_rolling_update_and_watch_expiry_lose_no_request() {
         {"addresses": ["127.0.0.1"], "conditions": {"ready": false, "terminating": true}},
         {"addresses": ["127.0.0.2"], "conditions": {"ready": true}}]));
     rolled["ports"][0]["port"] = port.into();
+    // A bookmark first (resourceVersion progress, no object change), then the rollout.
+    api.push(slices, "BOOKMARK", json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"resourceVersion": "4"}}));
     api.push(slices, "MODIFIED", rolled);
     gw.wait_for_generation_after(generation);
     for _ in 0..5 {
@@ -1750,4 +1755,108 @@ fn controller_against_a_real_cluster() {
         "published a snapshot from the cluster:\n{}",
         gw.logs()
     );
+}
+
+/// Two controller replicas, one Lease: the first leads and writes status; when it
+/// dies, the second takes over once the lease expires and writes status itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_handover_between_two_controllers() {
+    use serde_json::json;
+    let web = Backend::named("web").await;
+    let ingress = json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "one", "namespace": "shop"},
+        "spec": {"ingressClassName": "portcullis", "rules": [{"host": "one.test", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}});
+    let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"ports": [{"port": 80, "targetPort": web.addr.port()}]}});
+    let api = support::kube_api::KubeApi::start(vec![
+        (
+            "/apis/networking.k8s.io/v1/ingresses",
+            "IngressList",
+            vec![ingress],
+        ),
+        ("/api/v1/services", "ServiceList", vec![service]),
+        (
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            "EndpointSliceList",
+            vec![],
+        ),
+        ("/api/v1/secrets", "SecretList", vec![]),
+        (
+            "/apis/networking.k8s.io/v1/ingressclasses",
+            "IngressClassList",
+            vec![],
+        ),
+    ])
+    .await;
+    let args = [
+        "--publish-status-address",
+        "203.0.113.7",
+        "--lease-namespace",
+        "portcullis",
+    ];
+    let start =
+        |kc: std::path::PathBuf| tokio::task::spawn_blocking(move || Gateway::controller("", &kc, &args));
+    let first = start(api.kubeconfig.path().to_path_buf()).await.unwrap();
+    let holder = || {
+        api.stored
+            .lock()
+            .unwrap()
+            .get("/apis/coordination.k8s.io/v1/namespaces/portcullis/leases/portcullis-leader")
+            .map(|l| {
+                l["spec"]["holderIdentity"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+    };
+    let wait_for = |what: &dyn Fn() -> bool, limit: Duration| {
+        let deadline = Instant::now() + limit;
+        while !what() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        what()
+    };
+    assert!(
+        wait_for(&|| holder().is_some(), Duration::from_secs(10)),
+        "nobody took the lease"
+    );
+    let first_identity = holder().unwrap();
+    assert_eq!(first_identity, format!("portcullis-{}", first.pid()));
+    let second = start(api.kubeconfig.path().to_path_buf()).await.unwrap();
+    // While the first renews, the second only follows.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(holder().unwrap(), first_identity);
+    // The leader dies; after the lease's 15 s the follower takes over and writes status.
+    drop(first);
+    let status_writes = || {
+        api.writes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, p, _)| m == "PATCH" && p.ends_with("/status"))
+            .count()
+    };
+    let before = status_writes();
+    let second_identity = format!("portcullis-{}", second.pid());
+    assert!(
+        wait_for(
+            &|| holder().as_deref() == Some(second_identity.as_str()),
+            Duration::from_secs(30)
+        ),
+        "the follower never took over: {:?}",
+        holder()
+    );
+    assert!(
+        wait_for(&|| status_writes() > before, Duration::from_secs(40)),
+        "the new leader wrote no status"
+    );
+    let lease = api
+        .stored
+        .lock()
+        .unwrap()
+        .get("/apis/coordination.k8s.io/v1/namespaces/portcullis/leases/portcullis-leader")
+        .cloned()
+        .unwrap();
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
 }

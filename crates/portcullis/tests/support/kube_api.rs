@@ -160,6 +160,14 @@ impl KubeApi {
 
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
 
+fn conflict() -> Response<Body> {
+    let status = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409,
+        "message": "the object has been modified; please apply your changes to the latest version and try again"});
+    let mut r = Response::new(full(status.to_string()));
+    *r.status_mut() = StatusCode::CONFLICT;
+    r
+}
+
 /// Creates, replaces and patches: recorded, and answered as the API server would.
 async fn write(
     method: http::Method,
@@ -196,15 +204,30 @@ async fn write(
         http::Method::POST => {
             value["metadata"]["resourceVersion"] = "1".into();
             if let Some(name) = value["metadata"]["name"].as_str() {
-                stored
-                    .lock()
-                    .unwrap()
-                    .insert(format!("{path}/{name}"), value.clone());
+                let mut stored = stored.lock().unwrap();
+                let key = format!("{path}/{name}");
+                // Create refuses an existing object, as the API server does.
+                if stored.contains_key(&key) {
+                    return conflict();
+                }
+                stored.insert(key, value.clone());
             }
             respond(StatusCode::CREATED, &value)
         }
         http::Method::PUT => {
-            stored.lock().unwrap().insert(path, value.clone());
+            // Replace is a compare-and-swap on resourceVersion.
+            let mut stored = stored.lock().unwrap();
+            let current = stored
+                .get(&path)
+                .map(|v| v["metadata"]["resourceVersion"].clone());
+            if let Some(current) = current {
+                if current != value["metadata"]["resourceVersion"] {
+                    return conflict();
+                }
+                let next = current.as_str().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
+                value["metadata"]["resourceVersion"] = next.to_string().into();
+            }
+            stored.insert(path, value.clone());
             respond(StatusCode::OK, &value)
         }
         _ => {
