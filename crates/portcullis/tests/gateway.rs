@@ -1860,3 +1860,72 @@ async fn lease_handover_between_two_controllers() {
         .unwrap();
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
 }
+
+/// Backends that misbehave at the byte level: an answer that is not HTTP gets a clean
+/// 502; a response cut off mid-body is cut off for the client too (never passed as
+/// complete); the gateway carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_truncated_backend_answers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let raw_backend = |answer: &'static [u8]| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s.write_all(answer).await;
+                    // Dropping `s` closes the connection mid-answer.
+                });
+            }
+        });
+        (addr, task)
+    };
+    let (garbage, g) = raw_backend(b"SSH-2.0-OpenSSH_9.6\r\nnot http at all\r\n\r\n").await;
+    let (truncated, t) = raw_backend(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: text/plain\r\n\r\nonly part of it",
+    )
+    .await;
+    let web = Backend::named("web").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "garbage", &[garbage]),
+            service("ns", "truncated", &[truncated]),
+            service("ns", "web", &[web.addr]),
+            ingress(
+                "ns",
+                "i",
+                &[],
+                &[],
+                &[
+                    ("b.test", "/garbage", "garbage"),
+                    ("b.test", "/truncated", "truncated"),
+                    ("b.test", "/", "web"),
+                ],
+            ),
+        ]),
+        "",
+    );
+    let r = http_get(gw.http, "b.test", "/garbage").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    // The truncated body must not look complete to the client.
+    let stream = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let mut send = client::h1(stream).await;
+    let res = send
+        .send_request(request("GET", "b.test", "/truncated", ""))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.into_body().collect().await.is_err(),
+        "a cut-off body must end in an error"
+    );
+    // And the gateway serves the next request normally.
+    assert_eq!(http_get(gw.http, "b.test", "/").await.status, StatusCode::OK);
+    g.abort();
+    t.abort();
+}
