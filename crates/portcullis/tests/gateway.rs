@@ -1,6 +1,7 @@
 //! Integration tests: the real binary, real sockets on 127.0.0.1, real TLS.
 
 mod authn;
+mod h2attack;
 mod support;
 
 use std::time::{Duration, Instant};
