@@ -597,6 +597,28 @@ fn check_framing(req: &Request<Incoming>) -> Result<(), Refusal> {
             ..Refusal::new(StatusCode::BAD_REQUEST, "more than one Host header")
         });
     }
+    // hyper only checks that the final coding is chunked; anything else before it
+    // (`chunked, chunked`, `gzip, chunked`) is a coding we do not apply and a framing
+    // another parser may read differently (RFC 9112 section 6.1).
+    let mut codings = h
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii);
+    let only_chunked = match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(first), None) => first.eq_ignore_ascii_case(b"chunked"),
+        _ => false,
+    };
+    if !only_chunked {
+        return Err(Refusal {
+            close: true,
+            ..Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "Transfer-Encoding other than a single `chunked`",
+            )
+        });
+    }
     Ok(())
 }
 

@@ -473,14 +473,26 @@ async fn smuggling_attempts_are_refused_and_the_connection_closed() {
         "",
     );
     // Ambiguous framing: 400, and the connection closes so nothing after it is read.
-    let attacks: [&[u8]; 5] = [
+    let attacks: &[&[u8]] = &[
         b"POST / HTTP/1.1\r\nHost: s.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nabGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: s.test\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: s.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: s.test\r\nX-Folded: a\r\n b\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: s.test\r\nHost: evil.test\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
+        // Obfuscated Transfer-Encoding.
+        b"POST / HTTP/1.1\r\nHost: s.test\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: s.test\r\nTransfer-Encoding:\x0bchunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: s.test\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: s.test\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: s.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
+        // Bad chunk framing: a bare LF, an overflowing size, an extension ended by LF.
+        b"POST / HTTP/1.1\r\nHost: s.test\r\nTransfer-Encoding: chunked\r\n\r\n0\n\nGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: s.test\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff1\r\nab\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: s.test\r\nTransfer-Encoding: chunked\r\n\r\n2;ext\nab\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
+        // A signed Content-Length.
+        b"POST / HTTP/1.1\r\nHost: s.test\r\nContent-Length: +1\r\n\r\naGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
     ];
-    for attack in attacks {
+    for &attack in attacks {
         let (reply, closed) = client::raw_exchange(gw.http, attack).await;
         let shown = String::from_utf8_lossy(attack);
         assert!(reply.starts_with("HTTP/1.1 400"), "{shown:?} -> {reply}");
