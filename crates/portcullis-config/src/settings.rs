@@ -275,6 +275,9 @@ pub struct Limits {
     pub max_body_size: ByteSize,
     /// Largest request head (request line plus headers). Default 64 KiB.
     pub max_header_size: ByteSize,
+    /// Open connections one client address may hold at once (the address after the
+    /// PROXY protocol, if any); `0` means unlimited. Default 1024.
+    pub max_connections_per_client: u32,
 }
 
 impl Default for Limits {
@@ -282,6 +285,7 @@ impl Default for Limits {
         Limits {
             max_body_size: ByteSize(64 << 20),
             max_header_size: ByteSize(64 << 10),
+            max_connections_per_client: 1024,
         }
     }
 }

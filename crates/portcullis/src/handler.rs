@@ -4,7 +4,7 @@
 //! forward upstream -> response -> access log and metrics.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,7 +16,6 @@ use portcullis_config::path;
 use portcullis_config::routes::{normalize_host, Route};
 use portcullis_config::snapshot::{AuthMode, BackendProtocol};
 
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::audit::{AccessEvent, AuditIdentity, AuditRoute};
@@ -47,6 +46,8 @@ pub struct Proxy {
     rate_limiter: RateLimiter,
     global_limiter: Option<GlobalLimiter>,
     connections: Arc<ConcurrencyLimiter>,
+    /// Open client connections per client address (`limits.maxConnectionsPerClient`).
+    client_connections: Arc<ConcurrencyLimiter>,
     request_ids: RequestIds,
 }
 
@@ -64,8 +65,18 @@ impl Proxy {
             auth,
             rate_limiter: RateLimiter::default(),
             connections: Arc::default(),
+            client_connections: Arc::default(),
             request_ids: RequestIds::new(),
         })
+    }
+
+    /// A slot for one more connection from `client`, held for the connection's life;
+    /// `None` once the client holds `limits.maxConnectionsPerClient`.
+    pub fn admit_connection(&self, client: IpAddr) -> Option<Option<Slot>> {
+        match self.gateway.settings.limits.max_connections_per_client {
+            0 => Some(None),
+            max => self.client_connections.acquire("", client, max).map(Some),
+        }
     }
 }
 

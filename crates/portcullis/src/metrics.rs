@@ -58,6 +58,7 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub reloads: Family<ResultLabel, Counter>,
     pub active_connections: Family<ListenerLabel, Gauge>,
+    pub refused_connections: Family<ListenerLabel, Counter>,
     pub config_problems: Family<SeverityLabel, Gauge>,
     pub decisions: Family<DecisionLabels, Counter>,
     pub rate_limited: Family<IngressLabel, Counter>,
@@ -101,6 +102,12 @@ impl Metrics {
             "active_connections",
             "Open client connections, by listener",
             active_connections.clone(),
+        );
+        let refused_connections = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "refused_connections",
+            "Client connections closed at once because their address already holds limits.maxConnectionsPerClient",
+            refused_connections.clone(),
         );
         let config_problems = Family::<SeverityLabel, Gauge>::default();
         registry.register(
@@ -150,6 +157,7 @@ impl Metrics {
             upstream_errors,
             reloads,
             active_connections,
+            refused_connections,
             config_problems,
         }
     }

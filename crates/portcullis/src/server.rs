@@ -174,6 +174,17 @@ async fn connection(
         }
     }
     let peer = conn.peer;
+    let Some(_slot) = proxy.admit_connection(peer.ip()) else {
+        tracing::debug!(%peer, listener, "connection refused: limits.maxConnectionsPerClient reached");
+        proxy
+            .gateway
+            .metrics
+            .refused_connections
+            .get_or_create(&ListenerLabel { listener })
+            .inc();
+        gauge.dec();
+        return;
+    };
     match tls {
         None => serve_http(proxy, &builder, TokioIo::new(stream), conn, shutdown).await,
         Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {

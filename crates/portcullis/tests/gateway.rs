@@ -1942,3 +1942,97 @@ async fn garbage_and_truncated_backend_answers() {
     g.abort();
     t.abort();
 }
+
+/// 10,000 idle client connections are held while other clients are served as usual,
+/// and one client address cannot hold more than `limits.maxConnectionsPerClient`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_idle_connections_and_a_per_client_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const IDLE: usize = 10_000;
+    let web = Backend::named("web").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            ingress("ns", "i", &[], &[], &[("idle.test", "/", "web")]),
+        ]),
+        "limits: {maxConnectionsPerClient: 10000}\ntimeouts: {clientHeader: 120s}\n",
+    );
+    let (before, _) = gw.memory_kib();
+    // Each starts a request and goes quiet (the first bytes also complete the
+    // handshake should the kernel have answered the SYN with a cookie). In batches
+    // under the listen backlog, each accepted before the next.
+    let mut idle = Vec::with_capacity(IDLE);
+    while idle.len() < IDLE {
+        let batch = (0..250).map(|_| async {
+            let mut s = tokio::net::TcpStream::connect(gw.http).await?;
+            s.write_all(b"GET / HTTP/1.1\r\n").await?;
+            std::io::Result::Ok(s)
+        });
+        for s in futures_util::future::join_all(batch).await {
+            idle.push(s.expect("connect"));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while metric(&gw, "portcullis_active_connections{listener=\"http\"}").await < idle.len() as f64 {
+            assert!(
+                Instant::now() < deadline,
+                "the gateway did not accept {} connections: {}",
+                idle.len(),
+                http_get(gw.admin, "admin", "/metrics").await.text(),
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (held, _) = gw.memory_kib();
+    eprintln!("RSS {before} KiB idle, {held} KiB holding {IDLE} connections");
+    assert!(
+        held.saturating_sub(before) < IDLE as u64 * 32,
+        "more than 32 KiB per idle connection: {before} -> {held} KiB"
+    );
+
+    // Another client notices nothing.
+    let mut times = Vec::new();
+    for i in 0..50 {
+        let started = Instant::now();
+        let r = client::http_get_from("127.0.0.2", gw.http, "idle.test", &format!("/{i}"), &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        times.push(started.elapsed());
+    }
+    times.sort();
+    eprintln!(
+        "latency with {IDLE} idle connections: median {:?}, max {:?}",
+        times[25], times[49]
+    );
+    assert!(times[25] < Duration::from_millis(100), "median {:?}", times[25]);
+
+    // The same address cannot open one more: closed at once, without an answer.
+    let mut extra = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf))
+        .await
+        .expect("the connection over the limit was not closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(metric(&gw, "portcullis_refused_connections_total{listener=\"http\"}").await >= 1.0);
+
+    // Once they go, the address is welcome again.
+    drop(idle);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client::http_get_from("127.0.0.1", gw.http, "idle.test", "/again", &[]).await;
+        if r.status == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One sample from the admin listener's /metrics (0 when absent).
+async fn metric(gw: &Gateway, series: &str) -> f64 {
+    http_get(gw.admin, "admin", "/metrics")
+        .await
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
