@@ -140,8 +140,45 @@ fn needs_work(bytes: &[u8]) -> Result<bool, PathError> {
     Ok(work)
 }
 
+/// The form of a normalized path that routing and authorization match on: each
+/// segment's `;parameters` (RFC 3986 section 3.3) removed, then normalized again.
+///
+/// Servlet containers and others drop path parameters before routing, so
+/// `/admin;x` is `/admin` to them and `/public/..;/admin` is `/admin`. Matching on
+/// this form means a backend can never be reached through a path it reads as a
+/// route the gateway would have decided differently. The request still goes upstream
+/// with its parameters.
+pub fn without_parameters(normalized: &str) -> Result<Cow<'_, str>, PathError> {
+    if !normalized.contains(';') {
+        return Ok(Cow::Borrowed(normalized));
+    }
+    let mut stripped = String::with_capacity(normalized.len());
+    for segment in normalized.split('/').skip(1) {
+        stripped.push('/');
+        stripped.push_str(segment.split_once(';').map_or(segment, |(name, _)| name));
+    }
+    Ok(Cow::Owned(normalize(&stripped)?.into_owned()))
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn path_parameters_are_dropped_for_matching() {
+        for (path, matched) in [
+            ("/admin", "/admin"),
+            ("/admin;x", "/admin"),
+            ("/admin;x=1/users", "/admin/users"),
+            ("/app;jsessionid=AB12/page", "/app/page"),
+            ("/public/..;/admin", "/admin"),
+            ("/a/;x/b", "/a/b"),
+            ("/;x", "/"),
+            ("/a%3Bb", "/a%3Bb"),
+        ] {
+            assert_eq!(without_parameters(path).unwrap(), matched, "{path}");
+        }
+        assert_eq!(without_parameters("/..;/x"), Err(PathError::AboveRoot));
+    }
     use super::*;
 
     fn n(p: &str) -> Result<String, PathError> {

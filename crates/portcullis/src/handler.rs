@@ -362,6 +362,10 @@ async fn serve(
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad request path: {e}")))?
         .into_owned();
     record.path = path.clone();
+    // Routing, authorization and the reserved prefix decide on the path without its
+    // `;parameters`, as many backends read it; the backend gets `path` itself.
+    let matched = path::without_parameters(&path)
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad request path: {e}")))?;
 
     let target = match req.uri().query() {
         Some(q) => format!("{path}?{q}"),
@@ -369,11 +373,11 @@ async fn serve(
     };
     let upgrade = proxy::upgrade_requested(req.headers()).is_some();
 
-    if path.starts_with(RESERVED_PREFIX) {
-        if !crate::auth::ENDPOINTS.contains(&path.as_str()) {
+    if matched.starts_with(RESERVED_PREFIX) {
+        if !crate::auth::ENDPOINTS.contains(&matched.as_ref()) {
             return Err(Refusal::new(StatusCode::NOT_FOUND, "no such gateway endpoint"));
         }
-        if path == crate::auth::JWKS_PATH {
+        if matched == crate::auth::JWKS_PATH {
             return Ok(proxy.auth.jwks());
         }
         if !conn.tls {
@@ -400,7 +404,7 @@ async fn serve(
         };
         let (response, reason) = proxy
             .auth
-            .endpoint(&path, req.uri().query(), &facts, provider_for)
+            .endpoint(&matched, req.uri().query(), &facts, provider_for)
             .await;
         record.detail = Some(reason);
         return Ok(response);
@@ -408,7 +412,7 @@ async fn serve(
 
     let route = runtime
         .snapshot
-        .lookup(&host, &path)
+        .lookup(&host, &matched)
         .map(|id| runtime.snapshot.routes.route(id));
     if let Some(route) = route {
         record.ingress = Some(route.ingress.to_string());

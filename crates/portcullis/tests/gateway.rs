@@ -1570,6 +1570,11 @@ async fn path_tricks_cannot_reach_a_denied_route() {
         "//admin",
         "/admin//x",
         "/x/../admin?q=1",
+        // Path parameters, which servlet containers drop before routing.
+        "/admin;x",
+        "/admin;jsessionid=1/users",
+        "/public/..;/admin",
+        "/;x/admin",
     ] {
         let r = http_get(gw.http, "p.test", denied).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{denied}");
@@ -1587,7 +1592,6 @@ async fn path_tricks_cannot_reach_a_denied_route() {
     // Served by the public route: and the backend sees the very path that was routed.
     for (open, upstream) in [
         ("/ADMIN", "/ADMIN"),
-        ("/admin;x", "/admin;x"),
         ("/administrator", "/administrator"),
         ("/admin%252fx", "/admin%252fx"),
     ] {
@@ -1595,10 +1599,10 @@ async fn path_tricks_cannot_reach_a_denied_route() {
         assert_eq!(r.status, StatusCode::OK, "{open}");
         assert_eq!(r.text(), format!("web {upstream}"), "{open}");
     }
-    assert!(web
-        .requests()
-        .iter()
-        .all(|r| !r.path_and_query.starts_with("/admin/") && r.path_and_query != "/admin"));
+    assert!(web.requests().iter().all(|r| {
+        let p = &r.path_and_query;
+        p != "/admin" && !p.starts_with("/admin/") && !p.starts_with("/admin;")
+    }));
 }
 
 /// Passive health checking: an endpoint that refuses connections is left out for a
