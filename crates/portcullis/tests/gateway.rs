@@ -1599,6 +1599,14 @@ async fn path_tricks_cannot_reach_a_denied_route() {
         assert_eq!(r.status, StatusCode::OK, "{open}");
         assert_eq!(r.text(), format!("web {upstream}"), "{open}");
     }
+    // A raw `#` ends the path: the fragment is dropped, never routed nor forwarded.
+    let (reply, _) = client::raw_exchange(
+        gw.http,
+        b"GET /public#/../admin HTTP/1.1\r\nHost: p.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.ends_with("web /public"), "{reply}");
     assert!(web.requests().iter().all(|r| {
         let p = &r.path_and_query;
         p != "/admin" && !p.starts_with("/admin/") && !p.starts_with("/admin;")
