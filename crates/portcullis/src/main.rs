@@ -552,8 +552,16 @@ async fn serve(settings: Settings, config_source: ConfigSource) -> anyhow::Resul
         tracing::warn!("no tls.defaultCertificate configured: serving a self-signed default certificate");
     }
 
-    let http = server::bind("http", settings.listen.http).await?;
-    let https = server::bind("https", settings.listen.https).await?;
+    let (http, https) = match server::inherited_listeners()? {
+        Some(inherited) => {
+            tracing::info!("serving on the sockets inherited through LISTEN_FDS; listen.http and listen.https are not used");
+            inherited
+        }
+        None => (
+            server::bind("http", settings.listen.http).await?,
+            server::bind("https", settings.listen.https).await?,
+        ),
+    };
     let https_port = settings
         .listen
         .https_redirect_port

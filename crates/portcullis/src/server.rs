@@ -73,6 +73,38 @@ pub async fn bind(name: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot listen for {name} on {addr}: {e}"))
 }
 
+/// The listening sockets a service manager handed over (systemd socket activation,
+/// `LISTEN_FDS`): either none, or exactly two TCP listeners, `http` then `https`
+/// (unless `LISTEN_FDNAMES` is `https:http`). The sockets outlive any one process, so a
+/// new process takes over from an old one without refusing a connection.
+pub fn inherited_listeners() -> anyhow::Result<Option<(TcpListener, TcpListener)>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    if fds.len() != 2 {
+        anyhow::bail!(
+            "LISTEN_FDS: expected 2 inherited sockets (http, https), got {}",
+            fds.len()
+        );
+    }
+    // systemd names every socket after its unit unless told otherwise, so any other
+    // names mean the declared order.
+    let (http, https) = match std::env::var("LISTEN_FDNAMES").ok().as_deref() {
+        Some("https:http") => (1, 0),
+        _ => (0, 1),
+    };
+    let mut take = |index: usize, name: &str| -> anyhow::Result<TcpListener> {
+        let listener = fds
+            .take_tcp_listener(index)
+            .map_err(|e| anyhow::anyhow!("inherited socket {index} ({name}): {e}"))?
+            .ok_or_else(|| anyhow::anyhow!("inherited socket {index} ({name}) was already taken"))?;
+        listener.set_nonblocking(true)?;
+        Ok(TcpListener::from_std(listener)?)
+    };
+    Ok(Some((take(http, "http")?, take(https, "https")?)))
+}
+
 /// Accepts connections until shutdown.
 pub async fn serve(proxy: Arc<Proxy>, listener: Listener, mut shutdown: Shutdown, drain: mpsc::Sender<()>) {
     let settings = &proxy.gateway.settings;
@@ -206,15 +238,34 @@ async fn serve_http<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
-    let service = service_fn(move |req| handler::handle(proxy.clone(), conn.clone(), req));
+    let header_timeout = proxy.gateway.settings.timeouts.client_header.0;
+    // Told when the first request arrives.
+    let first_request = Arc::new(tokio::sync::Notify::new());
+    let arrived = first_request.clone();
+    let service = service_fn(move |req| {
+        arrived.notify_one();
+        handler::handle(proxy.clone(), conn.clone(), req)
+    });
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
         () = shutdown.wait() => {
-            // Finish the requests in flight, then close (GOAWAY on HTTP/2).
-            connection.as_mut().graceful_shutdown();
-            connection.await
+            // A connection accepted just now has its first request on the way; closing it
+            // as idle would fail that request, so it gets until the header timeout to
+            // arrive (bounded by the shutdown grace like everything else).
+            let waited = tokio::select! {
+                result = connection.as_mut() => Some(result),
+                _ = tokio::time::timeout(header_timeout, first_request.notified()) => None,
+            };
+            match waited {
+                Some(result) => result,
+                None => {
+                    // Finish the requests in flight, then close (GOAWAY on HTTP/2).
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
         }
     };
     if let Err(e) = result {

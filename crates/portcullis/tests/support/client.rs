@@ -201,6 +201,20 @@ pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Reply {
     send_h1(&mut send, request("GET", host, path, "")).await.unwrap()
 }
 
+/// A plain-HTTP GET on a new connection, reporting failures instead of panicking.
+pub async fn try_http_get(addr: SocketAddr, host: &str, path: &str) -> Result<Reply, String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    send_h1(&mut send, request("GET", host, path, ""))
+        .await
+        .map_err(|e| format!("request: {e}"))
+}
+
 /// Writes raw bytes and reads until the server closes (or 5 s pass).
 pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
     let mut stream = TcpStream::connect(addr).await.unwrap();

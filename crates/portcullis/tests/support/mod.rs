@@ -133,6 +133,41 @@ impl Gateway {
     /// Starts the gateway on 127.0.0.1:0 with these manifests (file `main.yaml`) and
     /// extra config-file lines; waits until it listens.
     pub fn start(manifests: &str, config: &str) -> Gateway {
+        let (command, dir) = Gateway::serve_command(manifests, config);
+        Gateway::spawn(command, dir)
+    }
+
+    /// Starts the gateway on listening sockets it inherits, as from a service manager
+    /// (systemd socket activation): `http` and `https` become fds 3 and 4, announced in
+    /// `LISTEN_FDS`.
+    pub fn start_on_sockets(
+        manifests: &str,
+        config: &str,
+        http: &std::net::TcpListener,
+        https: &std::net::TcpListener,
+    ) -> Gateway {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let (mut command, dir) = Gateway::serve_command(manifests, config);
+        let fds = [http.as_raw_fd(), https.as_raw_fd()];
+        assert!(fds.iter().all(|fd| *fd > 4), "{fds:?} would be overwritten");
+        command.env("LISTEN_FDS", "2").env("LISTEN_FDNAMES", "http:https");
+        // SAFETY: between fork and exec only dup2, which is async-signal-safe, runs;
+        // it also clears close-on-exec on the copies.
+        unsafe {
+            command.pre_exec(move || {
+                for (target, fd) in (3..).zip(fds) {
+                    if libc::dup2(fd, target) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        Gateway::spawn(command, dir)
+    }
+
+    fn serve_command(manifests: &str, config: &str) -> (Command, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("manifests")).unwrap();
         std::fs::write(dir.path().join("manifests/main.yaml"), manifests).unwrap();
@@ -157,7 +192,7 @@ impl Gateway {
             .arg(dir.path().join("manifests"))
             .arg("--config")
             .arg(&config_file);
-        Gateway::spawn(command, dir)
+        (command, dir)
     }
 
     /// Starts `portcullis controller` against the API server a kubeconfig points at.
