@@ -51,7 +51,7 @@ pub fn server_config(gateway: Arc<Gateway>) -> Result<Arc<ServerConfig>, rustls:
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { gateway }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // Our cipher suite order (AES-GCM, then ChaCha20), not the client's: every suite on
+    // rustls' cipher suite order (AES-256-GCM, ChaCha20, AES-128-GCM), not the client's: every suite on
     // offer is strong, but a server order is what auditors (and testssl.sh) expect.
     config.ignore_client_order = true;
     // Resumption: a session cache for TLS 1.2 ids and rotating ticket keys for both.
