@@ -1,0 +1,556 @@
+#!/usr/bin/env bash
+# Portcullis vs nginx, side by side, as TLS-terminating reverse proxies in front of one
+# origin (issue 8). Not part of CI. Usage: bench/run.sh
+#
+#   BENCH_ROUNDS=3        rounds; each round runs every variant once (A B [C]), alternating
+#   BENCH_SECONDS=10      length of each measured run
+#   BENCH_IDLE_CONNS=10000  idle TLS connections in scenario 6 (lowered to fit `ulimit -n`)
+#   BENCH_SCENARIOS="1 2 3 3n 3r 4 6"  which scenarios to run
+#   BENCH_OUT=DIR         where raw outputs and results.jsonl go (default: a new temp dir)
+#   BENCH_REV=COMMIT      build that commit from a clean `git archive` export (in
+#                         BENCH_SRC_DIR, default /tmp/portcullis-bench-src) instead of
+#                         the work tree, e.g. BENCH_REV=HEAD while others edit the tree
+#   BENCH_BIN=PATH        use this portcullis binary instead of building anything
+#
+# Layout (all on 127.0.0.1):
+#   origin  nginx, 1 worker, CPU 1, :23080   / -> "ok\n", /1m -> 1 MiB static file
+#   A       nginx proxy,  worker_processes 1,    CPU 0, :23443
+#   A'      the same nginx with proxy_buffer_size 64k instead of 4k (scenario 4 only)
+#   B       portcullis,   TOKIO_WORKER_THREADS=1, CPU 0, :24443 (admin :24180)
+#   C       B with the audit log on, to a file (scenario 1 only)
+#   load    wrk / h2load / openssl s_time / python, CPU 1 (shared with the origin)
+# Scenarios (issue 8's numbering; 5 and 7 are not implemented):
+#   1   HTTPS keep-alive HTTP/1.1, "ok\n"        wrk -t1 -c50 --latency       (A B C)
+#   2   HTTPS HTTP/2 multiplexed, "ok\n"         h2load -c10 -m10 -D SECS     (A B)
+#   3   full TLS handshake per request           wrk ... -H 'Connection: close' (A B)
+#   3n  full handshakes, one at a time           openssl s_time -new          (A B)
+#   3r  resumed handshakes, one at a time        openssl s_time -reuse        (A B)
+#   4   1 MiB responses                          wrk -t1 -c10 /1m             (A A' B)
+#   6   idle keep-alive TLS connections: RSS growth per connection           (A B)
+# Defaults take about 11 minutes plus the build. wrk and h2load need bench.test to
+# resolve to 127.0.0.1: a line is added to /etc/hosts if missing and removed at exit.
+# Each measured run starts the proxy fresh, warms it up for 1 s, then measures: the
+# load generator's requests/s and latency, and the proxy's CPU seconds (utime+stime
+# delta from /proc/PID/stat, all threads; nginx: master+worker) and peak RSS (VmHWM;
+# nginx: master+worker summed).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BENCH="$REPO/bench"
+ROUNDS="${BENCH_ROUNDS:-3}"
+SECS="${BENCH_SECONDS:-10}"
+IDLE_CONNS="${BENCH_IDLE_CONNS:-10000}"
+SCENARIOS="${BENCH_SCENARIOS:-1 2 3 3n 3r 4 6}"
+OUT="${BENCH_OUT:-$(mktemp -d /tmp/portcullis-bench.XXXXXX)}"
+mkdir -p "$OUT"
+RESULTS="$OUT/results.jsonl"
+: >"$RESULTS"
+
+# Below the ephemeral range (32768+), so tests binding port 0 never take them.
+ORIGIN_PORT=23080
+NGINX_PORT=23443
+PC_HTTPS=24443
+PC_HTTP=24080
+PC_ADMIN=24180
+HOSTS_MARK="# added by portcullis bench/run.sh"
+
+SUDO=()
+if [[ $(id -u) -ne 0 ]]; then SUDO=(sudo); fi
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+# ---------------------------------------------------------------- processes and cleanup
+PIDS=()
+ADDED_HOSTS=0
+cleanup() {
+  local rc=$?
+  set +e
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null
+  done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+  done
+  if [[ $ADDED_HOSTS == 1 ]]; then
+    grep -vF "$HOSTS_MARK" /etc/hosts >"$OUT/hosts.tmp" && "${SUDO[@]}" tee /etc/hosts <"$OUT/hosts.tmp" >/dev/null
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+forget_pid() { # PID
+  local keep=() p
+  for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+  PIDS=("${keep[@]+"${keep[@]}"}")
+}
+stop_pid() { # PID: TERM, wait up to 10 s, then KILL
+  local pid=$1
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  forget_pid "$pid"
+}
+# Runs a command in the background (so the trap can stop it) and waits for it.
+run_bg_wait() { # OUTFILE CMD...
+  local outfile=$1; shift
+  "$@" >"$outfile" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  local rc=0
+  wait "$pid" || rc=$?
+  forget_pid "$pid"
+  return $rc
+}
+
+# ---------------------------------------------------------------- tools
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v wrk >/dev/null || need+=(wrk)
+command -v h2load >/dev/null || need+=(nghttp2-client)
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
+command -v taskset >/dev/null || need+=(util-linux)
+if ((${#need[@]})); then
+  log "installing from Debian: ${need[*]}"
+  "${SUDO[@]}" apt-get update -qq
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  # Debian's nginx package may start its own service on :80; it is not ours to stop,
+  # and it does not use our ports.
+fi
+if [[ $(nproc) -lt 2 ]]; then
+  echo "need at least 2 CPUs (proxy on CPU 0, load on CPU 1); nproc=$(nproc)" >&2
+  exit 1
+fi
+
+if [[ -n ${BENCH_BIN:-} ]]; then
+  BIN=$BENCH_BIN   # a binary built elsewhere
+  log "using BENCH_BIN=$BIN (not building)"
+elif [[ -n ${BENCH_REV:-} ]]; then
+  # Build one commit from a clean export, so uncommitted edits in the work tree are not
+  # measured. The target dir is kept across runs; the first one is seeded from the
+  # work tree's release build (only the workspace crates then compile again).
+  rev=$(git -C "$REPO" rev-parse --verify "$BENCH_REV^{commit}")
+  SRC="${BENCH_SRC_DIR:-/tmp/portcullis-bench-src}"
+  rm -rf "$SRC/src"
+  mkdir -p "$SRC/src"
+  git -C "$REPO" archive "$rev" | tar -x -C "$SRC/src"
+  if [[ ! -d $SRC/target/release && -d ${CARGO_TARGET_DIR:-$REPO/target}/release ]]; then
+    mkdir -p "$SRC/target"
+    cp -a "${CARGO_TARGET_DIR:-$REPO/target}/release" "$SRC/target/"
+  fi
+  log "building commit $(git -C "$REPO" rev-parse --short "$rev") from a clean export in $SRC/src"
+  (cd "$SRC/src" && CARGO_TARGET_DIR="$SRC/target" cargo build --release --bin portcullis)
+  BIN="$SRC/target/release/portcullis"
+else
+  log "building: cargo build --release --bin portcullis"
+  (cd "$REPO" && cargo build --release --bin portcullis)
+  BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/portcullis"
+fi
+[[ -x $BIN ]] || { echo "no binary at $BIN" >&2; exit 1; }
+
+# File descriptors: 10,000 idle connections need 10k on both sides.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+if ((IDLE_CONNS + 1000 > NOFILE)); then
+  log "ulimit -n is $NOFILE: lowering idle connections from $IDLE_CONNS to $((NOFILE - 1000))"
+  IDLE_CONNS=$((NOFILE - 1000))
+fi
+
+# wrk and h2load take the TLS server name (SNI) from the URL host, so bench.test must
+# resolve to 127.0.0.1. Added to /etc/hosts if absent, and removed again at exit.
+if ! grep -Eq '^[[:space:]]*127\.0\.0\.1[[:space:]].*\bbench\.test\b' /etc/hosts; then
+  echo "127.0.0.1 bench.test $HOSTS_MARK" | "${SUDO[@]}" tee -a /etc/hosts >/dev/null
+  ADDED_HOSTS=1
+fi
+[[ $(getent hosts bench.test | awk '{print $1}') == 127.0.0.1 ]] || {
+  echo "bench.test does not resolve to 127.0.0.1" >&2; exit 1; }
+
+# ---------------------------------------------------------------- certificates
+TLS="$OUT/tls"
+mkdir -p "$TLS"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$TLS/ca.key" 2>/dev/null
+openssl req -x509 -new -key "$TLS/ca.key" -subj "/CN=portcullis bench CA" -days 30 \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+  -out "$TLS/ca.crt" 2>/dev/null
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$TLS/tls.key" 2>/dev/null
+openssl req -new -key "$TLS/tls.key" -subj "/CN=bench.test" -out "$TLS/leaf.csr" 2>/dev/null
+printf 'subjectAltName=DNS:bench.test\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' >"$TLS/leaf.ext"
+openssl x509 -req -in "$TLS/leaf.csr" -CA "$TLS/ca.crt" -CAkey "$TLS/ca.key" -CAcreateserial \
+  -days 30 -extfile "$TLS/leaf.ext" -out "$TLS/leaf.crt" 2>/dev/null
+cat "$TLS/leaf.crt" "$TLS/ca.crt" >"$TLS/tls.crt"   # the same chain for both proxies
+
+# ---------------------------------------------------------------- origin (nginx, CPU 1)
+ORIGIN="$OUT/origin"
+mkdir -p "$ORIGIN/www" "$ORIGIN/tmp"
+head -c 1048576 /dev/urandom >"$ORIGIN/www/1m"
+cat >"$ORIGIN/nginx.conf" <<EOF
+user root;
+worker_processes 1;
+pid $ORIGIN/nginx.pid;
+error_log $ORIGIN/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  default_type application/octet-stream;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_timeout 300s;
+  keepalive_requests 100000000;
+  client_body_temp_path $ORIGIN/tmp/body;
+  proxy_temp_path $ORIGIN/tmp/proxy;
+  fastcgi_temp_path $ORIGIN/tmp/fastcgi;
+  uwsgi_temp_path $ORIGIN/tmp/uwsgi;
+  scgi_temp_path $ORIGIN/tmp/scgi;
+  server {
+    listen 127.0.0.1:$ORIGIN_PORT;
+    root $ORIGIN/www;
+    location = / { default_type text/plain; return 200 "ok\n"; }
+    location = /1m { }
+  }
+}
+EOF
+
+# ---------------------------------------------------------------- A: nginx proxy (CPU 0)
+NGX="$OUT/nginx-proxy"
+mkdir -p "$NGX/tmp"
+cat >"$NGX/nginx.conf" <<EOF
+# An equivalent of what ingress-nginx generates for one TLS Ingress, minus its Lua
+# (metrics, balancer) and access log: 1 worker, HTTP/2, keep-alive upstream pool,
+# proxy_buffering off (ingress-nginx's default), the same forwarding headers and HSTS
+# that portcullis sets.
+user root;
+worker_processes 1;
+worker_rlimit_nofile $NOFILE;
+pid $NGX/nginx.pid;
+error_log $NGX/error.log warn;
+events { worker_connections $NOFILE; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nodelay on;
+  keepalive_timeout 75s;   # ingress-nginx's default; portcullis gets clientHeader: 75s
+  keepalive_requests 100000000;
+  client_body_temp_path $NGX/tmp/body;
+  proxy_temp_path $NGX/tmp/proxy;
+  fastcgi_temp_path $NGX/tmp/fastcgi;
+  uwsgi_temp_path $NGX/tmp/uwsgi;
+  scgi_temp_path $NGX/tmp/scgi;
+
+  ssl_protocols TLSv1.2 TLSv1.3;
+  ssl_ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305;
+  ssl_prefer_server_ciphers off;
+  ssl_ecdh_curve X25519:prime256v1:secp384r1;
+  ssl_session_cache shared:SSL:10m;
+  ssl_session_timeout 1d;
+  ssl_session_tickets on;
+
+  upstream origin {
+    server 127.0.0.1:$ORIGIN_PORT;
+    keepalive 320;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT ssl http2 default_server;
+    server_name bench.test;
+    ssl_certificate $TLS/tls.crt;
+    ssl_certificate_key $TLS/tls.key;
+    add_header Strict-Transport-Security "max-age=31536000" always;
+    add_header X-Request-ID \$request_id always;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$http_host;
+      proxy_set_header X-Request-ID \$request_id;
+      proxy_set_header X-Real-IP \$remote_addr;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Forwarded-Host \$http_host;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_buffering off;
+      __PROXY_BUFFERS__
+    }
+  }
+}
+EOF
+# A: ingress-nginx's default proxy-buffer-size (4k). A': 64k, only for the 1 MB scenario
+# (nginx then relays the body in 64k reads instead of 4k ones).
+NGX64="$OUT/nginx-proxy-64k"
+mkdir -p "$NGX64/tmp"
+sed -e "s|$NGX/|$NGX64/|g" \
+  -e 's|__PROXY_BUFFERS__|proxy_buffer_size 64k; proxy_buffers 8 64k; proxy_busy_buffers_size 128k;|' \
+  "$NGX/nginx.conf" >"$NGX64/nginx.conf"
+sed -i 's|__PROXY_BUFFERS__|proxy_buffer_size 4k;|' "$NGX/nginx.conf"
+
+# ---------------------------------------------------------------- B: portcullis (CPU 0)
+MAN="$OUT/manifests"
+mkdir -p "$MAN"
+indent() { sed 's/^/      /' "$1"; }
+cat >"$MAN/bench.yaml" <<EOF
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: bench
+  namespace: bench
+spec:
+  ingressClassName: portcullis
+  tls:
+  - hosts: [bench.test]
+    secretName: bench-tls
+  rules:
+  - host: bench.test
+    http:
+      paths:
+      - path: /
+        pathType: Prefix
+        backend:
+          service:
+            name: origin
+            port:
+              number: 80
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: origin
+  namespace: bench
+spec:
+  type: ClusterIP
+  ports:
+  - name: http
+    port: 80
+    protocol: TCP
+    targetPort: $ORIGIN_PORT
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: origin-1
+  namespace: bench
+  labels:
+    kubernetes.io/service-name: origin
+addressType: IPv4
+endpoints:
+- addresses: [127.0.0.1]
+  conditions:
+    ready: true
+ports:
+- name: http
+  port: $ORIGIN_PORT
+  protocol: TCP
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: bench-tls
+  namespace: bench
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+$(indent "$TLS/tls.crt")
+  tls.key: |
+$(indent "$TLS/tls.key")
+EOF
+# The audit log is off for parity with nginx's `access_log off` (RUST_LOG=warn also
+# turns portcullis's access log off). Variant C turns the audit log on, to a file.
+# defaultCertificate: openssl s_time sends no SNI; both proxies then serve bench.test's.
+# clientHeader: 75s: portcullis has no separate keep-alive idle timeout; hyper's
+# header_read_timeout (timeouts.clientHeader, default 10s) also closes a keep-alive
+# connection that stays idle that long. 75s matches nginx's keepalive_timeout above, so
+# scenario 6's connections (idle for up to ~15 s) stay open on both.
+write_pc_config() { # FILE AUDIT(on|off)
+  local audit='{enabled: false}'
+  [[ $2 == on ]] && audit="{enabled: true, path: $OUT/audit.log}"
+  cat >"$1" <<EOF
+listen: {http: 127.0.0.1:$PC_HTTP, https: 127.0.0.1:$PC_HTTPS, admin: 127.0.0.1:$PC_ADMIN}
+ingressClass: portcullis
+tls: {defaultCertificate: bench/bench-tls}
+timeouts: {clientHeader: 75s, shutdownGrace: 2s}
+auditLog: $audit
+EOF
+}
+write_pc_config "$OUT/portcullis.yaml" off
+write_pc_config "$OUT/portcullis-audit.yaml" on
+"$BIN" check --manifests "$MAN" --config "$OUT/portcullis.yaml"
+
+# ---------------------------------------------------------------- start / stop / measure
+ORIGIN_PID=
+start_origin() {
+  taskset -c 1 nginx -e "$ORIGIN/error.log" -p "$ORIGIN/" -c "$ORIGIN/nginx.conf" -g 'daemon off;' \
+    >>"$ORIGIN/stderr.log" 2>&1 &
+  ORIGIN_PID=$!
+  PIDS+=("$ORIGIN_PID")
+  for _ in $(seq 100); do
+    [[ $(curl -s "http://127.0.0.1:$ORIGIN_PORT/" 2>/dev/null) == ok ]] && return 0
+    sleep 0.1
+  done
+  echo "origin did not start; see $ORIGIN/" >&2; exit 1
+}
+
+PROXY_PID=
+PROXY_PIDS=()   # every process of the proxy: nginx master + worker, or portcullis
+PROXY_PORT=
+start_proxy() { # VARIANT
+  case $1 in
+    nginx | nginx-64k)
+      local d=$NGX
+      [[ $1 == nginx-64k ]] && d=$NGX64
+      taskset -c 0 nginx -e "$d/error.log" -p "$d/" -c "$d/nginx.conf" -g 'daemon off;' \
+        >>"$d/stderr.log" 2>&1 &
+      PROXY_PID=$!
+      PROXY_PORT=$NGINX_PORT
+      ;;
+    portcullis | portcullis-audit)
+      local cfg="$OUT/portcullis.yaml"
+      [[ $1 == portcullis-audit ]] && { cfg="$OUT/portcullis-audit.yaml"; rm -f "$OUT/audit.log"; }
+      TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 "$BIN" serve --manifests "$MAN" \
+        --config "$cfg" --log-format json >>"$OUT/portcullis.stderr.log" 2>&1 &
+      PROXY_PID=$!
+      PROXY_PORT=$PC_HTTPS
+      ;;
+  esac
+  PIDS+=("$PROXY_PID")
+  local body=
+  for _ in $(seq 200); do
+    body=$(curl -s --cacert "$TLS/ca.crt" "https://bench.test:$PROXY_PORT/" 2>/dev/null || true)
+    [[ $body == ok ]] && break
+    kill -0 "$PROXY_PID" 2>/dev/null || { echo "$1 exited at start; see $OUT" >&2; exit 1; }
+    sleep 0.1
+  done
+  [[ $body == ok ]] || { echo "$1 did not answer ok; see $OUT" >&2; exit 1; }
+  PROXY_PIDS=("$PROXY_PID")
+  if [[ $1 == nginx* ]]; then
+    local w
+    for w in $(pgrep -P "$PROXY_PID"); do PROXY_PIDS+=("$w"); done
+  fi
+}
+stop_proxy() {
+  stop_pid "$PROXY_PID"
+  PROXY_PID=
+  PROXY_PIDS=()
+}
+TCK=$(getconf CLK_TCK)
+proxy_cpu_s() { # utime+stime of all proxy processes (all threads), seconds
+  local t=0 p
+  for p in "${PROXY_PIDS[@]}"; do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  awk -v t="$t" -v h="$TCK" 'BEGIN { printf "%.3f", t / h }'
+}
+proxy_hwm_kb() {
+  local t=0 p
+  for p in "${PROXY_PIDS[@]}"; do
+    t=$((t + $(awk '/^VmHWM:/ {print $2}' "/proc/$p/status")))
+  done
+  echo "$t"
+}
+
+# The request openssl s_time sends is "GET <page> HTTP/1.0\r\n\r\n"; this page adds a
+# Host header (s_time has none, and portcullis routes by Host).
+S_TIME_PAGE=$'/ HTTP/1.0\r\nHost: bench.test\r\nX-Bench: 1'
+
+load_cmd() { # SCENARIO PORT LOGFILE DURATION  -> prints nothing, sets LOAD=(...) TOOL=
+  local sc=$1 port=$2 logf=$3 d=$4
+  case $sc in
+    1) TOOL=wrk; LOAD=(wrk -t1 -c50 -d"${d}s" --latency "https://bench.test:$port/") ;;
+    2) TOOL=h2load; LOAD=(h2load -c10 -m10 -D "$d" --log-file="$logf" "https://bench.test:$port/") ;;
+    3) TOOL=wrk; LOAD=(wrk -t1 -c50 -d"${d}s" --latency -H 'Connection: close' "https://bench.test:$port/") ;;
+    3n) TOOL=s_time; LOAD=(openssl s_time -connect "127.0.0.1:$port" -new -time "$d" -www "$S_TIME_PAGE") ;;
+    3r) TOOL=s_time; LOAD=(openssl s_time -connect "127.0.0.1:$port" -reuse -time "$d" -www "$S_TIME_PAGE") ;;
+    4) TOOL=wrk; LOAD=(wrk -t1 -c10 -d"${d}s" --latency "https://bench.test:$port/1m") ;;
+  esac
+}
+
+measure() { # SCENARIO VARIANT ROUND
+  local sc=$1 v=$2 rd=$3
+  local base="$OUT/s$sc-$v-r$rd"
+  start_proxy "$v"
+  # Warm-up: 1 s of the same load, not measured.
+  load_cmd "$sc" "$PROXY_PORT" "$base.warmup.h2log" 1
+  run_bg_wait "$base.warmup.txt" taskset -c 1 "${LOAD[@]}" || true
+  rm -f "$base.warmup.h2log"
+  load_cmd "$sc" "$PROXY_PORT" "$base.h2log" "$SECS"
+  local cpu0 cpu1 hwm t0 t1
+  cpu0=$(proxy_cpu_s)
+  t0=$(date +%s.%N)
+  run_bg_wait "$base.txt" taskset -c 1 "${LOAD[@]}" || log "load generator exited non-zero (see $base.txt)"
+  t1=$(date +%s.%N)
+  cpu1=$(proxy_cpu_s)
+  hwm=$(proxy_hwm_kb)
+  stop_proxy
+  [[ $v == portcullis-audit ]] && {
+    log "  audit log: $(wc -l <"$OUT/audit.log" 2>/dev/null || echo 0) lines, $(du -h "$OUT/audit.log" 2>/dev/null | cut -f1)"
+    rm -f "$OUT/audit.log"
+  }
+  python3 "$BENCH/bench.py" record --results "$RESULTS" --scenario "$sc" --variant "$v" --round "$rd" \
+    --tool "$TOOL" --out "$base.txt" --log "$base.h2log" --wall-s "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" \
+    --cpu-s "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { print b - a }')" --hwm-kb "$hwm"
+  rm -f "$base.h2log"   # large; the percentiles are in results.jsonl
+}
+
+measure_idle() { # VARIANT ROUND
+  local v=$1 rd=$2
+  start_proxy "$v"
+  sleep 1
+  local pids
+  pids=$(IFS=,; echo "${PROXY_PIDS[*]}")
+  run_bg_wait "$OUT/s6-$v-r$rd.txt" taskset -c 1 python3 "$BENCH/bench.py" idle --port "$PROXY_PORT" \
+    --conns "$IDLE_CONNS" --pids "$pids" --results "$RESULTS" --variant "$v" --round "$rd" ||
+    log "idle client exited non-zero (see $OUT/s6-$v-r$rd.txt)"
+  cat "$OUT/s6-$v-r$rd.txt"
+  stop_proxy
+}
+
+# ---------------------------------------------------------------- run
+for port in $ORIGIN_PORT $NGINX_PORT $PC_HTTPS $PC_HTTP $PC_ADMIN; do
+  if ss -Hltn "sport = :$port" | grep -q .; then
+    echo "port $port is already in use; refusing to start" >&2
+    exit 1
+  fi
+done
+log "output directory: $OUT"
+log "rounds=$ROUNDS seconds=$SECS idle_conns=$IDLE_CONNS scenarios: $SCENARIOS"
+start_origin
+[[ $(curl -s "http://127.0.0.1:$ORIGIN_PORT/1m" | wc -c) == 1048576 ]] || { echo "origin /1m is wrong" >&2; exit 1; }
+
+# Sanity: both proxies serve the same bytes over h1 and h2; record the negotiated TLS.
+for v in nginx portcullis; do
+  start_proxy "$v"
+  [[ $(curl -s --cacert "$TLS/ca.crt" "https://bench.test:$PROXY_PORT/1m" | cmp - "$ORIGIN/www/1m" && echo same) == same ]] ||
+    { echo "$v: /1m differs from the origin's" >&2; exit 1; }
+  h2=$(curl -s --http2 --cacert "$TLS/ca.crt" -o /dev/null -w '%{http_version}' "https://bench.test:$PROXY_PORT/")
+  tls=$(openssl s_client -connect "127.0.0.1:$PROXY_PORT" -servername bench.test </dev/null 2>/dev/null |
+    awk '/^New, / {print $2, $NF} /Server Temp Key/ {sub(/^Server Temp Key: /, ""); print}' | paste -sd' ' -)
+  log "$v: ok over HTTP/1.1, HTTP/$h2 over ALPN h2; TLS (openssl s_client): $tls"
+  log "$v: response headers: $(curl -s -D - -o /dev/null --cacert "$TLS/ca.crt" "https://bench.test:$PROXY_PORT/" | tr -d '\r' | grep -v '^$' | paste -sd'|' -)"
+  stop_proxy
+done
+
+for sc in $SCENARIOS; do
+  case $sc in
+    1) variants=(nginx portcullis portcullis-audit) ;;
+    4) variants=(nginx nginx-64k portcullis) ;;
+    2 | 3 | 3n | 3r | 6) variants=(nginx portcullis) ;;
+    *) log "unknown scenario $sc: skipped"; continue ;;
+  esac
+  for rd in $(seq "$ROUNDS"); do
+    for v in "${variants[@]}"; do
+      log "scenario $sc round $rd: $v"
+      if [[ $sc == 6 ]]; then measure_idle "$v" "$rd"; else measure "$sc" "$v" "$rd"; fi
+    done
+  done
+done
+
+stop_pid "$ORIGIN_PID"
+echo
+echo "# Results (ratio columns: per-round ratio P/nginx, median [min-max] over rounds)"
+python3 "$BENCH/bench.py" report --results "$RESULTS"
+echo
+echo "Not run: scenario 5 (auth cost: needs the OIDC provider/JWT setup) and scenario 7"
+echo "(10,000 Ingresses: needs generated manifests and a criterion micro-benchmark)."
+log "raw outputs and results.jsonl: $OUT"
