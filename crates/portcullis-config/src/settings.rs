@@ -249,6 +249,8 @@ pub struct Timeouts {
     /// How long a client may take to send request headers, and to finish the TLS
     /// handshake. Default 10s.
     pub client_header: TextDuration,
+    /// How long a client may pause in the middle of a request body. Default 60s.
+    pub client_body: TextDuration,
     /// How long shutdown waits for in-flight requests to finish. Default 30s.
     pub shutdown_grace: TextDuration,
 }
@@ -261,6 +263,7 @@ impl Default for Timeouts {
             read: s(60),
             upstream_idle: s(90),
             client_header: s(10),
+            client_body: s(60),
             shutdown_grace: s(30),
         }
     }

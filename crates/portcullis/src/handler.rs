@@ -760,10 +760,22 @@ impl Outgoing {
 
         let bodiless = http_body::Body::is_end_stream(&body);
         let counted = proxy::Counted::new(body, record.bytes_in.clone());
-        let body = match route.options.max_body_size {
-            Some(max) => http_body_util::Limited::new(counted, usize::try_from(max).unwrap_or(usize::MAX))
-                .boxed_unsync(),
-            None => counted.boxed_unsync(),
+        let body = match (bodiless, route.options.max_body_size) {
+            (true, _) => counted.boxed_unsync(),
+            (false, max) => {
+                let paced = proxy::ReadTimeout::new(
+                    counted,
+                    proxy.gateway.settings.timeouts.client_body.0,
+                    proxy::Sender::Client,
+                );
+                match max {
+                    Some(max) => {
+                        http_body_util::Limited::new(paced, usize::try_from(max).unwrap_or(usize::MAX))
+                            .boxed_unsync()
+                    }
+                    None => paced.boxed_unsync(),
+                }
+            }
         };
         let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
         Outgoing {
@@ -916,6 +928,16 @@ async fn forward(
                     UpstreamFailure::ClientBody => {
                         (StatusCode::BAD_REQUEST, "the request body failed on its way to")
                     }
+                    UpstreamFailure::ClientTimeout => {
+                        // The rest of the body may still come: close rather than read it.
+                        return Err(Refusal {
+                            close: true,
+                            ..Refusal::new(
+                                StatusCode::REQUEST_TIMEOUT,
+                                format!("the client paused its request body to {upstream} for longer than timeouts.clientBody"),
+                            )
+                        });
+                    }
                     UpstreamFailure::Protocol => (StatusCode::BAD_GATEWAY, "bad response from"),
                 };
                 return Err(Refusal::new(
@@ -961,7 +983,7 @@ fn relay_response(
         );
     }
     proxy::remove_hop_by_hop(&mut parts.headers);
-    let body = ReadTimeout::new(body, route.options.read_timeout).boxed_unsync();
+    let body = ReadTimeout::new(body, route.options.read_timeout, proxy::Sender::Backend).boxed_unsync();
     Response::from_parts(parts, body)
 }
 

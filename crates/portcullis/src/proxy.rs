@@ -328,28 +328,45 @@ where
     }
 }
 
-/// Fails the body when the backend sends nothing for `timeout` (nginx's
-/// `proxy_read_timeout`: the time between two reads, not the whole transfer).
+/// Fails a body when its sender sends nothing for `timeout` while it is being waited
+/// for (nginx's `proxy_read_timeout` and `client_body_timeout`: the time between two
+/// reads, not the whole transfer). Time the reader spends not asking (backpressure
+/// from a slow receiver on the other side) does not count.
 pub struct ReadTimeout<B> {
     inner: B,
     timeout: Duration,
+    sender: Sender,
     sleep: Pin<Box<Sleep>>,
+    /// The timer runs from the first poll that found nothing.
+    armed: bool,
 }
 
 impl<B> ReadTimeout<B> {
-    pub fn new(inner: B, timeout: Duration) -> Self {
+    pub fn new(inner: B, timeout: Duration, sender: Sender) -> Self {
         ReadTimeout {
             inner,
             timeout,
+            sender,
             sleep: Box::pin(tokio::time::sleep(timeout)),
+            armed: false,
         }
     }
 }
 
-/// The backend stopped sending in the middle of a response.
+/// Who sends the body a [`ReadTimeout`] watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    Backend,
+    Client,
+}
+
+/// The sender stopped sending in the middle of a body.
 #[derive(Debug, thiserror::Error)]
-#[error("the backend sent nothing for {0:?}")]
-pub struct ReadTimedOut(pub Duration);
+#[error("the {} sent nothing for {after:?}", match .sender { Sender::Backend => "backend", Sender::Client => "client" })]
+pub struct ReadTimedOut {
+    pub sender: Sender,
+    pub after: Duration,
+}
 
 impl<B> HttpBody for ReadTimeout<B>
 where
@@ -366,14 +383,23 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = Instant::now() + this.timeout;
-                this.sleep.as_mut().reset(deadline);
+                this.armed = false;
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ReadTimedOut(this.timeout))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if !this.armed {
+                    this.armed = true;
+                    let deadline = Instant::now() + this.timeout;
+                    this.sleep.as_mut().reset(deadline);
+                }
+                match this.sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ReadTimedOut {
+                        sender: this.sender,
+                        after: this.timeout,
+                    })))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -397,6 +423,8 @@ pub enum UpstreamFailure {
     BodyTooLarge,
     /// The client's request body failed (client went away): 400.
     ClientBody,
+    /// The client paused its request body for longer than `timeouts.clientBody`: 408.
+    ClientTimeout,
     /// The backend broke the protocol or closed early: 502.
     Protocol,
 }
@@ -407,7 +435,11 @@ impl UpstreamFailure {
         let mut timed_out = false;
         let mut too_large = false;
         let mut body_error = false;
+        let mut client_timeout = false;
         while let Some(e) = source {
+            client_timeout |= e
+                .downcast_ref::<ReadTimedOut>()
+                .is_some_and(|t| t.sender == Sender::Client);
             if let Some(io) = e.downcast_ref::<std::io::Error>() {
                 timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
             }
@@ -420,6 +452,8 @@ impl UpstreamFailure {
         }
         if too_large {
             UpstreamFailure::BodyTooLarge
+        } else if client_timeout {
+            UpstreamFailure::ClientTimeout
         } else if err.is_connect() && timed_out {
             UpstreamFailure::Timeout
         } else if err.is_connect() {
@@ -437,6 +471,7 @@ impl UpstreamFailure {
             UpstreamFailure::Timeout => "timeout",
             UpstreamFailure::BodyTooLarge => "body_too_large",
             UpstreamFailure::ClientBody => "client_body",
+            UpstreamFailure::ClientTimeout => "client_timeout",
             UpstreamFailure::Protocol => "protocol",
         }
     }

@@ -2123,3 +2123,64 @@ async fn a_new_process_takes_over_inherited_sockets_without_a_failed_request() {
     );
     assert!(new.logs().contains("inherited through LISTEN_FDS"));
 }
+
+/// A client that stops in the middle of its body gets 408 after `timeouts.clientBody`
+/// and is disconnected; one that sends slowly but steadily is served; others are
+/// served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_bodies_time_out_steady_slow_ones_do_not() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Backend::bulk(0).await;
+    let web = Backend::named("web").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "up", &[up.addr]),
+            service("ns", "web", &[web.addr]),
+            ingress(
+                "ns",
+                "i",
+                &[],
+                &[],
+                &[("b.test", "/up", "up"), ("b.test", "/", "web")],
+            ),
+        ]),
+        "timeouts: {clientBody: 1s}\n",
+    );
+    // Stalled: 3 of 100 bytes, then nothing.
+    let started = Instant::now();
+    let mut stalled = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    stalled
+        .write_all(b"POST /up HTTP/1.1\r\nHost: b.test\r\nContent-Length: 100\r\n\r\nabc")
+        .await
+        .unwrap();
+    // Others are served while it hangs.
+    assert_eq!(http_get(gw.http, "b.test", "/").await.status, StatusCode::OK);
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut reply))
+        .await
+        .expect("the stalled body was not timed out")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+
+    // Steady: 12 bytes, one every 400 ms, so 4.8 s in all but never 1 s apart.
+    let mut steady = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    steady
+        .write_all(b"POST /up HTTP/1.1\r\nHost: b.test\r\nContent-Length: 12\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        steady.write_all(b"x").await.unwrap();
+    }
+    let mut reply = Vec::new();
+    steady.read_to_end(&mut reply).await.unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.ends_with("12"), "{reply}");
+}
