@@ -278,6 +278,9 @@ pub struct Limits {
     pub max_body_size: ByteSize,
     /// Largest request head (request line plus headers). Default 64 KiB.
     pub max_header_size: ByteSize,
+    /// Longest request target (path and query). Default 8 KiB, as ingress-nginx's
+    /// `large-client-header-buffers`.
+    pub max_uri_size: ByteSize,
     /// Open connections one client address may hold at once (the address after the
     /// PROXY protocol, if any); `0` means unlimited. Default 1024.
     pub max_connections_per_client: u32,
@@ -288,6 +291,7 @@ impl Default for Limits {
         Limits {
             max_body_size: ByteSize(64 << 20),
             max_header_size: ByteSize(64 << 10),
+            max_uri_size: ByteSize(8 << 10),
             max_connections_per_client: 1024,
         }
     }

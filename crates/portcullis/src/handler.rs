@@ -103,6 +103,7 @@ impl Refusal {
             StatusCode::SERVICE_UNAVAILABLE => "no_endpoints",
             StatusCode::FORBIDDEN => "forbidden",
             StatusCode::TOO_MANY_REQUESTS => "rate_limited",
+            StatusCode::REQUEST_TIMEOUT => "client_timeout",
             _ => "bad_request",
         };
         Refusal {
@@ -353,6 +354,13 @@ async fn serve(
     record: &mut Record,
 ) -> Result<Response<Body>, Refusal> {
     check_framing(&req)?;
+    let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target_len as u64 > proxy.gateway.settings.limits.max_uri_size.0 {
+        return Err(Refusal::new(
+            StatusCode::URI_TOO_LONG,
+            format!("the request target is {target_len} bytes, more than limits.maxUriSize"),
+        ));
+    }
 
     let authority = request_authority(&req)?;
     let host = normalize_host(&authority);
@@ -1020,6 +1028,7 @@ fn public_message(refusal: &Refusal) -> &str {
         StatusCode::BAD_GATEWAY => "the backend could not be reached or answered badly",
         StatusCode::SERVICE_UNAVAILABLE => "no backend is available for this route",
         StatusCode::GATEWAY_TIMEOUT => "the backend did not answer in time",
+        StatusCode::REQUEST_TIMEOUT => "the request body stalled",
         _ => &refusal.message,
     }
 }

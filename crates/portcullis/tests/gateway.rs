@@ -525,6 +525,20 @@ async fn smuggling_attempts_are_refused_and_the_connection_closed() {
     );
     let (reply, _) = client::raw_exchange(gw.http, huge.as_bytes()).await;
     assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    // Too many header fields: 431.
+    let many = format!(
+        "GET / HTTP/1.1\r\nHost: s.test\r\n{}\r\n",
+        (0..200).map(|i| format!("X-H{i}: v\r\n")).collect::<String>()
+    );
+    let (reply, _) = client::raw_exchange(gw.http, many.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    // A request target over limits.maxUriSize (8 KiB): 414.
+    let long = format!(
+        "GET /{} HTTP/1.1\r\nHost: s.test\r\nConnection: close\r\n\r\n",
+        "a".repeat(9 << 10)
+    );
+    let (reply, _) = client::raw_exchange(gw.http, long.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 414"), "{reply}");
     assert_eq!(http_get(gw.http, "s.test", "/ok").await.status, StatusCode::OK);
 }
 
@@ -2162,6 +2176,10 @@ async fn stalled_request_bodies_time_out_steady_slow_ones_do_not() {
         .unwrap();
     let reply = String::from_utf8_lossy(&reply);
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(
+        !reply.contains("127.0.0.1"),
+        "the backend address leaked: {reply}"
+    );
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
