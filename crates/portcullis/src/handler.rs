@@ -923,6 +923,17 @@ async fn forward(
                     tracing::debug!(%upstream, error = %err, "connect failed; trying another endpoint");
                     continue;
                 }
+                // A pooled connection that the backend closed just as it was reused fails
+                // before any response. An idempotent request without a body may be sent
+                // again (RFC 9110 section 9.2.2), as nginx's proxy_next_upstream does.
+                let resend = failure == UpstreamFailure::Protocol
+                    && outgoing.bodiless
+                    && outgoing.method.is_idempotent()
+                    && attempt < 3;
+                if resend {
+                    tracing::debug!(%upstream, error = %err, "no response on the connection; sending the idempotent request again");
+                    continue;
+                }
                 let (status, what) = match failure {
                     UpstreamFailure::Connect => (StatusCode::BAD_GATEWAY, "could not connect to"),
                     UpstreamFailure::Timeout => (StatusCode::GATEWAY_TIMEOUT, "timed out connecting to"),

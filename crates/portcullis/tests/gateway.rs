@@ -2202,3 +2202,64 @@ async fn stalled_request_bodies_time_out_steady_slow_ones_do_not() {
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.ends_with("12"), "{reply}");
 }
+
+/// A backend that closes each keep-alive connection right after answering races the
+/// gateway reusing it: idempotent requests without a body are sent again, requests
+/// that may not be repeated never are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_races_with_a_closing_backend_are_retried_only_when_safe() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let posts = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = posts.clone();
+    let backend = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                // One request per connection, answered as if keep-alive, then closed.
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                if buf[..n].starts_with(b"POST") {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            });
+        }
+    });
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[addr]),
+            ingress("ns", "i", &[], &[], &[("ka.test", "/", "web")]),
+        ]),
+        "",
+    );
+    for i in 0..300 {
+        let r = http_get(gw.http, "ka.test", &format!("/{i}")).await;
+        assert_eq!(r.status, StatusCode::OK, "GET #{i}");
+        if i % 3 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    // POSTs that lose the race fail (502) rather than reach the backend twice.
+    let mut sent = 0;
+    for _ in 0..100 {
+        let stream = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+        let mut send = client::h1(stream).await;
+        let r = send_h1(&mut send, request("POST", "ka.test", "/", "x"))
+            .await
+            .unwrap();
+        assert!(matches!(r.status.as_u16(), 200 | 502), "{}", r.status);
+        sent += 1;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(posts.load(Ordering::SeqCst) <= sent);
+    backend.abort();
+}
