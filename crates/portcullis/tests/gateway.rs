@@ -11,7 +11,7 @@ use http::StatusCode;
 use http_body_util::{BodyExt, Full};
 use support::backend::{refused_addr, Backend};
 use support::client::{self, http_get, https_get, request, send_h1, send_h2, trusting};
-use support::{ingress, service, Gateway, Pki};
+use support::{ingress, service, web_gateway, Gateway, Pki};
 
 fn concat(parts: &[String]) -> String {
     parts.concat()
@@ -464,14 +464,7 @@ async fn bodiless_requests_retry_another_endpoint_when_one_refuses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_attempts_are_refused_and_the_connection_closed() {
-    let web = Backend::named("web").await;
-    let gw = Gateway::start(
-        &concat(&[
-            service("ns", "web", &[web.addr]),
-            ingress("ns", "i", &[], &[], &[("s.test", "/", "web")]),
-        ]),
-        "",
-    );
+    let (web, gw) = web_gateway("s.test", "").await;
     // Ambiguous framing: 400, and the connection closes so nothing after it is read.
     let attacks: &[&[u8]] = &[
         b"POST / HTTP/1.1\r\nHost: s.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nabGET /smuggled HTTP/1.1\r\nHost: s.test\r\n\r\n",
@@ -1511,14 +1504,7 @@ async fn controller_rolling_update_and_watch_expiry_lose_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_is_timed_out_without_starving_others() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let web = Backend::named("web").await;
-    let gw = Gateway::start(
-        &concat(&[
-            service("ns", "web", &[web.addr]),
-            ingress("ns", "i", &[], &[], &[("s.test", "/", "web")]),
-        ]),
-        "timeouts: {clientHeader: 1s}\n",
-    );
+    let (web, gw) = web_gateway("s.test", "timeouts: {clientHeader: 1s}\n").await;
     let mut slow = Vec::new();
     for _ in 0..20 {
         let mut s = tokio::net::TcpStream::connect(gw.http).await.unwrap();
@@ -1981,14 +1967,11 @@ async fn garbage_and_truncated_backend_answers() {
 async fn ten_thousand_idle_connections_and_a_per_client_limit() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const IDLE: usize = 10_000;
-    let web = Backend::named("web").await;
-    let gw = Gateway::start(
-        &concat(&[
-            service("ns", "web", &[web.addr]),
-            ingress("ns", "i", &[], &[], &[("idle.test", "/", "web")]),
-        ]),
+    let (_web, gw) = web_gateway(
+        "idle.test",
         "limits: {maxConnectionsPerClient: 10000}\ntimeouts: {clientHeader: 120s}\n",
-    );
+    )
+    .await;
     let (before, _) = gw.memory_kib();
     // Each starts a request and goes quiet (the first bytes also complete the
     // handshake should the kernel have answered the SYN with a cookie). In batches

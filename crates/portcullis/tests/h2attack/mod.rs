@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::support::backend::Backend;
 use crate::support::client::http_get;
-use crate::support::{ingress, service, Gateway};
+use crate::support::{web_gateway, Gateway};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const DATA: u8 = 0;
@@ -116,16 +116,7 @@ async fn open(addr: SocketAddr) -> TcpStream {
 }
 
 async fn target() -> (Backend, Gateway) {
-    let web = Backend::named("web").await;
-    let gw = Gateway::start(
-        &[
-            service("ns", "web", &[web.addr]),
-            ingress("ns", "i", &[], &[], &[("h2.test", "/", "web")]),
-        ]
-        .concat(),
-        "",
-    );
-    (web, gw)
+    web_gateway("h2.test", "").await
 }
 
 /// The gateway still answers, and its memory did not balloon.

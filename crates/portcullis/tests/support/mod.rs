@@ -115,6 +115,21 @@ pub fn ingress(
 }
 
 /// The `portcullis` binary under test.
+/// The simplest setup: the `web` echo backend behind one Ingress for `host`, with
+/// these config-file lines.
+pub async fn web_gateway(host: &str, config: &str) -> (backend::Backend, Gateway) {
+    let web = backend::Backend::named("web").await;
+    let gw = Gateway::start(
+        &[
+            service("ns", "web", &[web.addr]),
+            ingress("ns", "i", &[], &[], &[(host, "/", "web")]),
+        ]
+        .concat(),
+        config,
+    );
+    (web, gw)
+}
+
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_portcullis")
 }
