@@ -320,11 +320,13 @@ impl<'a> Compiler<'a> {
                         continue;
                     }
                 };
-                let path_text = p.path.clone().unwrap_or_else(|| "/".to_string());
-                if let Err(m) = validate_path(&path_text) {
-                    err(format!("{field}.path"), m);
-                    continue;
-                }
+                let path_text = match validate_path(p.path.as_deref().unwrap_or("/")) {
+                    Ok(path) => path,
+                    Err(m) => {
+                        err(format!("{field}.path"), m);
+                        continue;
+                    }
+                };
                 match backend_ref(&p.backend) {
                     Ok(backend) => paths.push(PlannedPath {
                         host: host.clone(),
@@ -884,7 +886,9 @@ fn is_path_char(c: char) -> bool {
 
 /// Validates an Ingress path: absolute, only characters valid in a URL path, and
 /// already in normalized form, because it is compared with normalized request paths.
-pub fn validate_path(p: &str) -> Result<(), String> {
+/// Returns the path to match on: non-ASCII characters percent-encoded, as requests
+/// carry them (`/café` is `/caf%C3%A9`).
+pub fn validate_path(p: &str) -> Result<String, String> {
     if !p.starts_with('/') {
         return Err(format!("{p:?} must start with /"));
     }
@@ -893,8 +897,16 @@ pub fn validate_path(p: &str) -> Result<(), String> {
             "{p:?} contains {c:?}, which is not valid in a URL path (regular expressions are not supported)"
         ));
     }
-    match path::normalize(p) {
-        Ok(n) if n == p => Ok(()),
+    let encoded: String = p.bytes().fold(String::with_capacity(p.len()), |mut out, b| {
+        if b.is_ascii() {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+        out
+    });
+    match path::normalize(&encoded) {
+        Ok(n) if n == encoded => Ok(encoded),
         Ok(n) => Err(format!(
             "{p:?} is not in normalized form: requests are matched after normalization, so write {n:?}"
         )),

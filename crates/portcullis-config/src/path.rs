@@ -73,18 +73,17 @@ pub fn normalize(raw: &str) -> Result<Cow<'_, str>, PathError> {
                 0 => return Err(PathError::Nul),
                 b'/' | b'\\' => return Err(PathError::EncodedSeparator),
                 v if is_unreserved(v) => decoded.push(v as char),
-                v => {
-                    decoded.push('%');
-                    decoded.push(char::from(b"0123456789ABCDEF"[usize::from(v >> 4)]));
-                    decoded.push(char::from(b"0123456789ABCDEF"[usize::from(v & 15)]));
-                }
+                v => push_encoded(&mut decoded, v),
             }
             i += 3;
+        } else if b.is_ascii() {
+            decoded.push(char::from(b));
+            i += 1;
         } else {
-            // Multi-byte UTF-8 passes through whole; refusals were checked in needs_work.
-            let len = utf8_len(b);
-            decoded.push_str(&raw[i..i + len]);
-            i += len;
+            // Raw UTF-8 (which the http crate lets through) becomes the percent-encoded
+            // form browsers send, so `/café` and `/caf%C3%A9` are one path.
+            push_encoded(&mut decoded, b);
+            i += 1;
         }
     }
     // Pass 2: segments.
@@ -115,13 +114,12 @@ pub fn normalize(raw: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(Cow::Owned(path))
 }
 
-fn utf8_len(first: u8) -> usize {
-    match first {
-        0xF0..=0xFF => 4,
-        0xE0..=0xEF => 3,
-        0xC0..=0xDF => 2,
-        _ => 1,
-    }
+/// `%XX` with upper-case hex.
+fn push_encoded(out: &mut String, byte: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(char::from(HEX[usize::from(byte >> 4)]));
+    out.push(char::from(HEX[usize::from(byte & 15)]));
 }
 
 /// Checks for refused bytes and tells whether the slow path is needed.
@@ -134,6 +132,7 @@ fn needs_work(bytes: &[u8]) -> Result<bool, PathError> {
             b'%' => work = true,
             b'/' if i > 0 && bytes[i - 1] == b'/' => work = true,
             b'.' if bytes[i - 1] == b'/' => work = true,
+            b if !b.is_ascii() => work = true,
             _ => {}
         }
     }
@@ -164,6 +163,14 @@ pub fn without_parameters(normalized: &str) -> Result<Cow<'_, str>, PathError> {
 mod tests {
 
     #[test]
+    fn raw_non_ascii_is_percent_encoded() {
+        assert_eq!(normalize("/café").unwrap(), "/caf%C3%A9");
+        assert_eq!(normalize("/caf%c3%a9").unwrap(), "/caf%C3%A9");
+        assert_eq!(normalize("/caf%C3%A9").unwrap(), "/caf%C3%A9");
+        assert_eq!(normalize("/日本/./x").unwrap(), "/%E6%97%A5%E6%9C%AC/x");
+    }
+
+    #[test]
     fn path_parameters_are_dropped_for_matching() {
         for (path, matched) in [
             ("/admin", "/admin"),
@@ -192,7 +199,6 @@ mod tests {
             "/a",
             "/a/b/",
             "/a.b/c-d_e~f",
-            "/caf\u{e9}",
             "/a;b=c",
             "/a/.hidden",
             "/a/b..c",

@@ -176,6 +176,25 @@ fn paths_must_be_normalized_and_literal() {
 }
 
 #[test]
+fn non_ascii_paths_match_their_percent_encoded_form() {
+    let c = compile_text(&format!(
+        "{}{}",
+        service("web"),
+        ingress(
+            "i",
+            "",
+            &format!("  rules:\n{}", rule("a.com", "/café", "Prefix", "web"))
+        )
+    ));
+    assert_eq!(c.snapshot.stats.ingresses_rejected, 0, "{:?}", messages(&c));
+    for request in ["/caf%C3%A9", "/caf%c3%a9/menu", "/café"] {
+        let normalized = crate::path::normalize(request).unwrap();
+        assert!(c.snapshot.lookup("a.com", &normalized).is_some(), "{request}");
+    }
+    assert!(c.snapshot.lookup("a.com", "/cafe").is_none());
+}
+
+#[test]
 fn older_ingress_wins_a_conflict_then_namespace_and_name() {
     let newer = ingress(
         "newer",
