@@ -1292,21 +1292,7 @@ async fn controller_serves_what_the_api_server_says() {
         )),
     )
     .await;
-    let kubeconfig = api.kubeconfig.path().to_path_buf();
-    let gw = tokio::task::spawn_blocking(move || {
-        Gateway::controller(
-            "",
-            &kubeconfig,
-            &[
-                "--publish-status-address",
-                "203.0.113.7",
-                "--lease-namespace",
-                "portcullis",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let gw = controller_for(&api, LEADER_ARGS).await;
     // Started means the traffic listeners are up, which happens after the first snapshot.
     assert_eq!(
         http_get(gw.admin, "admin", "/readyz").await.status,
@@ -1450,10 +1436,7 @@ async fn controller_rolling_update_and_watch_expiry_lose_no_request() {
         ),
     ])
     .await;
-    let kubeconfig = api.kubeconfig.path().to_path_buf();
-    let gw = tokio::task::spawn_blocking(move || Gateway::controller("", &kubeconfig, &[]))
-        .await
-        .unwrap();
+    let gw = controller_for(&api, &[]).await;
     let addr = gw.http;
     let in_flight = tokio::spawn(async move { http_get(addr, "app.test", "/slow").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1735,21 +1718,7 @@ async fn a_follower_serves_but_never_writes_status() {
             "spec": {"holderIdentity": "the-other-replica", "leaseDurationSeconds": 15,
                      "renewTime": renew.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()}}),
     );
-    let kubeconfig = api.kubeconfig.path().to_path_buf();
-    let gw = tokio::task::spawn_blocking(move || {
-        Gateway::controller(
-            "",
-            &kubeconfig,
-            &[
-                "--publish-status-address",
-                "203.0.113.7",
-                "--lease-namespace",
-                "portcullis",
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let gw = controller_for(&api, LEADER_ARGS).await;
     assert_eq!(http_get(gw.http, "one.test", "/").await.status, StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let writes = api.writes.lock().unwrap().clone();
@@ -1814,15 +1783,7 @@ async fn lease_handover_between_two_controllers() {
         ),
     ])
     .await;
-    let args = [
-        "--publish-status-address",
-        "203.0.113.7",
-        "--lease-namespace",
-        "portcullis",
-    ];
-    let start =
-        |kc: std::path::PathBuf| tokio::task::spawn_blocking(move || Gateway::controller("", &kc, &args));
-    let first = start(api.kubeconfig.path().to_path_buf()).await.unwrap();
+    let first = controller_for(&api, LEADER_ARGS).await;
     let holder = || {
         api.stored
             .lock()
@@ -1848,7 +1809,7 @@ async fn lease_handover_between_two_controllers() {
     );
     let first_identity = holder().unwrap();
     assert_eq!(first_identity, format!("portcullis-{}", first.pid()));
-    let second = start(api.kubeconfig.path().to_path_buf()).await.unwrap();
+    let second = controller_for(&api, LEADER_ARGS).await;
     // While the first renews, the second only follows.
     std::thread::sleep(Duration::from_secs(6));
     assert_eq!(holder().unwrap(), first_identity);
@@ -2245,4 +2206,21 @@ async fn keep_alive_races_with_a_closing_backend_are_retried_only_when_safe() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(posts.load(Ordering::SeqCst) <= sent);
     backend.abort();
+}
+
+/// Arguments that make a controller publish status and take part in leader election.
+const LEADER_ARGS: &[&str] = &[
+    "--publish-status-address",
+    "203.0.113.7",
+    "--lease-namespace",
+    "portcullis",
+];
+
+/// Starts `portcullis controller` against the API double (off the async runtime: it
+/// waits for the process to listen).
+async fn controller_for(api: &support::kube_api::KubeApi, args: &'static [&'static str]) -> Gateway {
+    let kubeconfig = api.kubeconfig.path().to_path_buf();
+    tokio::task::spawn_blocking(move || Gateway::controller("", &kubeconfig, args))
+        .await
+        .unwrap()
 }
