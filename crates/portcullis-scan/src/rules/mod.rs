@@ -141,6 +141,31 @@ pub(crate) mod util {
             .chain(spec.containers.iter())
     }
 
+    /// Asks `judge` about every container of every workload; each message it returns
+    /// becomes a finding of `rule`, at the rule's severity, on that workload.
+    pub fn container_findings(
+        ctx: &Context<'_>,
+        out: &mut Vec<crate::finding::Finding>,
+        rule: &super::Rule,
+        fix: &str,
+        judge: impl Fn(&crate::inventory::Workload, &Container) -> Option<String>,
+    ) {
+        for w in &ctx.inv.workloads {
+            for c in containers(&w.spec) {
+                if let Some(message) = judge(w, c) {
+                    out.push(crate::finding::Finding::new(
+                        rule.id,
+                        rule.severity,
+                        w.id(),
+                        &w.origin,
+                        message,
+                        fix,
+                    ));
+                }
+            }
+        }
+    }
+
     /// kube-apiserver containers (of static pods or any workload running it).
     pub fn api_servers<'a>(ctx: &'a Context<'_>) -> Vec<(&'a crate::inventory::Workload, &'a Container)> {
         let mut out = Vec::new();

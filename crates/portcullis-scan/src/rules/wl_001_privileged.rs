@@ -8,7 +8,7 @@
 
 use crate::context::Context;
 use crate::finding::{Finding, Severity};
-use crate::rules::util::containers;
+use crate::rules::util::container_findings;
 use crate::rules::Rule;
 
 pub const RULE: Rule = Rule {
@@ -21,20 +21,10 @@ pub const RULE: Rule = Rule {
 const FIX: &str = "remove privileged; grant the one capability needed, if any";
 
 fn check(ctx: &Context<'_>, out: &mut Vec<Finding>) {
-    for w in &ctx.inv.workloads {
-        for c in containers(&w.spec)
-            .filter(|c| c.security_context.as_ref().and_then(|s| s.privileged) == Some(true))
-        {
-            out.push(Finding::new(
-                RULE.id,
-                RULE.severity,
-                w.id(),
-                &w.origin,
-                format!("container {} is privileged", c.name),
-                FIX,
-            ));
-        }
-    }
+    container_findings(ctx, out, &RULE, FIX, |_, c| {
+        let privileged = c.security_context.as_ref().and_then(|s| s.privileged);
+        (privileged == Some(true)).then(|| format!("container {} is privileged", c.name))
+    });
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 
 use crate::context::Context;
 use crate::finding::{Finding, Severity};
-use crate::rules::util::containers;
+use crate::rules::util::container_findings;
 use crate::rules::Rule;
 
 pub const RULE: Rule = Rule {
@@ -21,26 +21,18 @@ pub const RULE: Rule = Rule {
 const FIX: &str = "set securityContext.allowPrivilegeEscalation: false";
 
 fn check(ctx: &Context<'_>, out: &mut Vec<Finding>) {
-    for w in &ctx.inv.workloads {
-        for c in containers(&w.spec).filter(|c| {
-            c.security_context
-                .as_ref()
-                .and_then(|s| s.allow_privilege_escalation)
-                != Some(false)
-        }) {
-            out.push(Finding::new(
-                RULE.id,
-                RULE.severity,
-                w.id(),
-                &w.origin,
-                format!(
-                    "container {} may gain privileges (allowPrivilegeEscalation is not false)",
-                    c.name
-                ),
-                FIX,
-            ));
-        }
-    }
+    container_findings(ctx, out, &RULE, FIX, |_, c| {
+        let allowed = c
+            .security_context
+            .as_ref()
+            .and_then(|s| s.allow_privilege_escalation);
+        (allowed != Some(false)).then(|| {
+            format!(
+                "container {} may gain privileges (allowPrivilegeEscalation is not false)",
+                c.name
+            )
+        })
+    });
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 
 use crate::context::Context;
 use crate::finding::{Finding, Severity};
-use crate::rules::util::containers;
+use crate::rules::util::container_findings;
 use crate::rules::Rule;
 
 pub const RULE: Rule = Rule {
@@ -21,36 +21,25 @@ pub const RULE: Rule = Rule {
 const FIX: &str = "set runAsNonRoot: true and a non-zero runAsUser";
 
 fn check(ctx: &Context<'_>, out: &mut Vec<Finding>) {
-    for w in &ctx.inv.workloads {
-        let pod = w.spec.security_context.clone().unwrap_or_default();
-        for c in containers(&w.spec) {
-            let sc = c.security_context.clone().unwrap_or_default();
-            let user = sc.run_as_user.or(pod.run_as_user);
-            let non_root = sc.run_as_non_root.or(pod.run_as_non_root) == Some(true);
-            if user == Some(0) {
-                out.push(Finding::new(
-                    RULE.id,
-                    RULE.severity,
-                    w.id(),
-                    &w.origin,
-                    format!("container {} runs as root (runAsUser: 0)", c.name),
-                    FIX,
-                ));
-            } else if !non_root && user.is_none() {
-                out.push(Finding::new(
-                    RULE.id,
-                    RULE.severity,
-                    w.id(),
-                    &w.origin,
-                    format!(
-                        "container {} may run as root (no runAsNonRoot or runAsUser)",
-                        c.name
-                    ),
-                    FIX,
-                ));
-            }
+    container_findings(ctx, out, &RULE, FIX, |w, c| {
+        let pod = w.spec.security_context.as_ref();
+        let own = c.security_context.as_ref();
+        let user = own
+            .and_then(|s| s.run_as_user)
+            .or(pod.and_then(|s| s.run_as_user));
+        let non_root = own
+            .and_then(|s| s.run_as_non_root)
+            .or(pod.and_then(|s| s.run_as_non_root))
+            == Some(true);
+        match user {
+            Some(0) => Some(format!("container {} runs as root (runAsUser: 0)", c.name)),
+            None if !non_root => Some(format!(
+                "container {} may run as root (no runAsNonRoot or runAsUser)",
+                c.name
+            )),
+            _ => None,
         }
-    }
+    });
 }
 
 #[cfg(test)]

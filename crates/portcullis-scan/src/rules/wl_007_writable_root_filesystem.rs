@@ -8,7 +8,7 @@
 
 use crate::context::Context;
 use crate::finding::{Finding, Severity};
-use crate::rules::util::containers;
+use crate::rules::util::container_findings;
 use crate::rules::Rule;
 
 pub const RULE: Rule = Rule {
@@ -21,23 +21,13 @@ pub const RULE: Rule = Rule {
 const FIX: &str = "set readOnlyRootFilesystem: true and mount emptyDir volumes where the app writes";
 
 fn check(ctx: &Context<'_>, out: &mut Vec<Finding>) {
-    for w in &ctx.inv.workloads {
-        for c in containers(&w.spec).filter(|c| {
-            c.security_context
-                .as_ref()
-                .and_then(|s| s.read_only_root_filesystem)
-                != Some(true)
-        }) {
-            out.push(Finding::new(
-                RULE.id,
-                RULE.severity,
-                w.id(),
-                &w.origin,
-                format!("container {} has a writable root filesystem", c.name),
-                FIX,
-            ));
-        }
-    }
+    container_findings(ctx, out, &RULE, FIX, |_, c| {
+        let read_only = c
+            .security_context
+            .as_ref()
+            .and_then(|s| s.read_only_root_filesystem);
+        (read_only != Some(true)).then(|| format!("container {} has a writable root filesystem", c.name))
+    });
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 
 use crate::context::Context;
 use crate::finding::{Finding, Severity};
-use crate::rules::util::containers;
+use crate::rules::util::container_findings;
 use crate::rules::Rule;
 
 pub const RULE: Rule = Rule {
@@ -21,45 +21,22 @@ pub const RULE: Rule = Rule {
 const FIX: &str = "set securityContext.seccompProfile.type: RuntimeDefault on the pod";
 
 fn check(ctx: &Context<'_>, out: &mut Vec<Finding>) {
-    for w in &ctx.inv.workloads {
-        let pod_profile = w
+    container_findings(ctx, out, &RULE, FIX, |w, c| {
+        let own = c
+            .security_context
+            .as_ref()
+            .and_then(|s| s.seccomp_profile.as_ref());
+        let pod = w
             .spec
             .security_context
             .as_ref()
-            .and_then(|s| s.seccomp_profile.clone())
-            .map(|p| p.type_);
-        for c in containers(&w.spec) {
-            let profile = c
-                .security_context
-                .as_ref()
-                .and_then(|s| s.seccomp_profile.clone())
-                .map(|p| p.type_)
-                .or(pod_profile.clone());
-            match profile.as_deref() {
-                Some("RuntimeDefault" | "Localhost") => {}
-                Some(other) => {
-                    out.push(Finding::new(
-                        RULE.id,
-                        RULE.severity,
-                        w.id(),
-                        &w.origin,
-                        format!("container {} runs with seccomp {other}", c.name),
-                        FIX,
-                    ));
-                }
-                None => {
-                    out.push(Finding::new(
-                        RULE.id,
-                        RULE.severity,
-                        w.id(),
-                        &w.origin,
-                        format!("container {} has no seccomp profile", c.name),
-                        FIX,
-                    ));
-                }
-            }
+            .and_then(|s| s.seccomp_profile.as_ref());
+        match own.or(pod).map(|p| p.type_.as_str()) {
+            Some("RuntimeDefault" | "Localhost") => None,
+            Some(other) => Some(format!("container {} runs with seccomp {other}", c.name)),
+            None => Some(format!("container {} has no seccomp profile", c.name)),
         }
-    }
+    });
 }
 
 #[cfg(test)]
