@@ -1210,22 +1210,10 @@ async fn scan_reads_a_live_cluster_read_only() {
         ),
     ])
     .await;
-    let kubeconfig = api.kubeconfig.path().to_path_buf();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(support::binary())
-            .args(["scan", "--cluster", "--format", "json"])
-            .env("KUBECONFIG", kubeconfig)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut scan = std::process::Command::new(support::binary());
+    scan.args(["scan", "--cluster", "--format", "json"])
+        .env("KUBECONFIG", api.kubeconfig.path());
+    let stdout = support::stdout_of(scan).await;
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let findings = report["findings"].as_array().unwrap();
     let top = findings

@@ -697,23 +697,12 @@ async fn a_real_browser_logs_in_through_the_gateway() {
         std::path::Path::new("/usr/bin/chromium").exists(),
         "Debian's chromium is needed: apt-get install chromium (.ci/run does)"
     );
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg(script)
-            .arg(&url)
-            .arg("carol")
-            .arg("MAP app.test 127.0.0.1")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut node = std::process::Command::new("node");
+    node.arg(script)
+        .arg(&url)
+        .arg("carol")
+        .arg("MAP app.test 127.0.0.1");
+    let stdout = crate::support::stdout_of(node).await;
     let result: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(result["url"], w.url("app.test", "/browser"));
     assert_eq!(result["text"], "app /browser");

@@ -130,6 +130,21 @@ pub async fn web_gateway(host: &str, config: &str) -> (backend::Backend, Gateway
     (web, gw)
 }
 
+/// Runs a command to completion off the async runtime; it must succeed. Its stdout.
+pub async fn stdout_of(mut command: Command) -> String {
+    let shown = format!("{command:?}");
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{shown} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_portcullis")
 }
