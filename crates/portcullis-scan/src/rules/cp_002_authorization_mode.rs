@@ -37,11 +37,7 @@ fn check(ctx: &Context<'_>, out: &mut Vec<Finding>) {
 
 #[cfg(test)]
 mod tests {
-    use crate::rules::test_support::findings;
-
-    fn apiserver(flags: &str) -> String {
-        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: kube-apiserver, namespace: kube-system, labels: {{component: kube-apiserver, tier: control-plane}}}}\nspec:\n  hostNetwork: true\n  containers:\n  - name: kube-apiserver\n    image: registry.k8s.io/kube-apiserver:v1.31.0\n    command: [kube-apiserver, --etcd-servers=https://127.0.0.1:2379{flags}]\n")
-    }
+    use crate::rules::test_support::{apiserver, findings};
 
     #[test]
     fn fixture() {

@@ -211,6 +211,11 @@ pub(crate) mod util {
 pub(crate) mod test_support {
     use crate::finding::Finding;
 
+    /// A static kube-apiserver pod running with these extra flags (each `, --flag`).
+    pub fn apiserver(flags: &str) -> String {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: kube-apiserver, namespace: kube-system, labels: {{component: kube-apiserver, tier: control-plane}}}}\nspec:\n  hostNetwork: true\n  containers:\n  - name: kube-apiserver\n    image: registry.k8s.io/kube-apiserver:v1.31.0\n    command: [kube-apiserver, --etcd-servers=https://127.0.0.1:2379{flags}]\n")
+    }
+
     /// Scans YAML and returns the findings of one rule.
     pub fn findings(yaml: &str, rule: &str) -> Vec<Finding> {
         let mut inv = crate::Inventory::default();
