@@ -184,6 +184,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     portcullis_config::units::parse_duration(s)
 }
 
+/// The exit code for CI: failure when something was found wrong.
+fn failure_if(failed: bool) -> std::process::ExitCode {
+    if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -307,11 +316,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                     manifests.object_count()
                 )
             );
-            Ok(if compiled.error_count() > 0 {
-                std::process::ExitCode::FAILURE
-            } else {
-                std::process::ExitCode::SUCCESS
-            })
+            Ok(failure_if(compiled.error_count() > 0))
         }
         Command::Routes {
             input,
@@ -389,11 +394,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             };
             println!("{}", text.trim_end());
             let failed = fail_on.is_some_and(|limit| report.findings.iter().any(|f| f.severity <= limit));
-            Ok(if failed {
-                std::process::ExitCode::FAILURE
-            } else {
-                std::process::ExitCode::SUCCESS
-            })
+            Ok(failure_if(failed))
         }
         Command::Netpol {
             paths,
