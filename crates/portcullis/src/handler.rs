@@ -380,6 +380,15 @@ async fn serve(
         None => path.clone(),
     };
     let upgrade = proxy::upgrade_requested(req.headers()).is_some();
+    // What authentication looks at, for the gateway's endpoints and for routes.
+    let facts = RequestFacts {
+        method: req.method(),
+        headers: req.headers(),
+        host: &host,
+        authority: &authority,
+        target: &target,
+        upgrade,
+    };
 
     if matched.starts_with(RESERVED_PREFIX) {
         if !crate::auth::ENDPOINTS.contains(&matched.as_ref()) {
@@ -391,14 +400,6 @@ async fn serve(
         if !conn.tls {
             return Err(redirect_to_https(proxy, &host, &path, req.uri()));
         }
-        let facts = RequestFacts {
-            method: req.method(),
-            headers: req.headers(),
-            host: &host,
-            authority: &authority,
-            target: &target,
-            upgrade,
-        };
         let provider_for = |p: &str| {
             let id = runtime.snapshot.lookup(&host, p)?;
             runtime
@@ -458,45 +459,35 @@ async fn serve(
 
     let (identity, set_cookies) = match &route.options.auth {
         AuthMode::None => (None, Vec::new()),
-        mode => {
-            let facts = RequestFacts {
-                method: req.method(),
-                headers: req.headers(),
-                host: &host,
-                authority: &authority,
-                target: &target,
-                upgrade,
-            };
-            match proxy.auth.authenticate(mode, &facts).await {
-                Decision::Allow {
-                    identity,
-                    set_cookies,
-                } => {
-                    record.identity = Some(AuditIdentity {
-                        subject: identity.subject.clone(),
-                        email: identity.email.clone().filter(|_| identity.email_verified),
-                        groups: identity.groups.clone(),
-                        method: identity.method.as_str(),
-                        provider: identity.provider.clone(),
-                    });
-                    (Some(identity), set_cookies)
-                }
-                Decision::Respond {
-                    response,
-                    code,
-                    reason,
-                } => {
-                    record.detail = Some(reason);
-                    let decision = if response.status().is_redirection() {
-                        "redirect"
-                    } else {
-                        "deny"
-                    };
-                    record.decision = Some((decision, code));
-                    return Ok(response);
-                }
+        mode => match proxy.auth.authenticate(mode, &facts).await {
+            Decision::Allow {
+                identity,
+                set_cookies,
+            } => {
+                record.identity = Some(AuditIdentity {
+                    subject: identity.subject.clone(),
+                    email: identity.email.clone().filter(|_| identity.email_verified),
+                    groups: identity.groups.clone(),
+                    method: identity.method.as_str(),
+                    provider: identity.provider.clone(),
+                });
+                (Some(identity), set_cookies)
             }
-        }
+            Decision::Respond {
+                response,
+                code,
+                reason,
+            } => {
+                record.detail = Some(reason);
+                let decision = if response.status().is_redirection() {
+                    "redirect"
+                } else {
+                    "deny"
+                };
+                record.decision = Some((decision, code));
+                return Ok(response);
+            }
+        },
     };
 
     if let Some(identity) = &identity {
