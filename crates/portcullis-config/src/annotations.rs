@@ -38,12 +38,14 @@ fn field(key: &str) -> String {
     format!("metadata.annotations[\"{PREFIX}{key}\"]")
 }
 
-/// Parses the annotations of one Ingress. Returns the options, or every Problem.
+/// Parses the annotations of one Ingress, ingress-nginx's first and then Portcullis's
+/// own (which win where both say something). Returns the options, or `None` when there
+/// are errors, and every Problem, warnings included.
 pub fn route_options(
     object: &ObjectRef,
     annotations: Option<&BTreeMap<String, String>>,
     settings: &Settings,
-) -> Result<RouteOptions, Vec<Problem>> {
+) -> (Option<RouteOptions>, Vec<Problem>) {
     let mut options = RouteOptions {
         ssl_redirect: true,
         max_body_size: non_zero(settings.limits.max_body_size.0),
@@ -54,13 +56,23 @@ pub fn route_options(
         policy: Policy::default(),
         rate_limit: None,
         max_connections: None,
+        ..RouteOptions::default()
     };
+    let mut problems = Vec::new();
+    if let Some(map) = annotations {
+        for (name, severity, message) in crate::nginx::apply(map, &mut options) {
+            let field = format!("metadata.annotations[\"{}{name}\"]", crate::nginx::PREFIX);
+            problems.push(match severity {
+                crate::problem::Severity::Error => Problem::error(Some(object.clone()), field, message),
+                _ => Problem::warning(Some(object.clone()), field, message),
+            });
+        }
+    }
     let mut auth = None;
     let mut rate: Option<(u32, std::time::Duration)> = None;
     let mut burst: Option<u32> = None;
     let mut rate_key = RateLimitKey::Client;
     let mut auth_provider = None;
-    let mut problems = Vec::new();
     let mut bad =
         |key: &str, message: String| problems.push(Problem::error(Some(object.clone()), field(key), message));
     for (full_key, value) in annotations.into_iter().flatten() {
@@ -220,11 +232,8 @@ pub fn route_options(
             "authenticated routes are HTTPS only: \"false\" would send sessions and tokens in the clear",
         ));
     }
-    if problems.is_empty() {
-        Ok(options)
-    } else {
-        Err(problems)
-    }
+    let options = (!problems.iter().any(Problem::is_error)).then_some(options);
+    (options, problems)
 }
 
 /// The provider an authenticated route uses: the one named, or the only one configured.
@@ -277,66 +286,6 @@ fn resolve_auth(
     })
 }
 
-/// Prefix of ingress-nginx's annotations.
-pub const NGINX_PREFIX: &str = "nginx.ingress.kubernetes.io/";
-
-/// ingress-nginx annotations that restrict who may reach a route. This version does
-/// not implement them, so an Ingress carrying one is rejected rather than served with
-/// the restriction silently gone. Snippets are refused for good: they are raw proxy
-/// configuration, the source of ingress-nginx's injection CVEs.
-const NGINX_ACCESS_CONTROL: &[&str] = &[
-    "auth-url",
-    "auth-signin",
-    "auth-type",
-    "auth-secret",
-    "auth-secret-type",
-    "auth-realm",
-    "auth-method",
-    "auth-snippet",
-    "auth-tls-secret",
-    "auth-tls-verify-client",
-    "auth-tls-verify-depth",
-    "enable-global-auth",
-    "satisfy",
-    "whitelist-source-range",
-    "allowlist-source-range",
-    "denylist-source-range",
-    "limit-rps",
-    "limit-rpm",
-    "limit-connections",
-    "configuration-snippet",
-    "server-snippet",
-    "stream-snippet",
-    "modsecurity-snippet",
-    "enable-modsecurity",
-];
-
-/// Problems for `nginx.ingress.kubernetes.io/*` annotations: an error for those that
-/// restrict access (the Ingress is rejected), a warning for the rest (ignored).
-pub fn nginx_annotations(object: &ObjectRef, annotations: Option<&BTreeMap<String, String>>) -> Vec<Problem> {
-    let mut problems = Vec::new();
-    for key in annotations.into_iter().flatten().map(|(k, _)| k) {
-        let Some(name) = key.strip_prefix(NGINX_PREFIX) else {
-            continue;
-        };
-        let field = format!("metadata.annotations[\"{key}\"]");
-        if NGINX_ACCESS_CONTROL.contains(&name) {
-            problems.push(Problem::error(
-                Some(object.clone()),
-                field,
-                "restricts access, and ingress-nginx annotations are not supported yet: the Ingress is rejected rather than served without that restriction",
-            ));
-        } else {
-            problems.push(Problem::warning(
-                Some(object.clone()),
-                field,
-                "ingress-nginx annotations are not supported yet: ignored",
-            ));
-        }
-    }
-    problems
-}
-
 /// A comma-separated list with no empty entries.
 fn list(value: &str) -> Result<Vec<String>, String> {
     let items: Vec<String> = value.split(',').map(|s| s.trim().to_string()).collect();
@@ -364,7 +313,7 @@ fn claims(value: &str) -> Result<std::collections::BTreeMap<String, Vec<String>>
 }
 
 /// CIDRs (a bare address is a single host).
-fn ranges(value: &str) -> Result<Vec<ipnet::IpNet>, String> {
+pub(crate) fn ranges(value: &str) -> Result<Vec<ipnet::IpNet>, String> {
     list(value)?
         .iter()
         .map(|r| {
@@ -406,11 +355,14 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        route_options(
+        match route_options(
             &ObjectRef::new("Ingress", Some("ns"), "i"),
             Some(&map),
             &Settings::default(),
-        )
+        ) {
+            (Some(o), _) => Ok(o),
+            (None, problems) => Err(problems),
+        }
     }
 
     #[test]
@@ -438,19 +390,20 @@ mod tests {
     }
 
     #[test]
-    fn nginx_access_control_annotations_reject_and_others_warn() {
-        let map: BTreeMap<String, String> = [
-            ("nginx.ingress.kubernetes.io/auth-url", "http://auth"),
-            ("nginx.ingress.kubernetes.io/rewrite-target", "/"),
-            ("example.com/other", "x"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        let problems = nginx_annotations(&ObjectRef::new("Ingress", Some("ns"), "i"), Some(&map));
-        assert_eq!(problems.len(), 2);
-        assert!(problems[0].is_error() && problems[0].field.contains("auth-url"));
-        assert!(!problems[1].is_error() && problems[1].field.contains("rewrite-target"));
+    fn nginx_annotations_come_first_and_portcullis_ones_win() {
+        let o = parse(&[
+            ("nginx.ingress.kubernetes.io/proxy-body-size", "1m"),
+            ("nginx.ingress.kubernetes.io/proxy-read-timeout", "5"),
+            ("portcullis.dev/max-body-size", "2m"),
+        ])
+        .unwrap();
+        assert_eq!(o.max_body_size, Some(2 << 20));
+        assert_eq!(o.read_timeout, Duration::from_secs(5));
+        let problems = parse(&[("nginx.ingress.kubernetes.io/auth-url", "http://auth")]).unwrap_err();
+        assert!(
+            problems[0].field.contains("nginx.ingress.kubernetes.io/auth-url"),
+            "{problems:?}"
+        );
     }
 
     fn oidc_settings() -> Settings {
@@ -477,6 +430,7 @@ mod tests {
             Some(&map),
             &oidc_settings(),
         )
+        .0
         .unwrap();
         assert_eq!(o.policy.allow_groups, ["admins", "sre"]);
         assert_eq!(o.policy.allow_email_domains, ["example.com"]);

@@ -103,6 +103,7 @@ struct PlannedPath {
     path_type: PathType,
     field: String,
     backend: BackendRef,
+    regex: Option<regex::Regex>,
 }
 
 struct PlannedTls {
@@ -280,21 +281,14 @@ impl<'a> Compiler<'a> {
     fn plan(&self, object: &'a Object<Ingress>) -> (Option<IngressPlan<'a>>, Vec<Problem>) {
         let oref = object.object_ref();
         let mut problems = Vec::new();
-        let options = match annotations::route_options(
-            &oref,
-            object.value.metadata.annotations.as_ref(),
-            self.settings,
-        ) {
-            Ok(o) => Some(Arc::new(o)),
-            Err(p) => {
-                problems.extend(p);
-                None
-            }
+        let (options, found) =
+            annotations::route_options(&oref, object.value.metadata.annotations.as_ref(), self.settings);
+        problems.extend(found);
+        let options = options.map(Arc::new);
+        let regex_paths = match &options {
+            Some(o) => o.regex_paths,
+            None => crate::nginx::wants_regex(object.value.metadata.annotations.as_ref()),
         };
-        problems.extend(annotations::nginx_annotations(
-            &oref,
-            object.value.metadata.annotations.as_ref(),
-        ));
         let mut err = |field: String, message: String| {
             problems.push(Problem::error(Some(oref.clone()), field, message))
         };
@@ -320,8 +314,14 @@ impl<'a> Compiler<'a> {
                         continue;
                     }
                 };
-                let path_text = match validate_path(p.path.as_deref().unwrap_or("/")) {
-                    Ok(path) => path,
+                let written = p.path.as_deref().unwrap_or("/");
+                let checked = if regex_paths {
+                    crate::rewrite::path_regex(written).map(|re| (written.to_string(), Some(re)))
+                } else {
+                    validate_path(written).map(|path| (path, None))
+                };
+                let (path_text, regex) = match checked {
+                    Ok(checked) => checked,
                     Err(m) => {
                         err(format!("{field}.path"), m);
                         continue;
@@ -331,6 +331,7 @@ impl<'a> Compiler<'a> {
                     Ok(backend) => paths.push(PlannedPath {
                         host: host.clone(),
                         path: path_text,
+                        regex,
                         path_type,
                         field,
                         backend,
@@ -419,6 +420,7 @@ impl<'a> Compiler<'a> {
                 backend,
                 options: plan.options.clone(),
                 tls: false,
+                regex: p.regex.clone(),
             };
             let (host, path, path_type) = (route.host.clone(), route.path.clone(), route.path_type);
             if let Err(conflict) = self.table.insert(route) {
@@ -446,6 +448,7 @@ impl<'a> Compiler<'a> {
                 backend,
                 options: plan.options.clone(),
                 tls: false,
+                regex: None,
             };
             if let Err(conflict) = self.table.set_default(route) {
                 let winner = self.table.route(conflict.0).ingress.clone();

@@ -5,10 +5,13 @@
 
 pub mod annotations;
 pub mod compile;
+pub mod cors;
 pub mod manifest;
+pub mod nginx;
 pub mod path;
 pub mod policy;
 pub mod problem;
+pub mod rewrite;
 pub mod routes;
 pub mod settings;
 pub mod snapshot;

@@ -133,6 +133,9 @@ pub struct Route {
     pub options: Arc<RouteOptions>,
     /// The host is named in some served Ingress's `spec.tls`: plain HTTP redirects.
     pub tls: bool,
+    /// The path as a regular expression (`nginx.ingress.kubernetes.io/use-regex` or
+    /// `rewrite-target`); see [`crate::rewrite::path_regex`].
+    pub regex: Option<regex::Regex>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -140,12 +143,39 @@ struct PathTable {
     exact: HashMap<String, RouteId>,
     /// Prefix paths without trailing slashes; the root is the empty string.
     prefix: HashMap<String, RouteId>,
+    /// Regular-expression paths, longest pattern first (ties in insertion order), as
+    /// ingress-nginx orders its `location ~*` blocks.
+    regex: Vec<RegexPath>,
+}
+
+#[derive(Debug, Clone)]
+struct RegexPath {
+    pattern: String,
+    regex: regex::Regex,
+    id: RouteId,
 }
 
 impl PathTable {
     fn lookup(&self, path: &str) -> Option<RouteId> {
+        let plain = self.lookup_plain(path);
+        if self.regex.is_empty() {
+            return plain.map(|(id, _)| id);
+        }
+        // A regex beats a plain match whose path is not longer than its pattern, the
+        // order ingress-nginx gives the locations of a host that uses regexes.
+        let plain_len = plain.map_or(0, |(_, len)| len);
+        self.regex
+            .iter()
+            .take_while(|r| r.pattern.len() >= plain_len)
+            .find(|r| r.regex.is_match(path))
+            .map(|r| r.id)
+            .or(plain.map(|(id, _)| id))
+    }
+
+    /// The exact or prefix match and the length of the path it matched on.
+    fn lookup_plain(&self, path: &str) -> Option<(RouteId, usize)> {
         if let Some(id) = self.exact.get(path) {
-            return Some(*id);
+            return Some((*id, path.len()));
         }
         if self.prefix.is_empty() {
             return None;
@@ -153,7 +183,7 @@ impl PathTable {
         let mut key = path.trim_end_matches('/');
         loop {
             if let Some(id) = self.prefix.get(key) {
-                return Some(*id);
+                return Some((*id, key.len().max(1)));
             }
             match key.rfind('/') {
                 Some(i) => key = &key[..i],
@@ -203,6 +233,24 @@ impl RouteTable {
             HostMatch::Wildcard(s) => self.wildcard_hosts.entry(s.clone()).or_default(),
             HostMatch::Any => &mut self.any_host,
         };
+        if let Some(regex) = &route.regex {
+            if let Some(existing) = table.regex.iter().find(|r| r.pattern == route.path) {
+                return Err(Conflict(existing.id));
+            }
+            let at = table
+                .regex
+                .partition_point(|r| r.pattern.len() >= route.path.len());
+            table.regex.insert(
+                at,
+                RegexPath {
+                    pattern: route.path.clone(),
+                    regex: regex.clone(),
+                    id,
+                },
+            );
+            self.routes.push(route);
+            return Ok(id);
+        }
         let slot = table.slot(route.path_type);
         match slot.entry(path_key(&route.path, route.path_type)) {
             std::collections::hash_map::Entry::Occupied(e) => Err(Conflict(*e.get())),
@@ -281,6 +329,7 @@ mod tests {
             backend: BackendId(tag),
             options: Arc::new(RouteOptions::default()),
             tls: false,
+            regex: None,
         }
     }
 
@@ -398,6 +447,38 @@ mod tests {
         assert_eq!(
             t.set_default(route("", "/", Prefix, 5)),
             Err(Conflict(RouteId(3)))
+        );
+    }
+
+    fn regex_route(host: &str, pattern: &str, tag: usize) -> Route {
+        Route {
+            regex: Some(crate::rewrite::path_regex(pattern).unwrap()),
+            ..route(host, pattern, ImplementationSpecific, tag)
+        }
+    }
+
+    #[test]
+    fn regex_paths_take_the_longest_pattern_first_and_beat_shorter_plain_paths() {
+        let mut t = RouteTable::default();
+        t.insert(route("a.com", "/", Prefix, 0)).unwrap();
+        t.insert(regex_route("a.com", "/api(/|$)(.*)", 1)).unwrap();
+        t.insert(regex_route("a.com", "/api/v2(/|$)(.*)", 2)).unwrap();
+        t.insert(route("a.com", "/api/v2/long-plain-prefix", Prefix, 3))
+            .unwrap();
+        let at = |p: &str| t.lookup("a.com", p).map(|id| t.route(id).backend.0);
+        assert_eq!(at("/api"), Some(1));
+        assert_eq!(at("/API/x"), Some(1), "case-insensitive, as ~*");
+        assert_eq!(at("/api/v2/x"), Some(2));
+        assert_eq!(
+            at("/api/v2/long-plain-prefix/x"),
+            Some(3),
+            "a longer plain path wins"
+        );
+        assert_eq!(at("/apix"), Some(0));
+        assert_eq!(at("/other"), Some(0));
+        assert_eq!(
+            t.insert(regex_route("a.com", "/api(/|$)(.*)", 4)),
+            Err(Conflict(RouteId(1)))
         );
     }
 

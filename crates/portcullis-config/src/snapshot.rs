@@ -134,6 +134,33 @@ pub struct RouteOptions {
     pub rate_limit: Option<RateLimit>,
     /// Concurrent requests per client address on this route.
     pub max_connections: Option<u32>,
+    /// Plain HTTP redirects to HTTPS even when the host has no TLS
+    /// (`nginx.ingress.kubernetes.io/force-ssl-redirect`).
+    pub force_ssl_redirect: bool,
+    /// Every request is answered with this redirect (`permanent-redirect`,
+    /// `temporal-redirect`).
+    pub redirect: Option<Redirect>,
+    /// Requests for `/` are redirected here (`app-root`).
+    pub app_root: Option<String>,
+    /// The Ingress's paths are regular expressions (`use-regex`, `rewrite-target`).
+    pub regex_paths: bool,
+    /// The upstream path replaces the request's (`rewrite-target`).
+    pub rewrite_target: Option<crate::rewrite::RewriteTarget>,
+    /// Sent to the backend as `X-Forwarded-Prefix` (`x-forwarded-prefix`).
+    pub forwarded_prefix: Option<String>,
+    /// Sent to the backend as `Host` instead of the client's (`upstream-vhost`).
+    pub upstream_host: Option<String>,
+    /// Preflight answers and CORS response headers (`enable-cors`).
+    pub cors: Option<crate::cors::Cors>,
+}
+
+/// A redirect the gateway answers with instead of proxying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// 301, 302, 303, 307 or 308.
+    pub code: u16,
+    /// An absolute http(s) URL.
+    pub location: String,
 }
 
 impl Default for RouteOptions {
@@ -148,6 +175,14 @@ impl Default for RouteOptions {
             policy: crate::policy::Policy::default(),
             rate_limit: None,
             max_connections: None,
+            force_ssl_redirect: false,
+            redirect: None,
+            app_root: None,
+            regex_paths: false,
+            rewrite_target: None,
+            forwarded_prefix: None,
+            upstream_host: None,
+            cors: None,
         }
     }
 }

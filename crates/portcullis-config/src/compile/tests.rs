@@ -519,7 +519,7 @@ fn ingress_nginx_access_annotations_fail_closed() {
     );
     let rewritten = ingress(
         "rewritten",
-        "  annotations: {nginx.ingress.kubernetes.io/proxy-buffering: \"on\"}\n",
+        "  annotations: {nginx.ingress.kubernetes.io/affinity: cookie, nginx.ingress.kubernetes.io/proxy-buffering: \"on\"}\n",
         &format!("  rules:\n{}", rule("b.com", "/", "Prefix", "web")),
     );
     let c = compile_text(&format!("{}{guarded}{rewritten}", service("web")));
@@ -529,8 +529,41 @@ fn ingress_nginx_access_annotations_fail_closed() {
     );
     assert!(c.snapshot.lookup("b.com", "/").is_some());
     let m = messages(&c).join("\n");
-    assert!(m.contains("error: Ingress ns/guarded metadata.annotations[\"nginx.ingress.kubernetes.io/auth-url\"]: restricts access"), "{m}");
-    assert!(m.contains("warning: Ingress ns/rewritten metadata.annotations[\"nginx.ingress.kubernetes.io/proxy-buffering\"]"), "{m}");
+    assert!(m.contains("error: Ingress ns/guarded metadata.annotations[\"nginx.ingress.kubernetes.io/auth-url\"]: external and basic authentication"), "{m}");
+    assert!(m.contains("warning: Ingress ns/rewritten metadata.annotations[\"nginx.ingress.kubernetes.io/affinity\"]: not supported"), "{m}");
+    assert!(
+        !m.contains("proxy-buffering"),
+        "supported with a documented difference: {m}"
+    );
     assert_eq!(c.snapshot.stats.ingresses_rejected, 1);
     assert_eq!(c.snapshot.stats.ingresses_served, 1);
+}
+
+#[test]
+fn nginx_regex_paths_route_and_invalid_regexes_name_the_path() {
+    let regex = ingress(
+        "regex",
+        "  annotations: {nginx.ingress.kubernetes.io/rewrite-target: /$2}\n",
+        &format!(
+            "  rules:\n{}",
+            rule("a.com", "/api(/|$)(.*)", "ImplementationSpecific", "web")
+        ),
+    );
+    let broken = ingress(
+        "broken",
+        "  annotations: {nginx.ingress.kubernetes.io/use-regex: \"true\"}\n",
+        &format!(
+            "  rules:\n{}",
+            rule("b.com", "/(unclosed", "ImplementationSpecific", "web")
+        ),
+    );
+    let c = compile_text(&format!("{}{regex}{broken}", service("web")));
+    let id = c.snapshot.lookup("a.com", "/API/users").expect("regex route");
+    assert_eq!(c.snapshot.routes.route(id).path, "/api(/|$)(.*)");
+    assert!(c.snapshot.lookup("a.com", "/apis").is_none());
+    let m = messages(&c).join("\n");
+    assert!(
+        m.contains("error: Ingress ns/broken spec.rules[0].http.paths[0].path: \"/(unclosed\" is not a valid regular expression"),
+        "{m}"
+    );
 }
