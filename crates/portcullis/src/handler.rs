@@ -432,12 +432,27 @@ async fn serve(
         });
     }
 
+    // Answers ingress-nginx gives before any access check (its rewrite phase).
+    if let Some(route) = route {
+        if let Some(response) = answer_early(conn, route, &req, &authority, &matched) {
+            record.decision = Some(("redirect", "annotation"));
+            return Ok(response);
+        }
+    }
     let authenticated = route.is_some_and(|r| r.options.auth != AuthMode::None);
     if !conn.tls && (authenticated || wants_https(runtime, route, &host)) {
         return Err(redirect_to_https(proxy, &host, &path, req.uri()));
     }
     let route =
         route.ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no route for this host and path"))?;
+    let upstream_target = match (&route.options.rewrite_target, &route.regex) {
+        (Some(rewrite), Some(regex)) => rewritten(rewrite, regex, &matched, req.uri().query())?,
+        _ => target.clone(),
+    };
+    let cors_origin = route.options.cors.as_ref().and_then(|cors| {
+        let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        cors.allow_origin(origin).map(str::to_string)
+    });
 
     // Who may pass, from where, how often: address rules first, they need no identity.
     let route_key = format!("{}{}{}", route.ingress, route.host, route.path);
@@ -531,7 +546,7 @@ async fn serve(
         conn,
         req,
         &authority,
-        &path,
+        upstream_target,
         request_id,
         route,
         client_upgrade.is_some(),
@@ -542,12 +557,95 @@ async fn serve(
     let (response, upstream) = forward(proxy, runtime, route, outgoing, record).await?;
     record.upstream = Some(upstream.to_string());
     let mut response = relay_response(response, route, conn, client_upgrade);
+    if let (Some(cors), Some(origin)) = (&route.options.cors, &cors_origin) {
+        set_cors_headers(response.headers_mut(), cors, origin);
+    }
     for cookie in set_cookies {
         if let Ok(v) = HeaderValue::from_str(&cookie) {
             response.headers_mut().append(header::SET_COOKIE, v);
         }
     }
     Ok(response)
+}
+
+/// The redirects and CORS preflight answers of ingress-nginx's annotations, which it
+/// gives before checking addresses or credentials.
+fn answer_early(
+    conn: &ClientConn,
+    route: &Route,
+    req: &Request<Incoming>,
+    authority: &str,
+    matched: &str,
+) -> Option<Response<Body>> {
+    let options = &route.options;
+    if let Some(cors) = &options.cors {
+        if req.method() == Method::OPTIONS {
+            let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok());
+            if let Some(allowed) = cors.allow_origin(origin) {
+                let mut response = Response::new(proxy::empty());
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                let h = response.headers_mut();
+                set_cors_headers(h, cors, allowed);
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain charset=UTF-8"),
+                );
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+                return Some(response);
+            }
+        }
+    }
+    let location = match (&options.redirect, &options.app_root) {
+        (Some(redirect), _) => Some((redirect.code, redirect.location.clone())),
+        (None, Some(root)) if matched == "/" => {
+            let scheme = if conn.tls { "https" } else { "http" };
+            Some((302, format!("{scheme}://{authority}{root}")))
+        }
+        _ => None,
+    }?;
+    let (code, location) = location;
+    let mut response = Response::new(proxy::empty());
+    *response.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::FOUND);
+    let value = HeaderValue::from_str(&location).ok()?;
+    response.headers_mut().insert(header::LOCATION, value);
+    Some(response)
+}
+
+fn set_cors_headers(headers: &mut http::HeaderMap, cors: &portcullis_config::cors::Cors, origin: &str) {
+    for (name, value) in cors.headers(origin) {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    }
+}
+
+/// The upstream path and query of a `rewrite-target` route: the path regex's groups
+/// put into the target, normalized again like every request path.
+fn rewritten(
+    rewrite: &portcullis_config::rewrite::RewriteTarget,
+    regex: &regex::Regex,
+    matched: &str,
+    query: Option<&str>,
+) -> Result<String, Refusal> {
+    let groups: Vec<Option<&str>> = match regex.captures(matched) {
+        Some(c) => c.iter().map(|m| m.map(|m| m.as_str())).collect(),
+        None => vec![Some(matched)],
+    };
+    let target = rewrite.apply(&groups, query);
+    let (new_path, new_query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target.as_str(), None),
+    };
+    let normalized = path::normalize(new_path).map_err(|e| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            format!("the rewritten path is refused: {e}"),
+        )
+    })?;
+    Ok(match new_query {
+        Some(q) => format!("{normalized}?{q}"),
+        None => normalized.into_owned(),
+    })
 }
 
 /// 403 for a policy denial.
@@ -659,7 +757,9 @@ fn request_authority(req: &Request<Incoming>) -> Result<String, Refusal> {
 fn wants_https(runtime: &Runtime, route: Option<&Route>, host: &str) -> bool {
     let tls_host = runtime.snapshot.host_has_tls(host);
     match route {
-        Some(route) => (tls_host || route.tls) && route.options.ssl_redirect,
+        Some(route) => {
+            route.options.force_ssl_redirect || ((tls_host || route.tls) && route.options.ssl_redirect)
+        }
         None => tls_host,
     }
 }
@@ -705,7 +805,7 @@ impl Outgoing {
         conn: &ClientConn,
         req: Request<Incoming>,
         authority: &str,
-        path: &str,
+        path_and_query: String,
         request_id: &str,
         route: &Route,
         upgrade: bool,
@@ -756,6 +856,13 @@ impl Outgoing {
             authority,
             request_id,
         );
+        let mut set = |name: &'static str, value: &Option<String>| {
+            if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+                headers.insert(name, v);
+            }
+        };
+        set("x-forwarded-prefix", &route.options.forwarded_prefix);
+        set("host", &route.options.upstream_host);
 
         let bodiless = http_body::Body::is_end_stream(&body);
         let counted = proxy::Counted::new(body, record.bytes_in.clone());
@@ -776,10 +883,9 @@ impl Outgoing {
                 }
             }
         };
-        let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
         Outgoing {
             method: parts.method,
-            path_and_query: format!("{path}{query}"),
+            path_and_query,
             headers,
             body: Some(body),
             bodiless,

@@ -178,6 +178,21 @@ struct Input {
     /// Gateway config file (YAML).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The IngressClass to serve (overrides ingressClass in the config file), e.g.
+    /// `nginx` to take over an ingress-nginx installation's Ingresses unchanged.
+    #[arg(long)]
+    ingress_class: Option<String>,
+}
+
+impl Input {
+    /// The config file's settings with the flags applied.
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let mut settings = load_settings(self.config.as_ref())?;
+        if let Some(class) = &self.ingress_class {
+            settings.ingress_class = class.clone();
+        }
+        Ok(settings)
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -234,7 +249,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             admin_addr,
             watch_interval,
         } => {
-            let mut settings = load_settings(input.config.as_ref())?;
+            let mut settings = input.settings()?;
             if let Some(a) = http_addr {
                 settings.listen.http = a;
             }
@@ -305,7 +320,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Check { input } => {
-            let settings = load_settings(input.config.as_ref())?;
+            let settings = input.settings()?;
             let manifests = read_once(&input.manifests)?;
             let compiled = compile(&manifests, &settings, unix_now());
             print!(
@@ -326,7 +341,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             claims,
             from,
         } => {
-            let settings = load_settings(input.config.as_ref())?;
+            let settings = input.settings()?;
             let manifests = read_once(&input.manifests)?;
             let compiled = compile(&manifests, &settings, unix_now());
             let errors = compiled.error_count();
