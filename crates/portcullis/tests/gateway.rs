@@ -2,6 +2,7 @@
 
 mod authn;
 mod h2attack;
+mod nginx;
 mod support;
 
 use std::time::{Duration, Instant};

@@ -412,9 +412,15 @@ impl Drop for Gateway {
 
 /// Runs `portcullis check` on a directory; (exit code, stdout).
 pub fn check(dir: &Path) -> (i32, String) {
+    check_with(dir, &[])
+}
+
+/// `check` with more arguments.
+pub fn check_with(dir: &Path, args: &[&str]) -> (i32, String) {
     let out = Command::new(binary())
         .args(["check", "--manifests"])
         .arg(dir)
+        .args(args)
         .output()
         .unwrap();
     (

@@ -1,0 +1,199 @@
+//! The subtle annotations side by side with nginx itself (Debian's `nginx`): the
+//! Ingresses go to Portcullis, and the nginx configuration ingress-nginx would
+//! generate for them goes to a real nginx; the same requests must get the same
+//! answers from both.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{concat, nginx_ingress};
+use crate::support::backend::Backend;
+use crate::support::client::try_http_get;
+use crate::support::{service, Gateway};
+
+/// nginx on a loopback port the kernel picked for the test (bound on port 0, then
+/// released for nginx to bind: nginx has no way to report a port it chose); stopped on
+/// drop.
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx with `servers` (server blocks whose `listen` is `LISTEN`).
+    fn start(servers: &str) -> Nginx {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().display().to_string();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\nevents {{ worker_connections 64; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n{}\n}}\n",
+            servers.replace("LISTEN", &format!("listen {addr}"))
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        drop(listener);
+        let binary = ["/usr/sbin/nginx", "nginx"]
+            .into_iter()
+            .find(|b| std::path::Path::new(b).exists())
+            .unwrap_or("nginx");
+        let child = Command::new(binary)
+            .args(["-p", &p, "-c"])
+            .arg(dir.path().join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx must be installed (Debian package nginx; .ci/run installs it)");
+        Nginx {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (status, Location, body) of a plain-HTTP GET.
+async fn answer(addr: SocketAddr, host: &str, path: &str) -> (u16, String, String) {
+    for _ in 0..50 {
+        match try_http_get(addr, host, path).await {
+            Ok(r) => return (r.status.as_u16(), r.header("location").to_string(), r.text()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    panic!("{addr} never answered {path}");
+}
+
+/// `rewrite-target` with capture groups, `use-regex` paths ordered by length, the
+/// case-insensitive match and the query-string rules of nginx's `rewrite`, plus the
+/// redirect annotations: the answers must be identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewrites_and_regex_paths_match_nginx() {
+    let web = Backend::named("web").await;
+    let api = Backend::named("api").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            service("ns", "api", &[api.addr]),
+            nginx_ingress(
+                "strip",
+                false,
+                &[("rewrite-target", "/$2")],
+                "rw.test",
+                &[("/something(/|$)(.*)", "web")],
+            ),
+            nginx_ingress(
+                "api",
+                false,
+                &[("rewrite-target", "/v2/$1?from=gw"), ("use-regex", "true")],
+                "rw.test",
+                &[("/api/(users|teams)/?(.*)", "api")],
+            ),
+            nginx_ingress(
+                "whole",
+                false,
+                &[("rewrite-target", "/")],
+                "rw.test",
+                &[("/flat", "web")],
+            ),
+            nginx_ingress(
+                "regex",
+                false,
+                &[("use-regex", "true")],
+                "rw.test",
+                &[("/static/.+\\.(css|js)$", "api")],
+            ),
+            nginx_ingress(
+                "moved",
+                false,
+                &[
+                    ("permanent-redirect", "https://new.example/x"),
+                    ("permanent-redirect-code", "308"),
+                ],
+                "moved.test",
+                &[("/", "web")],
+            ),
+            nginx_ingress(
+                "root",
+                false,
+                &[("app-root", "/app1")],
+                "root.test",
+                &[("/", "web")],
+            ),
+        ]),
+        "ingressClass: nginx\n",
+    );
+    // What ingress-nginx generates for those Ingresses: one server per host; with
+    // regexes on a host, every location becomes `~* "^PATH"`, longest first, and a
+    // rewrite-target becomes `rewrite "(?i)PATH" TARGET break;`.
+    let (w, a) = (web.addr, api.addr);
+    let nginx = Nginx::start(&format!(
+        r#"
+  server {{
+    LISTEN;
+    server_name rw.test;
+    location ~* "^/api/(users|teams)/?(.*)" {{ rewrite "(?i)/api/(users|teams)/?(.*)" /v2/$1?from=gw break; proxy_pass http://{a}; }}
+    location ~* "^/something(/|$)(.*)" {{ rewrite "(?i)/something(/|$)(.*)" /$2 break; proxy_pass http://{w}; }}
+    location ~* "^/static/.+\.(css|js)$" {{ proxy_pass http://{a}; }}
+    location ~* "^/flat" {{ rewrite "(?i)/flat" / break; proxy_pass http://{w}; }}
+  }}
+  server {{
+    LISTEN;
+    server_name moved.test;
+    location ~* "^/" {{ return 308 https://new.example/x; }}
+  }}
+  server {{
+    LISTEN;
+    server_name root.test;
+    if ($uri = /) {{ return 302 $scheme://$http_host/app1; }}
+    location / {{ proxy_pass http://{w}; }}
+  }}
+"#
+    ));
+    let cases = [
+        ("rw.test", "/something"),
+        ("rw.test", "/something/"),
+        ("rw.test", "/something/new"),
+        ("rw.test", "/SOMETHING/New/Deep?q=1&r=2"),
+        ("rw.test", "/something-else"),
+        ("rw.test", "/api/users"),
+        ("rw.test", "/api/teams/42?page=3"),
+        ("rw.test", "/API/Users/7"),
+        ("rw.test", "/api/groups/1"),
+        ("rw.test", "/static/app.js"),
+        ("rw.test", "/static/app.json"),
+        ("rw.test", "/static/css/site.CSS"),
+        ("rw.test", "/flat/anything/below?x=y"),
+        ("rw.test", "/flatter"),
+        ("rw.test", "/nothing"),
+        ("moved.test", "/a/b?c=d"),
+        ("root.test", "/"),
+        ("root.test", "/app1/page"),
+    ];
+    let mut differences = Vec::new();
+    for (host, path) in cases {
+        let ours = answer(gw.http, host, path).await;
+        let theirs = answer(nginx.addr, host, path).await;
+        // Error pages and redirect bodies are each server's own: compare the body of
+        // proxied answers only.
+        let normalize = |(status, location, body): (u16, String, String), port: u16| {
+            let body = if status == 200 { body } else { String::new() };
+            (status, location.replace(&port.to_string(), "PORT"), body)
+        };
+        let ours_normalized = normalize(ours, gw.http.port());
+        let theirs_normalized = normalize(theirs, nginx.addr.port());
+        if ours_normalized != theirs_normalized {
+            differences.push(format!(
+                "{host}{path}: portcullis {ours_normalized:?}, nginx {theirs_normalized:?}"
+            ));
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+}

@@ -1,0 +1,485 @@
+//! Ingresses written for ingress-nginx, served unchanged through the real gateway with
+//! `ingressClass: nginx`: one check per supported `nginx.ingress.kubernetes.io/`
+//! annotation, the refused and unsupported ones, and (in `compare`) the subtle ones
+//! side by side with nginx itself.
+
+mod compare;
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::support::backend::Backend;
+use crate::support::client::{self, http_get, request, send_h1};
+use crate::support::{service, Gateway, Pki};
+
+/// An Ingress as ingress-nginx users write them: class `nginx` (in the spec, or with
+/// `legacy` in the old annotation), `ImplementationSpecific` paths.
+pub fn nginx_ingress(
+    name: &str,
+    legacy: bool,
+    annotations: &[(&str, &str)],
+    host: &str,
+    paths: &[(&str, &str)],
+) -> String {
+    let mut y = format!("---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: ns\n  annotations:\n");
+    if legacy {
+        y.push_str("    kubernetes.io/ingress.class: nginx\n");
+    }
+    for (k, v) in annotations {
+        y.push_str(&format!("    nginx.ingress.kubernetes.io/{k}: '{v}'\n"));
+    }
+    y.push_str("spec:\n");
+    if !legacy {
+        y.push_str("  ingressClassName: nginx\n");
+    }
+    y.push_str(&format!("  rules:\n  - host: {host}\n    http:\n      paths:\n"));
+    for (path, svc) in paths {
+        y.push_str(&format!(
+            "      - path: '{path}'\n        pathType: ImplementationSpecific\n        backend:\n          service: {{name: {svc}, port: {{number: 80}}}}\n"
+        ));
+    }
+    y
+}
+
+fn concat(parts: &[String]) -> String {
+    parts.concat()
+}
+
+async fn get_with(
+    gw: &Gateway,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> client::Reply {
+    let stream = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let mut send = client::h1(stream).await;
+    let mut req = request(method, host, path, "");
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    send_h1(&mut send, req).await.unwrap()
+}
+
+/// Class selection, regex paths, `rewrite-target` with groups, `x-forwarded-prefix`,
+/// `upstream-vhost`, and the Ingresses of other classes left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_nginx_class_regex_paths_and_rewrites() {
+    let web = Backend::named("web").await;
+    let api = Backend::named("api").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            service("ns", "api", &[api.addr]),
+            nginx_ingress(
+                "rewrite",
+                true,
+                &[("rewrite-target", "/$2"), ("x-forwarded-prefix", "/something")],
+                "rw.test",
+                &[("/something(/|$)(.*)", "web")],
+            ),
+            nginx_ingress(
+                "regex",
+                false,
+                &[("use-regex", "true"), ("upstream-vhost", "api.internal")],
+                "rw.test",
+                &[("/api/v[0-9]+/", "api")],
+            ),
+            nginx_ingress("plain", false, &[], "rw.test", &[("/", "web")]),
+            // Another class: not ours to serve.
+            "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: other, namespace: ns}\nspec:\n  ingressClassName: traefik\n  rules:\n  - host: other.test\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}\n".to_string(),
+        ]),
+        "ingressClass: nginx\n",
+    );
+    let at = |path: &'static str| http_get(gw.http, "rw.test", path);
+    assert_eq!(at("/something").await.text(), "web /");
+    assert_eq!(at("/something/").await.text(), "web /");
+    assert_eq!(at("/something/new?x=1").await.text(), "web /new?x=1");
+    assert_eq!(
+        at("/SomeThing/a/b").await.text(),
+        "web /a/b",
+        "case-insensitive as ~*"
+    );
+    assert_eq!(
+        at("/somethingelse").await.text(),
+        "web /somethingelse",
+        "falls to the plain /"
+    );
+    let seen = web.requests();
+    assert_eq!(seen[0].headers["x-forwarded-prefix"], "/something");
+    assert_eq!(seen[0].headers["x-forwarded-host"], "rw.test");
+    assert!(
+        !seen[4].headers.contains_key("x-forwarded-prefix"),
+        "only on its Ingress"
+    );
+
+    assert_eq!(
+        at("/api/v2/users").await.text(),
+        "api /api/v2/users",
+        "no rewrite"
+    );
+    assert_eq!(at("/api/vX/users").await.text(), "web /api/vX/users");
+    let seen = api.requests();
+    assert_eq!(seen[0].headers["host"], "api.internal");
+    assert_eq!(seen[0].headers["x-forwarded-host"], "rw.test");
+
+    assert_eq!(
+        http_get(gw.http, "other.test", "/").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+/// `permanent-redirect`, `temporal-redirect` (+ `-code`), `app-root`, `ssl-redirect`
+/// and `force-ssl-redirect`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_nginx_redirects() {
+    let pki = Pki::new();
+    let web = Backend::named("web").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            pki.tls_secret("ns", "tls", &["tls.test"]),
+            nginx_ingress(
+                "moved",
+                false,
+                &[("permanent-redirect", "https://new.example/landing")],
+                "moved.test",
+                &[("/", "web")],
+            ),
+            nginx_ingress(
+                "temp",
+                false,
+                &[
+                    ("temporal-redirect", "https://maint.example/"),
+                    ("temporal-redirect-code", "307"),
+                ],
+                "temp.test",
+                &[("/", "web")],
+            ),
+            nginx_ingress(
+                "root",
+                false,
+                &[("app-root", "/app1")],
+                "root.test",
+                &[("/", "web")],
+            ),
+            nginx_ingress(
+                "forced",
+                false,
+                &[("force-ssl-redirect", "true")],
+                "forced.test",
+                &[("/", "web")],
+            ),
+            format!(
+                "{}  tls:\n  - hosts: [tls.test]\n    secretName: tls\n",
+                nginx_ingress(
+                    "optout",
+                    false,
+                    &[("ssl-redirect", "false")],
+                    "tls.test",
+                    &[("/", "web")]
+                )
+            ),
+        ]),
+        "ingressClass: nginx\n",
+    );
+    let r = http_get(gw.http, "moved.test", "/anything?q=1").await;
+    assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(r.header("location"), "https://new.example/landing");
+    let r = http_get(gw.http, "temp.test", "/x").await;
+    assert_eq!(r.status, StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(r.header("location"), "https://maint.example/");
+
+    let r = http_get(gw.http, "root.test", "/").await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    assert_eq!(r.header("location"), "http://root.test/app1");
+    assert_eq!(http_get(gw.http, "root.test", "/app1").await.text(), "web /app1");
+
+    let r = http_get(gw.http, "forced.test", "/p?q=1").await;
+    assert_eq!(
+        r.status,
+        StatusCode::PERMANENT_REDIRECT,
+        "no TLS section, redirected anyway"
+    );
+    assert_eq!(
+        r.header("location"),
+        format!("https://forced.test:{}/p?q=1", gw.https.port())
+    );
+    let r = http_get(gw.http, "tls.test", "/plain").await;
+    assert_eq!(r.text(), "web /plain", "ssl-redirect: false keeps plain HTTP");
+    assert!(web
+        .requests()
+        .iter()
+        .all(|s| !s.path_and_query.contains("anything")));
+}
+
+/// `enable-cors` and the `cors-*` annotations: preflights answered by the gateway,
+/// headers on proxied responses, unknown origins left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_nginx_cors() {
+    let web = Backend::named("web").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            nginx_ingress(
+                "cors",
+                false,
+                &[
+                    ("enable-cors", "true"),
+                    (
+                        "cors-allow-origin",
+                        "https://app.example.com, https://*.example.org",
+                    ),
+                    ("cors-allow-methods", "GET, POST"),
+                    ("cors-allow-headers", "X-Custom,Content-Type"),
+                    ("cors-expose-headers", "X-Total"),
+                    ("cors-allow-credentials", "false"),
+                    ("cors-max-age", "600"),
+                ],
+                "cors.test",
+                &[("/", "web")],
+            ),
+            nginx_ingress(
+                "open",
+                false,
+                &[("enable-cors", "true")],
+                "open.test",
+                &[("/", "web")],
+            ),
+        ]),
+        "ingressClass: nginx\n",
+    );
+    let origin = [
+        ("origin", "https://app.example.com"),
+        ("access-control-request-method", "POST"),
+    ];
+    let r = get_with(&gw, "cors.test", "OPTIONS", "/api", &origin).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(r.header("access-control-allow-origin"), "https://app.example.com");
+    assert_eq!(r.header("access-control-allow-methods"), "GET, POST");
+    assert_eq!(r.header("access-control-allow-headers"), "X-Custom, Content-Type");
+    assert_eq!(r.header("access-control-expose-headers"), "X-Total");
+    assert_eq!(r.header("access-control-max-age"), "600");
+    assert_eq!(r.header("access-control-allow-credentials"), "");
+    assert!(web.requests().is_empty(), "preflights never reach the backend");
+
+    let r = get_with(
+        &gw,
+        "cors.test",
+        "GET",
+        "/api",
+        &[("origin", "https://a.b.example.org")],
+    )
+    .await;
+    assert_eq!(r.text(), "web /api");
+    assert_eq!(r.header("access-control-allow-origin"), "https://a.b.example.org");
+
+    let r = get_with(
+        &gw,
+        "cors.test",
+        "OPTIONS",
+        "/api",
+        &[("origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(
+        r.text(),
+        "web /api",
+        "an unknown origin's OPTIONS is the backend's to answer"
+    );
+    assert_eq!(r.header("access-control-allow-origin"), "");
+
+    let r = get_with(&gw, "open.test", "GET", "/", &[]).await;
+    assert_eq!(r.header("access-control-allow-origin"), "*");
+    assert_eq!(r.header("access-control-allow-credentials"), "true");
+    assert_eq!(
+        r.header("access-control-allow-methods"),
+        "GET, PUT, POST, DELETE, PATCH, OPTIONS"
+    );
+    assert_eq!(r.header("access-control-max-age"), "1728000");
+}
+
+/// `proxy-body-size`, `proxy-read-timeout`, `limit-rps` with `limit-burst-multiplier`,
+/// `limit-connections`, `whitelist-source-range`/`allowlist-source-range`,
+/// `denylist-source-range` and the accepted buffering annotations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_nginx_limits_timeouts_and_source_ranges() {
+    let web = Backend::named("web").await;
+    let hanging = Backend::hanging().await;
+    let slow = Backend::slow(Duration::from_millis(800)).await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            service("ns", "hanging", &[hanging.addr]),
+            service("ns", "slow", &[slow.addr]),
+            nginx_ingress(
+                "body",
+                false,
+                &[
+                    ("proxy-body-size", "1k"),
+                    ("proxy-buffering", "off"),
+                    ("client-body-buffer-size", "16k"),
+                ],
+                "body.test",
+                &[("/", "web")],
+            ),
+            nginx_ingress(
+                "timeout",
+                false,
+                &[("proxy-read-timeout", "1")],
+                "timeout.test",
+                &[("/", "hanging")],
+            ),
+            nginx_ingress(
+                "rps",
+                false,
+                &[("limit-rps", "1"), ("limit-burst-multiplier", "2")],
+                "rps.test",
+                &[("/", "web")],
+            ),
+            nginx_ingress(
+                "conns",
+                false,
+                &[("limit-connections", "1")],
+                "conns.test",
+                &[("/", "slow")],
+            ),
+            nginx_ingress(
+                "allow",
+                false,
+                &[("whitelist-source-range", "10.0.0.0/8")],
+                "allow.test",
+                &[("/", "web")],
+            ),
+            nginx_ingress(
+                "allow2",
+                false,
+                &[("allowlist-source-range", "127.0.0.1/32")],
+                "allow2.test",
+                &[("/", "web")],
+            ),
+            nginx_ingress(
+                "deny",
+                false,
+                &[("denylist-source-range", "127.0.0.0/8")],
+                "deny.test",
+                &[("/", "web")],
+            ),
+        ]),
+        "ingressClass: nginx\n",
+    );
+    let stream = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let mut send = client::h1(stream).await;
+    let big = "x".repeat(2048);
+    let r = send_h1(&mut send, request("POST", "body.test", "/", &big))
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let stream = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let mut send = client::h1(stream).await;
+    let r = send_h1(&mut send, request("POST", "body.test", "/", "small"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+
+    let started = std::time::Instant::now();
+    assert_eq!(
+        http_get(gw.http, "timeout.test", "/").await.status,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // 1/s with a burst of 2: two pass at once, the third is limited.
+    let replies = futures_util::future::join_all((0..3).map(|_| http_get(gw.http, "rps.test", "/"))).await;
+    let limited = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(
+        limited,
+        1,
+        "{:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+
+    let both = futures_util::future::join(http_get(gw.http, "conns.test", "/"), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        http_get(gw.http, "conns.test", "/").await
+    })
+    .await;
+    assert_eq!(
+        (both.0.status, both.1.status),
+        (StatusCode::OK, StatusCode::TOO_MANY_REQUESTS)
+    );
+
+    assert_eq!(
+        http_get(gw.http, "allow.test", "/").await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(http_get(gw.http, "allow2.test", "/").await.status, StatusCode::OK);
+    assert_eq!(
+        http_get(gw.http, "deny.test", "/").await.status,
+        StatusCode::FORBIDDEN
+    );
+}
+
+/// Snippets and unsupported access controls reject their Ingress (and only it);
+/// unknown annotations are served with a warning that names them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_nginx_snippets_are_refused_and_unknown_annotations_warned() {
+    let web = Backend::named("web").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            nginx_ingress(
+                "snippet",
+                false,
+                &[("configuration-snippet", "more_set_headers \"X-Injected: 1\";")],
+                "snippet.test",
+                &[("/", "web")],
+            ),
+            nginx_ingress(
+                "basic",
+                false,
+                &[("auth-type", "basic"), ("auth-secret", "htpasswd")],
+                "basic.test",
+                &[("/", "web")],
+            ),
+            nginx_ingress(
+                "sticky",
+                false,
+                &[("affinity", "cookie"), ("made-up-annotation", "1")],
+                "sticky.test",
+                &[("/", "web")],
+            ),
+        ]),
+        "ingressClass: nginx\n",
+    );
+    assert_eq!(
+        http_get(gw.http, "snippet.test", "/").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        http_get(gw.http, "basic.test", "/").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(http_get(gw.http, "sticky.test", "/").await.status, StatusCode::OK);
+
+    let (code, out) = crate::support::check_with(&gw.manifests_dir(), &["--ingress-class", "nginx"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("Ingress ns/snippet metadata.annotations[\"nginx.ingress.kubernetes.io/configuration-snippet\"]: snippets are raw nginx configuration"), "{out}");
+    assert!(
+        out.contains("Ingress ns/basic metadata.annotations[\"nginx.ingress.kubernetes.io/auth-type\"]"),
+        "{out}"
+    );
+    assert!(out.contains("warning: Ingress ns/sticky metadata.annotations[\"nginx.ingress.kubernetes.io/made-up-annotation\"]: is not an ingress-nginx annotation Portcullis knows"), "{out}");
+    assert!(out.contains("warning: Ingress ns/sticky metadata.annotations[\"nginx.ingress.kubernetes.io/affinity\"]: not supported"), "{out}");
+}
