@@ -1,5 +1,6 @@
-//! The Ingress annotation parsers (`annotations::route_options`,
-//! `annotations::nginx_annotations`) and the unit parsers they use, fed arbitrary
+//! The Ingress annotation parsers (`annotations::route_options`, which applies
+//! ingress-nginx's annotations through `nginx::apply`, and the rewrite, regex, CORS and
+//! unit parsers they use), fed arbitrary
 //! key/value maps. Keys are drawn mostly from the real annotation names (so the value
 //! parsers get exercised), sometimes from arbitrary text.
 //!
@@ -11,7 +12,11 @@
 //! - a rate limit has rate > 0, burst > 0 and a period of 1s or 60s;
 //! - `max_connections` is never `Some(0)`;
 //! - identity rules, `rate-limit-key: user` and `identity-assertion` only come with auth;
-//! - authenticated routes keep `ssl_redirect`.
+//! - authenticated routes keep `ssl_redirect`;
+//! - a snippet always rejects the Ingress;
+//! - redirects are absolute http(s) URLs without `$`, rewrites start with `/`, and
+//!   header values taken from annotations (upstream-vhost, x-forwarded-prefix) hold
+//!   no whitespace or control characters.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -20,7 +25,9 @@ use std::time::Duration;
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use portcullis_config::annotations::{nginx_annotations, route_options, NGINX_PREFIX, PREFIX};
+use portcullis_config::annotations::{route_options, PREFIX};
+use portcullis_config::nginx::{Support, ANNOTATIONS, PREFIX as NGINX_PREFIX};
+use portcullis_config::rewrite::{path_regex, RewriteTarget};
 use portcullis_config::snapshot::{AuthMode, RateLimitKey};
 use portcullis_config::units::{parse_byte_size, parse_duration};
 use portcullis_config::{ObjectRef, Settings};
@@ -46,15 +53,6 @@ const KNOWN: &[&str] = &[
     "identity-assertion",
 ];
 
-const NGINX: &[&str] = &[
-    "auth-url",
-    "whitelist-source-range",
-    "configuration-snippet",
-    "rewrite-target",
-    "limit-rps",
-    "ssl-redirect",
-];
-
 #[derive(Debug, Arbitrary)]
 enum Key {
     Known(u8),
@@ -68,7 +66,7 @@ impl Key {
     fn text(&self) -> String {
         match self {
             Key::Known(i) => format!("{PREFIX}{}", KNOWN[usize::from(*i) % KNOWN.len()]),
-            Key::Nginx(i) => format!("{NGINX_PREFIX}{}", NGINX[usize::from(*i) % NGINX.len()]),
+            Key::Nginx(i) => format!("{NGINX_PREFIX}{}", ANNOTATIONS[usize::from(*i) % ANNOTATIONS.len()].name),
             Key::Ours(s) => format!("{PREFIX}{s}"),
             Key::Raw(s) => s.clone(),
         }
@@ -137,17 +135,42 @@ fuzz_target!(|data: &[u8]| {
         let _ = parse_duration(value);
     }
 
-    for p in nginx_annotations(&object, Some(&map)) {
-        let _ = p.to_string();
+    for value in map.values() {
+        let _ = path_regex(value).map(|re| re.is_match(value));
+        if let Ok(target) = RewriteTarget::parse(value) {
+            let out = target.apply(&[Some(value.as_str()), None], Some(value));
+            assert!(out.starts_with('/'), "{out:?}");
+        }
     }
+    let snippet = map.keys().any(|k| {
+        k.strip_prefix(NGINX_PREFIX)
+            .and_then(portcullis_config::nginx::annotation)
+            .is_some_and(|a| a.support == Support::Refused)
+    });
 
     let unknown_ours = map.keys().any(|k| {
         k.strip_prefix(PREFIX)
             .is_some_and(|name| !KNOWN.contains(&name))
     });
-    match route_options(&object, Some(&map), settings) {
-        Ok(o) => {
+    let (options, problems) = route_options(&object, Some(&map), settings);
+    for p in &problems {
+        let _ = p.to_string();
+    }
+    match options {
+        Some(o) => {
             assert!(!unknown_ours, "an unknown {PREFIX} annotation was accepted: {map:?}");
+            assert!(!snippet, "a snippet was accepted: {map:?}");
+            assert!(!problems.iter().any(|p| p.is_error()), "options despite errors");
+            if let Some(r) = &o.redirect {
+                assert!(r.location.starts_with("http://") || r.location.starts_with("https://"));
+                assert!(!r.location.contains('$') && (300..=308).contains(&r.code), "{r:?}");
+            }
+            for value in [&o.upstream_host, &o.forwarded_prefix, &o.app_root].into_iter().flatten() {
+                assert!(value.bytes().all(|b| b.is_ascii_graphic()), "{value:?}");
+            }
+            if o.rewrite_target.is_some() {
+                assert!(o.regex_paths);
+            }
             assert_ne!(o.max_body_size, Some(0));
             assert!(!o.read_timeout.is_zero());
             assert_ne!(o.max_connections, Some(0));
@@ -177,12 +200,8 @@ fuzz_target!(|data: &[u8]| {
             let _ = o.auth.to_string();
             let _ = o.backend_protocol.to_string();
         }
-        Err(problems) => {
-            assert!(!problems.is_empty(), "Err with no problems");
-            for p in &problems {
-                assert!(p.is_error(), "a warning rejected the Ingress: {p}");
-                let _ = p.to_string();
-            }
+        None => {
+            assert!(problems.iter().any(|p| p.is_error()), "rejected without an error: {problems:?}");
         }
     }
 });
