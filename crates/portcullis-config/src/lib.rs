@@ -5,6 +5,7 @@
 
 pub mod annotations;
 pub mod compile;
+pub mod htpasswd;
 pub mod manifest;
 pub mod path;
 pub mod policy;
