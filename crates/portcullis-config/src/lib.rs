@@ -5,6 +5,7 @@
 
 pub mod annotations;
 pub mod compile;
+pub mod external_auth;
 pub mod htpasswd;
 pub mod manifest;
 pub mod path;
