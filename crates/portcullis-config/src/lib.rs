@@ -6,6 +6,8 @@
 pub mod annotations;
 pub mod compile;
 pub mod cors;
+pub mod external_auth;
+pub mod htpasswd;
 pub mod manifest;
 pub mod nginx;
 pub mod path;

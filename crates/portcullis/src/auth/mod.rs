@@ -7,6 +7,7 @@
 //! `/.portcullis/start?rd=PATH`, `/.portcullis/callback`, `/.portcullis/sign-out`.
 
 pub mod assertion;
+pub mod external;
 pub mod jwt;
 pub mod provider;
 pub mod session;
