@@ -57,7 +57,11 @@ const fn a(name: &'static str, support: Support, portcullis: Option<&'static str
 use Support::{Differs, Exact, Ignored, Refused, Rejected};
 
 const STREAMS: Support = Differs("Portcullis streams request and response bodies and never buffers them to disk: accepted and validated, no effect");
-const AUTH: Support = Rejected("external and basic authentication through ingress-nginx annotations are not supported yet: use portcullis.dev/auth (OpenID Connect or JWT), which replaces oauth2-proxy");
+const BASIC: Support =
+    Rejected("basic authentication is not supported yet: use portcullis.dev/auth (OpenID Connect or JWT)");
+const EXTERNAL: Support = Exact;
+const EXTERNAL_CACHE: Support = Differs("every request is checked with the auth service: answers are not cached and connections to it are pooled by the gateway");
+const EXTERNAL_SAFER: Support = Differs("the gateway writes the redirect parameter itself: nginx variables in the value are not expanded, $escaped_request_uri and similar become the request's URL; the certificate of an https auth-url is verified");
 const MTLS: Support = Rejected("client certificate authentication is not supported yet");
 const CANARY: Support = Rejected(
     "canary Ingresses are not supported yet: the canary is not served and the main Ingress gets all traffic",
@@ -78,30 +82,30 @@ pub const ANNOTATIONS: &[Annotation] = &[
     a("affinity", AFFINITY, None),
     a("affinity-mode", AFFINITY, None),
     a("affinity-canary-behavior", AFFINITY, None),
-    a("auth-realm", AUTH, None),
-    a("auth-secret", AUTH, Some("portcullis.dev/auth")),
-    a("auth-secret-type", AUTH, None),
-    a("auth-type", AUTH, Some("portcullis.dev/auth")),
+    a("auth-realm", BASIC, None),
+    a("auth-secret", BASIC, Some("portcullis.dev/auth")),
+    a("auth-secret-type", BASIC, None),
+    a("auth-type", BASIC, Some("portcullis.dev/auth")),
     a("auth-tls-secret", MTLS, None),
     a("auth-tls-verify-depth", MTLS, None),
     a("auth-tls-verify-client", MTLS, None),
     a("auth-tls-error-page", MTLS, None),
     a("auth-tls-pass-certificate-to-upstream", MTLS, None),
     a("auth-tls-match-cn", MTLS, None),
-    a("auth-url", AUTH, Some("portcullis.dev/auth: oidc")),
-    a("auth-cache-key", AUTH, None),
-    a("auth-cache-duration", AUTH, None),
-    a("auth-keepalive", AUTH, None),
-    a("auth-keepalive-share-vars", AUTH, None),
-    a("auth-keepalive-requests", AUTH, None),
-    a("auth-keepalive-timeout", AUTH, None),
-    a("auth-proxy-set-headers", AUTH, None),
-    a("auth-method", AUTH, None),
-    a("auth-signin", AUTH, Some("portcullis.dev/auth: oidc")),
-    a("auth-signin-redirect-param", AUTH, None),
-    a("auth-request-redirect", AUTH, None),
-    a("auth-response-headers", AUTH, None),
-    a("auth-always-set-cookie", AUTH, None),
+    a("auth-url", EXTERNAL, Some("portcullis.dev/auth: oidc")),
+    a("auth-cache-key", EXTERNAL_CACHE, None),
+    a("auth-cache-duration", EXTERNAL_CACHE, None),
+    a("auth-keepalive", EXTERNAL_CACHE, None),
+    a("auth-keepalive-share-vars", EXTERNAL_CACHE, None),
+    a("auth-keepalive-requests", EXTERNAL_CACHE, None),
+    a("auth-keepalive-timeout", EXTERNAL_CACHE, None),
+    a("auth-proxy-set-headers", Rejected("extra headers for the auth service from a ConfigMap are not supported"), None),
+    a("auth-method", EXTERNAL, None),
+    a("auth-signin", EXTERNAL_SAFER, Some("portcullis.dev/auth: oidc")),
+    a("auth-signin-redirect-param", EXTERNAL, None),
+    a("auth-request-redirect", EXTERNAL, None),
+    a("auth-response-headers", EXTERNAL, None),
+    a("auth-always-set-cookie", EXTERNAL, None),
     a("auth-snippet", Refused, None),
     a("enable-global-auth", Ignored("there is no global external authentication in Portcullis: every route says its own portcullis.dev/auth"), None),
     a("backend-protocol", Differs("AUTO_HTTP is HTTP; FCGI is not supported (the Ingress is rejected)"), Some("portcullis.dev/backend-protocol")),
@@ -297,6 +301,15 @@ pub fn apply(annotations: &BTreeMap<String, String>, options: &mut RouteOptions)
         }
     }
 
+    // Snippets and the other refused names are already reported from the table.
+    let external = |name: &str| {
+        get(name).filter(|_| !matches!(annotation(name).map(|a| a.support), Some(Refused | Rejected(_))))
+    };
+    match crate::external_auth::ExternalAuth::from_annotations(external) {
+        Ok(external) => options.external_auth = external,
+        Err(e) => error(e.annotation, e.reason),
+    }
+
     let cors_values = CorsAnnotations {
         allow_origin: get("cors-allow-origin"),
         allow_methods: get("cors-allow-methods"),
@@ -413,9 +426,7 @@ fn is_off(name: &str, value: &str) -> bool {
         | "canary"
         | "enable-modsecurity"
         | "enable-owasp-core-rules"
-        | "auth-tls-pass-certificate-to-upstream"
-        | "auth-keepalive-share-vars"
-        | "auth-always-set-cookie" => parse_bool(value) == Some(false),
+        | "auth-tls-pass-certificate-to-upstream" => parse_bool(value) == Some(false),
         "proxy-ssl-verify" => value.eq_ignore_ascii_case("off"),
         "auth-tls-verify-client" => value.eq_ignore_ascii_case("off"),
         _ => false,

@@ -152,6 +152,8 @@ pub struct RouteOptions {
     pub upstream_host: Option<String>,
     /// Preflight answers and CORS response headers (`enable-cors`).
     pub cors: Option<crate::cors::Cors>,
+    /// Every request is first checked with an auth service (`auth-url`).
+    pub external_auth: Option<crate::external_auth::ExternalAuth>,
 }
 
 /// A redirect the gateway answers with instead of proxying.
@@ -183,6 +185,7 @@ impl Default for RouteOptions {
             forwarded_prefix: None,
             upstream_host: None,
             cors: None,
+            external_auth: None,
         }
     }
 }

@@ -19,6 +19,7 @@ use portcullis_config::snapshot::{AuthMode, BackendProtocol};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::audit::{AccessEvent, AuditIdentity, AuditRoute};
+use crate::auth::external::{Grant, Outcome};
 use crate::auth::{Auth, Decision, Identity, RequestFacts};
 use crate::limits::{ConcurrencyLimiter, GlobalLimiter, RateLimiter, Slot};
 use crate::metrics::{DecisionLabels, IngressLabel, RequestLabels, UpstreamErrorLabels};
@@ -43,6 +44,8 @@ pub struct Proxy {
     pub gateway: Arc<Gateway>,
     pub upstreams: Upstreams,
     pub auth: Auth,
+    /// For `nginx.ingress.kubernetes.io/auth-url` checks.
+    external_auth: crate::auth::external::ExternalAuthClient,
     rate_limiter: RateLimiter,
     global_limiter: Option<GlobalLimiter>,
     connections: Arc<ConcurrencyLimiter>,
@@ -63,6 +66,7 @@ impl Proxy {
             gateway,
             upstreams,
             auth,
+            external_auth: crate::auth::external::ExternalAuthClient::new()?,
             rate_limiter: RateLimiter::default(),
             connections: Arc::default(),
             client_connections: Arc::default(),
@@ -472,6 +476,44 @@ async fn serve(
         }
     }
 
+    // ingress-nginx's auth-url: the auth service decides before anything else does.
+    let grant = match &route.options.external_auth {
+        None => None,
+        Some(external) => {
+            let scheme = if conn.tls { "https" } else { "http" };
+            let original_url = format!("{scheme}://{authority}{target}");
+            let outcome = proxy
+                .external_auth
+                .check(
+                    external,
+                    req.method(),
+                    req.headers(),
+                    &original_url,
+                    record.client,
+                )
+                .await;
+            let code = outcome.code();
+            match outcome {
+                Outcome::Allow(grant) => Some(grant),
+                Outcome::Deny(denial) => {
+                    let decision = if denial.location.is_some() {
+                        "redirect"
+                    } else {
+                        "deny"
+                    };
+                    record.decision = Some((decision, code));
+                    return Ok(denial.into_response());
+                }
+                Outcome::Error(error) => {
+                    tracing::warn!(ingress = %route.ingress, auth_url = %external.url, error = %error, "external authentication failed: denied");
+                    record.detail = Some(error.to_string());
+                    record.decision = Some(("deny", code));
+                    return Ok(error.response());
+                }
+            }
+        }
+    };
+
     let (identity, set_cookies) = match &route.options.auth {
         AuthMode::None => (None, Vec::new()),
         mode => match proxy.auth.authenticate(mode, &facts).await {
@@ -551,6 +593,7 @@ async fn serve(
         route,
         client_upgrade.is_some(),
         identity.as_ref(),
+        grant.as_ref(),
         record,
     );
 
@@ -559,6 +602,9 @@ async fn serve(
     let mut response = relay_response(response, route, conn, client_upgrade);
     if let (Some(cors), Some(origin)) = (&route.options.cors, &cors_origin) {
         set_cors_headers(response.headers_mut(), cors, origin);
+    }
+    for cookie in grant.iter().flat_map(|g| g.set_cookies()) {
+        response.headers_mut().append(header::SET_COOKIE, cookie.clone());
     }
     for cookie in set_cookies {
         if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -810,6 +856,7 @@ impl Outgoing {
         route: &Route,
         upgrade: bool,
         identity: Option<&Identity>,
+        grant: Option<&Grant>,
         record: &Record,
     ) -> Self {
         let (parts, body) = req.into_parts();
@@ -822,6 +869,9 @@ impl Outgoing {
         proxy::remove_hop_by_hop(&mut headers);
         proxy::strip_identity_headers(&mut headers);
         proxy::strip_gateway_cookies(&mut headers);
+        if let Some(grant) = grant {
+            grant.apply_to_upstream(&mut headers);
+        }
         if let Some(identity) = identity {
             proxy::set_identity_headers(&mut headers, identity);
             if route.options.identity_assertion {

@@ -240,18 +240,19 @@ impl ExternalAuthClient {
         })
     }
 
-    /// Asks `cfg`'s auth service about the request `req`. `original_url` is the
+    /// Asks `cfg`'s auth service about the request with `method` and `headers`. `original_url` is the
     /// request as the client addressed it (`scheme://host/path?query`, normalized),
     /// `client_ip` the client's address as the gateway determined it (trusted
     /// proxies applied).
     pub async fn check(
         &self,
         cfg: &ExternalAuth,
-        req: &http::request::Parts,
+        method: &http::Method,
+        headers: &HeaderMap,
         original_url: &str,
         client_ip: IpAddr,
     ) -> Outcome {
-        let request = match auth_request(cfg, req, original_url, client_ip) {
+        let request = match auth_request(cfg, method, headers, original_url, client_ip) {
             Ok(r) => r,
             Err(e) => return Outcome::Error(e),
         };
@@ -275,11 +276,12 @@ impl ExternalAuthClient {
 /// ingress-nginx's auth location sets (`nginx.tmpl`, `location = /_external-auth-*`).
 fn auth_request(
     cfg: &ExternalAuth,
-    req: &http::request::Parts,
+    method: &http::Method,
+    client_headers: &HeaderMap,
     original_url: &str,
     client_ip: IpAddr,
 ) -> Result<Request<Body>, CheckError> {
-    let mut headers = req.headers.clone();
+    let mut headers = client_headers.clone();
     proxy::remove_hop_by_hop(&mut headers);
     // proxy_pass_request_body off; proxy_set_header Content-Length "".
     headers.remove(header::CONTENT_LENGTH);
@@ -310,7 +312,7 @@ fn auth_request(
     set(
         &mut headers,
         "x-original-method",
-        value(req.method.as_str(), "method")?,
+        value(method.as_str(), "method")?,
     );
     // ingress-nginx sends these two only when auth-method is set; always sending
     // them costs nothing and spares auth services that guess.
@@ -563,7 +565,13 @@ mod tests {
     async fn check(cfg: &ExternalAuth) -> Outcome {
         ExternalAuthClient::new()
             .unwrap()
-            .check(cfg, &client_request(), ORIGINAL, CLIENT_IP)
+            .check(
+                cfg,
+                &client_request().method,
+                &client_request().headers,
+                ORIGINAL,
+                CLIENT_IP,
+            )
             .await
     }
 
@@ -769,7 +777,15 @@ mod tests {
         let cfg = config(&[("auth-url", &server.url("/slow"))]);
         let client = ExternalAuthClient::with_timeout(Duration::from_millis(200)).unwrap();
         let started = std::time::Instant::now();
-        let outcome = client.check(&cfg, &client_request(), ORIGINAL, CLIENT_IP).await;
+        let outcome = client
+            .check(
+                &cfg,
+                &client_request().method,
+                &client_request().headers,
+                ORIGINAL,
+                CLIENT_IP,
+            )
+            .await;
         assert!(
             matches!(outcome, Outcome::Error(CheckError::Timeout(_))),
             "{outcome:?}"
@@ -797,7 +813,14 @@ mod tests {
     #[test]
     fn a_bad_original_url_is_an_error_not_a_pass() {
         let cfg = config(&[("auth-url", "http://127.0.0.1:9/check")]);
-        let e = auth_request(&cfg, &client_request(), "https://app.example.com/a b", CLIENT_IP).unwrap_err();
+        let e = auth_request(
+            &cfg,
+            &client_request().method,
+            &client_request().headers,
+            "https://app.example.com/a b",
+            CLIENT_IP,
+        )
+        .unwrap_err();
         assert!(matches!(e, CheckError::Request(_)));
     }
 }

@@ -197,3 +197,139 @@ async fn rewrites_and_regex_paths_match_nginx() {
     }
     assert!(differences.is_empty(), "{}", differences.join("\n"));
 }
+
+/// (status, Location up to the redirect parameter, Set-Cookie, body of a 200) of a GET
+/// with extra headers.
+async fn answer_with(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String, String) {
+    for _ in 0..50 {
+        let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut send = crate::support::client::h1(stream).await;
+        let mut req = crate::support::client::request("GET", host, path, "");
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let r = crate::support::client::send_h1(&mut send, req).await.unwrap();
+        let location = r.header("location");
+        let location = location
+            .split_once("rd=")
+            .map_or(location, |(before, _)| before)
+            .to_string();
+        let body = if r.status == http::StatusCode::OK {
+            r.text()
+        } else {
+            String::new()
+        };
+        return (
+            r.status.as_u16(),
+            location,
+            r.header("set-cookie").to_string(),
+            body,
+        );
+    }
+    panic!("{addr} never answered {path}");
+}
+
+/// `auth-url` with `auth-signin` and `auth-response-headers`, as oauth2-proxy users
+/// configure it, against nginx's `auth_request` set up the way ingress-nginx's template
+/// does: which requests pass, which headers the app gets (forged ones dropped), which
+/// cookie the browser gets, where a 401 sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_auth_matches_nginx_auth_request() {
+    let auth = super::auth_service().await;
+    let app = super::whoami().await;
+    let url = format!("http://{}/oauth2/auth", auth.addr);
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "app", &[app.addr]),
+            nginx_ingress(
+                "guarded",
+                false,
+                &[
+                    ("auth-url", &url),
+                    (
+                        "auth-signin",
+                        "https://auth.test/oauth2/start?rd=$escaped_request_uri",
+                    ),
+                    (
+                        "auth-response-headers",
+                        "X-Auth-Request-User,X-Auth-Request-Email",
+                    ),
+                ],
+                "app.test",
+                &[("/", "app")],
+            ),
+        ]),
+        "ingressClass: nginx\n",
+    );
+    let (auth_addr, app_addr) = (auth.addr, app.addr);
+    let nginx = Nginx::start(&format!(
+        r#"
+  server {{
+    LISTEN;
+    server_name app.test;
+    location = /_external-auth {{
+      internal;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URL $scheme://$http_host$request_uri;
+      proxy_set_header X-Original-Method $request_method;
+      proxy_pass http://{auth_addr}/oauth2/auth;
+    }}
+    location @signin {{ return 302 https://auth.test/oauth2/start?rd=$request_uri; }}
+    location / {{
+      auth_request /_external-auth;
+      auth_request_set $auth_cookie $upstream_http_set_cookie;
+      add_header Set-Cookie $auth_cookie;
+      auth_request_set $h0 $upstream_http_x_auth_request_user;
+      proxy_set_header X-Auth-Request-User $h0;
+      auth_request_set $h1 $upstream_http_x_auth_request_email;
+      proxy_set_header X-Auth-Request-Email $h1;
+      error_page 401 = @signin;
+      proxy_pass http://{app_addr};
+    }}
+  }}
+"#
+    ));
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        ("/reports?q=1", &[]),
+        ("/reports", &[("cookie", "session=good")]),
+        (
+            "/reports",
+            &[("cookie", "session=good"), ("x-auth-request-user", "mallory")],
+        ),
+        (
+            "/",
+            &[
+                ("cookie", "session=good; other=1"),
+                ("x-auth-request-email", "root@evil"),
+            ],
+        ),
+        ("/admin", &[("cookie", "session=banned")]),
+        (
+            "/admin",
+            &[("cookie", "session=bad"), ("x-auth-request-user", "mallory")],
+        ),
+    ];
+    let mut differences = Vec::new();
+    for (path, headers) in cases {
+        let ours = answer_with(gw.http, "app.test", path, headers).await;
+        let theirs = answer_with(nginx.addr, "app.test", path, headers).await;
+        if ours != theirs {
+            differences.push(format!(
+                "{path} {headers:?}: portcullis {ours:?}, nginx {theirs:?}"
+            ));
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+}

@@ -483,3 +483,122 @@ async fn ingress_nginx_snippets_are_refused_and_unknown_annotations_warned() {
     assert!(out.contains("warning: Ingress ns/sticky metadata.annotations[\"nginx.ingress.kubernetes.io/made-up-annotation\"]: is not an ingress-nginx annotation Portcullis knows"), "{out}");
     assert!(out.contains("warning: Ingress ns/sticky metadata.annotations[\"nginx.ingress.kubernetes.io/affinity\"]: not supported"), "{out}");
 }
+
+/// An oauth2-proxy stand-in: `session=good` passes with the user's identity in
+/// `X-Auth-Request-*` headers and a refreshed cookie; anything else gets 401.
+pub async fn auth_service() -> Backend {
+    Backend::start(|req: http::Request<hyper::body::Incoming>| async move {
+        let cookie = req
+            .headers()
+            .get("cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let mut r = http::Response::new(crate::support::backend::full(""));
+        if cookie.contains("session=good") {
+            let h = r.headers_mut();
+            h.insert("x-auth-request-user", "alice".parse().unwrap());
+            h.insert("x-auth-request-email", "alice@example.com".parse().unwrap());
+            h.insert("x-not-listed", "leak".parse().unwrap());
+            h.insert("set-cookie", "session=good; Path=/; HttpOnly".parse().unwrap());
+        } else if cookie.contains("session=banned") {
+            *r.status_mut() = StatusCode::FORBIDDEN;
+        } else {
+            *r.status_mut() = StatusCode::UNAUTHORIZED;
+        }
+        r
+    })
+    .await
+}
+
+/// A backend that answers with the identity headers it was given.
+pub async fn whoami() -> Backend {
+    Backend::start(|req: http::Request<hyper::body::Incoming>| async move {
+        let h = |n: &str| {
+            req.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string()
+        };
+        http::Response::new(crate::support::backend::full(format!(
+            "user={} email={} unlisted={}",
+            h("x-auth-request-user"),
+            h("x-auth-request-email"),
+            h("x-not-listed")
+        )))
+    })
+    .await
+}
+
+/// `auth-url`, `auth-signin`, `auth-response-headers`: the oauth2-proxy setup, failing
+/// closed when the auth service is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_nginx_external_auth() {
+    let auth = auth_service().await;
+    let app = whoami().await;
+    let down = crate::support::backend::refused_addr().await;
+    let url = format!("http://{}/oauth2/auth", auth.addr);
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "app", &[app.addr]),
+            nginx_ingress(
+                "guarded",
+                false,
+                &[
+                    ("auth-url", &url),
+                    (
+                        "auth-signin",
+                        "https://auth.test/oauth2/start?rd=$escaped_request_uri",
+                    ),
+                    (
+                        "auth-response-headers",
+                        "X-Auth-Request-User, X-Auth-Request-Email",
+                    ),
+                ],
+                "app.test",
+                &[("/", "app")],
+            ),
+            nginx_ingress(
+                "down",
+                false,
+                &[("auth-url", &format!("http://{down}/oauth2/auth"))],
+                "down.test",
+                &[("/", "app")],
+            ),
+        ]),
+        "ingressClass: nginx\n",
+    );
+    let r = get_with(&gw, "app.test", "GET", "/reports?q=1", &[]).await;
+    assert_eq!(r.status, StatusCode::FOUND);
+    assert_eq!(
+        r.header("location"),
+        "https://auth.test/oauth2/start?rd=%2Freports%3Fq%3D1"
+    );
+    let r = get_with(
+        &gw,
+        "app.test",
+        "GET",
+        "/reports",
+        &[("cookie", "session=good"), ("x-auth-request-user", "mallory")],
+    )
+    .await;
+    assert_eq!(r.text(), "user=alice email=alice@example.com unlisted=-");
+    assert_eq!(r.header("set-cookie"), "session=good; Path=/; HttpOnly");
+    let r = get_with(&gw, "app.test", "GET", "/", &[("cookie", "session=banned")]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let checks = auth.requests();
+    assert_eq!(checks.len(), 3);
+    assert_eq!(checks[0].path_and_query, "/oauth2/auth");
+    assert_eq!(checks[0].headers["x-original-url"], "http://app.test/reports?q=1");
+    assert_eq!(checks[0].headers["x-original-method"], "GET");
+    assert_eq!(
+        app.requests().len(),
+        1,
+        "only the allowed request reached the app"
+    );
+
+    let r = get_with(&gw, "down.test", "GET", "/", &[("cookie", "session=good")]).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "fails closed");
+    assert_eq!(app.requests().len(), 1);
+}
