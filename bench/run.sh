@@ -46,8 +46,9 @@
 #       load on B with the 1-Ingress config, the 10k config, and the 10k config with
 #       one of its files rewritten every second (each rewrite is a reload); errors
 #       must be 0. The criterion micro-benchmark is separate: see bench/routes.
-# Defaults take about 11 minutes plus the build. wrk and h2load need bench.test to
-# resolve to 127.0.0.1: a line is added to /etc/hosts if missing and removed at exit.
+# Defaults take about 18 minutes plus the build (scenarios 5 and 7: about 6 of them).
+# wrk and h2load need bench.test to resolve to 127.0.0.1: a line is added to /etc/hosts
+# if missing and removed at exit.
 # Each measured run starts the proxy fresh, warms it up for 1 s, then measures: the
 # load generator's requests/s and latency, and the proxy's CPU seconds (utime+stime
 # delta from /proc/PID/stat, all threads; nginx: master+worker) and peak RSS (VmHWM;
