@@ -11,6 +11,15 @@
   bench.py report  --results FILE
       Prints one table per scenario: median per variant, ratio to nginx with the
       min-max spread of the per-round ratios.
+  bench.py oidc-register --issuer URL --redirect URL --secret S
+  bench.py oidc-token    --issuer URL --secret S
+  bench.py oidc-login    --url URL --ca FILE [--user U]
+      Scenario 5: register the gateway as a client of the test OpenID provider, get a
+      client-credentials access token (an at+jwt bearer token), or sign in through the
+      gateway once, as a browser would (login and consent forms of the provider's
+      devInteractions), and print the resulting session Cookie header.
+  bench.py record-json --results FILE --scenario S --variant V --round N --json TEXT
+      Appends a JSON object (scenario 7's compile and memory figures) as a result line.
 """
 
 import argparse
@@ -22,6 +31,9 @@ import ssl
 import statistics
 import sys
 import time
+import http.client
+import base64
+import urllib.parse
 
 # --------------------------------------------------------------------------- parse
 
@@ -136,6 +148,15 @@ def cmd_record(a):
     r.update(scenario=a.scenario, variant=a.variant, round=a.round, cpu_s=a.cpu_s, hwm_kb=a.hwm_kb)
     if r.get("requests") and a.cpu_s is not None:
         r["cpu_us_per_req"] = a.cpu_s * 1e6 / r["requests"]
+    if a.aux_cpu_s is not None:
+        # A helper process the proxy depends on (scenario 5: nginx's auth server).
+        r["aux_cpu_s"] = a.aux_cpu_s
+        if r.get("requests"):
+            r["aux_cpu_us_per_req"] = a.aux_cpu_s * 1e6 / r["requests"]
+            r["total_cpu_us_per_req"] = (a.cpu_s + a.aux_cpu_s) * 1e6 / r["requests"]
+    for kv in a.extra or []:
+        k, v = kv.split("=", 1)
+        r[k] = json.loads(v)
     with open(a.results, "a") as f:
         f.write(json.dumps(r) + "\n")
     show = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
@@ -230,6 +251,121 @@ def cmd_idle(a):
     print("  result:", json.dumps(show), flush=True)
 
 
+# --------------------------------------------------------------------------- oidc
+# Scenario 5 talks to the test OpenID provider (crates/portcullis/tests/oidc/provider.mjs,
+# panva/oidc-provider) on loopback HTTP, and to the gateway over HTTPS.
+
+
+def _http(url, method="GET", body=None, headers=None, ca=None):
+    """One request on a fresh connection; returns (status, headers list, body bytes)."""
+    u = urllib.parse.urlsplit(url)
+    if u.scheme == "https":
+        ctx = ssl.create_default_context(cafile=ca)
+        conn = http.client.HTTPSConnection(u.hostname, u.port or 443, context=ctx, timeout=30)
+    else:
+        conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=30)
+    target = u.path or "/"
+    if u.query:
+        target += "?" + u.query
+    conn.request(method, target, body=body, headers=headers or {})
+    res = conn.getresponse()
+    data = res.read()
+    hdrs = res.getheaders()
+    conn.close()
+    return res.status, hdrs, data
+
+
+def cmd_oidc_register(a):
+    meta = {
+        "client_id": "portcullis",
+        "client_secret": a.secret,
+        "redirect_uris": [a.redirect],
+        "grant_types": ["authorization_code", "refresh_token", "client_credentials"],
+        "response_types": ["code"],
+        "token_endpoint_auth_method": "client_secret_basic",
+        "id_token_signed_response_alg": "ES256",
+    }
+    st, _, body = _http(a.issuer + "/__test/client", "PUT", json.dumps(meta).encode())
+    if st != 204:
+        raise SystemExit("register: %d %r" % (st, body[:200]))
+
+
+def cmd_oidc_token(a):
+    basic = base64.b64encode(("portcullis:" + a.secret).encode()).decode()
+    form = "grant_type=client_credentials&scope=api&resource=urn%3Aportcullis%3Aapi"
+    st, _, body = _http(
+        a.issuer + "/token",
+        "POST",
+        form.encode(),
+        {"Authorization": "Basic " + basic, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    tok = json.loads(body).get("access_token") if st == 200 else None
+    if not tok:
+        raise SystemExit("token: %d %r" % (st, body[:200]))
+    print(tok)
+
+
+def cmd_oidc_login(a):
+    """Signs in through the gateway like a browser: follow redirects, keep cookies per
+    host (paths and expiry ignored, as the integration tests' Browser does), submit the
+    provider's login and consent forms. Prints the gateway's session cookies as one
+    Cookie header value."""
+    jar = {}
+
+    def request(method, url, form=None):
+        host = urllib.parse.urlsplit(url).hostname
+        headers = {"Accept": "text/html"}
+        if jar.get(host):
+            headers["Cookie"] = "; ".join("%s=%s" % kv for kv in jar[host].items())
+        if form is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        st, hdrs, body = _http(url, method, form.encode() if form is not None else None, headers, a.ca)
+        for k, v in hdrs:
+            if k.lower() != "set-cookie":
+                continue
+            pair, _, attrs = v.partition(";")
+            name, _, value = pair.partition("=")
+            expired = "max-age=0" in attrs.lower() or "1970" in attrs or not value
+            if expired:
+                jar.setdefault(host, {}).pop(name.strip(), None)
+            else:
+                jar.setdefault(host, {})[name.strip()] = value.strip()
+        loc = next((v for k, v in hdrs if k.lower() == "location"), None)
+        return st, loc, body.decode("utf-8", "replace")
+
+    def follow(method, url, form=None):
+        st, loc, body = request(method, url, form)
+        for _ in range(20):
+            if st not in (301, 302, 303, 307, 308):
+                break
+            url = urllib.parse.urljoin(url, loc)
+            st, loc, body = request("GET", url)
+        return st, url, body
+
+    st, at, html = follow("GET", a.url)
+    for _ in range(4):
+        m = re.search(r'<form[^>]*action="([^"]+)"', html)
+        if not m:
+            break
+        p = re.search(r'name="prompt" value="([^"]+)"', html)
+        prompt = p.group(1) if p else ""
+        form = "prompt=login&login=%s&password=any-password" % a.user if prompt == "login" else "prompt=" + prompt
+        st, at, html = follow("POST", urllib.parse.urljoin(at, m.group(1).replace("&amp;", "&")), form)
+    host = urllib.parse.urlsplit(a.url).hostname
+    cookies = {k: v for k, v in jar.get(host, {}).items() if k.startswith("__Host-portcullis-session")}
+    if st != 200 or not cookies:
+        raise SystemExit("login did not end at the app with a session: %d at %s, cookies %s" % (st, at, list(jar.get(host, {}))))
+    print("; ".join("%s=%s" % kv for kv in sorted(cookies.items())))
+
+
+def cmd_record_json(a):
+    r = json.loads(a.json)
+    r.update(scenario=a.scenario, variant=a.variant, round=a.round)
+    with open(a.results, "a") as f:
+        f.write(json.dumps(r) + "\n")
+    print("  result:", json.dumps(r), flush=True)
+
+
 # --------------------------------------------------------------------------- report
 
 TITLES = {
@@ -239,7 +375,27 @@ TITLES = {
     "3n": "Scenario 3b: full handshakes, one connection at a time (openssl s_time -new, HTTP/1.0)",
     "3r": "Scenario 3c: resumed handshakes, one connection at a time (openssl s_time -reuse, HTTP/1.0)",
     "4": "Scenario 4: 1 MB responses over keep-alive HTTP/1.1 (wrk -t1 -c10 /1m)",
+    "5": "Scenario 5: the cost of authentication: scenario 1's load on a route with a JWT bearer check or a session cookie check; nginx with auth_request to a local auth server",
     "6": "Scenario 6: idle keep-alive TLS connections (python asyncio, one request each, then idle)",
+    "7": "Scenario 7: 10,000 Ingresses / 50,000 paths: scenario 1's load on the small config, on the 10k config, and on the 10k config rewritten every second",
+    "7c": "Scenario 7: compile time and memory of 10,000 Ingresses / 50,000 paths",
+}
+# Ratio columns per scenario (x/y); the default is every portcullis variant / every nginx.
+PAIRS = {
+    "5": [
+        ("portcullis", "nginx"),
+        ("portcullis-jwt", "portcullis"),
+        ("portcullis-session", "portcullis"),
+        ("nginx-authreq", "nginx"),
+        ("nginx-authreq-ka", "nginx"),
+        ("portcullis-jwt", "nginx-authreq"),
+        ("portcullis-jwt", "nginx-authreq-ka"),
+    ],
+    "7": [
+        ("portcullis-10k", "portcullis"),
+        ("portcullis-10k-reload", "portcullis"),
+        ("portcullis-10k-reload", "portcullis-10k"),
+    ],
 }
 METRICS = [
     ("rps", "requests/s", 1, "%.0f"),
@@ -250,6 +406,12 @@ METRICS = [
     ("hwm_kb", "peak RSS MB", 1 / 1024, "%.1f"),
     ("cpu_s", "proxy CPU s", 1, "%.2f"),
     ("cpu_us_per_req", "proxy CPU us/req", 1, "%.1f"),
+    ("aux_cpu_us_per_req", "auth server CPU us/req", 1, "%.1f"),
+    ("total_cpu_us_per_req", "proxy+auth server CPU us/req", 1, "%.1f"),
+    ("ready_ms", "start to first proxied response ms", 1, "%.0f"),
+    ("ready_rss_kb", "RSS when ready (idle) MB", 1 / 1024, "%.1f"),
+    ("reloads", "reloads during the run", 1, "%.0f"),
+    ("reload_cpu_ms", "extra proxy CPU ms per reload", 1, "%.0f"),
     ("resumed_frac", "resumed handshakes", 1, "%.2f"),
     ("errors", "errors", 1, "%.0f"),
 ]
@@ -262,7 +424,64 @@ IDLE_METRICS = [
     ("cpu_us_per_conn", "proxy CPU us/conn (handshake+1 req)", 1, "%.0f"),
     ("open_errors", "open errors", 1, "%.0f"),
 ]
-VARIANT_LABEL = {"nginx": "nginx (A)", "nginx-64k": "nginx 64k buffer (A')", "portcullis": "portcullis (B)", "portcullis-audit": "portcullis+audit (C)"}
+VARIANT_LABEL = {
+    "nginx": "nginx (A)",
+    "nginx-64k": "nginx 64k buffer (A')",
+    "nginx-authreq": "nginx auth_request (A)",
+    "nginx-authreq-ka": "nginx auth_request, keep-alive (A)",
+    "portcullis": "portcullis (B)",
+    "portcullis-audit": "portcullis+audit (C)",
+    "portcullis-jwt": "portcullis JWT (B)",
+    "portcullis-session": "portcullis session (B)",
+    "portcullis-10k": "portcullis 10k (B)",
+    "portcullis-10k-reload": "portcullis 10k reloading (B)",
+}
+SHORT = {
+    "portcullis": "P",
+    "portcullis-audit": "P+audit",
+    "nginx": "nginx",
+    "nginx-64k": "nginx64k",
+    "nginx-authreq": "nginx+authreq",
+    "nginx-authreq-ka": "nginx+authreq-ka",
+    "portcullis-jwt": "P+jwt",
+    "portcullis-session": "P+session",
+    "portcullis-10k": "P10k",
+    "portcullis-10k-reload": "P10k+reload",
+}
+COMPILE_METRICS = [
+    ("compile_ms", "compile (Manifests -> Snapshot), in-process, best of 3, ms"),
+    ("parse_ms", "YAML parse (text -> Manifests), in-process, best of 3, ms"),
+    ("read_ms", "read files, ms"),
+    ("rss_parsed_kb", "in-process RSS after parse, KB"),
+    ("rss_compiled_kb", "in-process RSS after compile, KB"),
+    ("from_cache_ms", "per reload: unchanged files' cached documents cloned and typed again, ms"),
+    ("check_wall_ms", "`portcullis check --manifests DIR` wall time, ms"),
+    ("check_max_rss_kb", "`portcullis check` max RSS, KB"),
+    ("bytes", "manifest bytes"),
+    ("ingresses_served", "Ingresses served"),
+    ("routes", "routes"),
+    ("errors", "configuration errors"),
+]
+
+
+def report_compile(srows):
+    """Scenario 7's compile/memory lines: one column per round, and the median."""
+    rounds = sorted({r["round"] for r in srows})
+    merged = {}
+    for r in srows:
+        merged.setdefault(r["round"], {}).update({k: v for k, v in r.items() if k not in ("scenario", "variant", "round")})
+    print()
+    print("## " + TITLES["7c"])
+    print()
+    print("| metric | " + " | ".join("round %d" % rd for rd in rounds) + " | median |")
+    print("|" + "---|" * (len(rounds) + 2))
+    for key, label in COMPILE_METRICS:
+        xs = [merged[rd].get(key) for rd in rounds]
+        if all(x is None for x in xs):
+            continue
+        cells = ["-" if x is None else ("%.0f" % x if isinstance(x, (int, float)) else str(x)) for x in xs]
+        have = [x for x in xs if x is not None]
+        print("| %s | %s | %s |" % (label, " | ".join(cells), "%.0f" % statistics.median(have)))
 
 
 def cmd_report(a):
@@ -284,18 +503,30 @@ def cmd_report(a):
                 variants.append(r["variant"])
         rounds = sorted({r["round"] for r in srows})
         by = {(r["variant"], r["round"]): r for r in srows}
+        if sc == "7":
+            # Extra proxy CPU per reload: the reloading run's CPU minus what its requests
+            # cost at the same round's no-reload CPU per request, over its reloads.
+            for rd in rounds:
+                rl, base = by.get(("portcullis-10k-reload", rd)), by.get(("portcullis-10k", rd))
+                if rl and base and rl.get("reloads") and rl.get("requests") and base.get("cpu_us_per_req"):
+                    extra_s = rl["cpu_s"] - rl["requests"] * base["cpu_us_per_req"] / 1e6
+                    rl["reload_cpu_ms"] = extra_s * 1e3 / rl["reloads"]
+        if sc == "7c":
+            report_compile(srows)
+            continue
         nginxes = [v for v in variants if v.startswith("nginx")]
         ours = [v for v in variants if not v.startswith("nginx")]
         pairs = [(x, y) for x in ours for y in nginxes]
         if "portcullis-audit" in variants and "portcullis" in variants:
             pairs.append(("portcullis-audit", "portcullis"))
+        if sc in PAIRS:
+            pairs = [(x, y) for x, y in PAIRS[sc] if x in variants and y in variants]
         print()
         print("## " + TITLES.get(sc, "Scenario " + sc))
         print("rounds: %d" % len(rounds))
         print()
         head = ["metric"] + [VARIANT_LABEL.get(v, v) + " median" for v in variants]
-        short = {"portcullis": "P", "portcullis-audit": "P+audit", "nginx": "nginx", "nginx-64k": "nginx64k"}
-        head += ["%s/%s median [min-max]" % (short.get(x, x), short.get(y, y)) for x, y in pairs]
+        head += ["%s/%s median [min-max]" % (SHORT.get(x, x), SHORT.get(y, y)) for x, y in pairs]
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
         metrics = IDLE_METRICS if sc == "6" else METRICS
@@ -335,6 +566,8 @@ def main():
     r.add_argument("--cpu-s", type=float)
     r.add_argument("--hwm-kb", type=int)
     r.add_argument("--wall-s", type=float)
+    r.add_argument("--aux-cpu-s", type=float)
+    r.add_argument("--extra", action="append", help="KEY=JSON added to the result line")
     i = sub.add_parser("idle")
     i.add_argument("--port", type=int, required=True)
     i.add_argument("--conns", type=int, required=True)
@@ -347,8 +580,33 @@ def main():
     i.add_argument("--round", type=int, default=1)
     rep = sub.add_parser("report")
     rep.add_argument("--results", required=True)
+    o = sub.add_parser("oidc-register")
+    o.add_argument("--issuer", required=True)
+    o.add_argument("--redirect", required=True)
+    o.add_argument("--secret", required=True)
+    o = sub.add_parser("oidc-token")
+    o.add_argument("--issuer", required=True)
+    o.add_argument("--secret", required=True)
+    o = sub.add_parser("oidc-login")
+    o.add_argument("--url", required=True)
+    o.add_argument("--ca", required=True)
+    o.add_argument("--user", default="bench")
+    j = sub.add_parser("record-json")
+    j.add_argument("--results", required=True)
+    j.add_argument("--scenario", required=True)
+    j.add_argument("--variant", required=True)
+    j.add_argument("--round", type=int, default=1)
+    j.add_argument("--json", required=True)
     a = p.parse_args()
-    {"record": cmd_record, "idle": cmd_idle, "report": cmd_report}[a.cmd](a)
+    {
+        "record": cmd_record,
+        "idle": cmd_idle,
+        "report": cmd_report,
+        "oidc-register": cmd_oidc_register,
+        "oidc-token": cmd_oidc_token,
+        "oidc-login": cmd_oidc_login,
+        "record-json": cmd_record_json,
+    }[a.cmd](a)
 
 
 if __name__ == "__main__":
