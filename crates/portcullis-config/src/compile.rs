@@ -284,7 +284,19 @@ impl<'a> Compiler<'a> {
         let (options, found) =
             annotations::route_options(&oref, object.value.metadata.annotations.as_ref(), self.settings);
         problems.extend(found);
-        let options = options.map(Arc::new);
+        let options = options.and_then(|mut o| {
+            if let Some(basic) = &mut o.basic_auth {
+                let field = format!("metadata.annotations[\"{}auth-secret\"]", crate::nginx::PREFIX);
+                match self.basic_auth_users(object.namespace(), basic) {
+                    Ok(users) => basic.users = Arc::new(users),
+                    Err(message) => {
+                        problems.push(Problem::error(Some(oref.clone()), field, message));
+                        return None;
+                    }
+                }
+            }
+            Some(Arc::new(o))
+        });
         let regex_paths = match &options {
             Some(o) => o.regex_paths,
             None => crate::nginx::wants_regex(object.value.metadata.annotations.as_ref()),
@@ -401,6 +413,33 @@ impl<'a> Compiler<'a> {
             _ => None,
         };
         (plan, problems)
+    }
+
+    /// The users of a basic-auth Secret in the Ingress's namespace.
+    fn basic_auth_users(
+        &self,
+        namespace: &str,
+        basic: &crate::snapshot::BasicAuth,
+    ) -> Result<crate::htpasswd::Htpasswd, String> {
+        let secret = self.secrets.get(&(namespace, basic.secret.as_str())).ok_or_else(|| {
+            format!(
+                "Secret {namespace}/{} not found (in controller mode the gateway only reads Secrets labelled portcullis.dev/basic-auth: \"true\"): the Ingress is rejected rather than served unprotected",
+                basic.secret
+            )
+        })?;
+        let data = crate::tls::secret_data(&secret.value);
+        let parsed = if basic.map {
+            crate::htpasswd::Htpasswd::from_map(data.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+        } else {
+            let file = data.get("auth").ok_or_else(|| {
+                format!(
+                    "Secret {namespace}/{} has no key \"auth\" (an htpasswd file)",
+                    basic.secret
+                )
+            })?;
+            crate::htpasswd::Htpasswd::parse(file)
+        };
+        parsed.map_err(|e| format!("Secret {namespace}/{}: {e}", basic.secret))
     }
 
     fn problem(&mut self, plan: &IngressPlan, problem: Problem) {

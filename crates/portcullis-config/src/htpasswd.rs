@@ -208,6 +208,15 @@ impl Htpasswd {
     }
 }
 
+/// No users: lets nobody in.
+impl Default for Htpasswd {
+    fn default() -> Self {
+        let users = BTreeMap::new();
+        let dummy = Hash::dummy_for(users.values());
+        Htpasswd { users, dummy }
+    }
+}
+
 /// Lists users and schemes only: hashes stay out of logs and debug output.
 impl fmt::Debug for Htpasswd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -57,8 +57,6 @@ const fn a(name: &'static str, support: Support, portcullis: Option<&'static str
 use Support::{Differs, Exact, Ignored, Refused, Rejected};
 
 const STREAMS: Support = Differs("Portcullis streams request and response bodies and never buffers them to disk: accepted and validated, no effect");
-const BASIC: Support =
-    Rejected("basic authentication is not supported yet: use portcullis.dev/auth (OpenID Connect or JWT)");
 const EXTERNAL: Support = Exact;
 const EXTERNAL_CACHE: Support = Differs("every request is checked with the auth service: answers are not cached and connections to it are pooled by the gateway");
 const EXTERNAL_SAFER: Support = Differs("the gateway writes the redirect parameter itself: nginx variables in the value are not expanded, $escaped_request_uri and similar become the request's URL; the certificate of an https auth-url is verified");
@@ -82,10 +80,10 @@ pub const ANNOTATIONS: &[Annotation] = &[
     a("affinity", AFFINITY, None),
     a("affinity-mode", AFFINITY, None),
     a("affinity-canary-behavior", AFFINITY, None),
-    a("auth-realm", BASIC, None),
-    a("auth-secret", BASIC, Some("portcullis.dev/auth")),
-    a("auth-secret-type", BASIC, None),
-    a("auth-type", BASIC, Some("portcullis.dev/auth")),
+    a("auth-realm", Exact, None),
+    a("auth-secret", Differs("the Secret must be in the Ingress's namespace; in controller mode it must carry the label portcullis.dev/basic-auth: \"true\" (the gateway reads no other Secrets); bcrypt, $apr1$ and {SHA} entries only"), Some("portcullis.dev/auth")),
+    a("auth-secret-type", Exact, None),
+    a("auth-type", Differs("basic only; digest is not supported (the Ingress is rejected)"), Some("portcullis.dev/auth")),
     a("auth-tls-secret", MTLS, None),
     a("auth-tls-verify-depth", MTLS, None),
     a("auth-tls-verify-client", MTLS, None),
@@ -299,6 +297,11 @@ pub fn apply(annotations: &BTreeMap<String, String>, options: &mut RouteOptions)
             }
             Err(e) => error("rewrite-target", e),
         }
+    }
+
+    match basic_auth(&get) {
+        Ok(basic) => options.basic_auth = basic,
+        Err((name, e)) => error(name, e),
     }
 
     // Snippets and the other refused names are already reported from the table.
@@ -535,6 +538,63 @@ fn single(name: &str, value: &str, options: &mut RouteOptions) -> Result<(), Str
         _ => {}
     }
     Ok(())
+}
+
+/// `auth-type: basic` with its Secret; the users are read from the Secret when the
+/// Ingress is compiled.
+fn basic_auth<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+) -> Result<Option<crate::snapshot::BasicAuth>, (&'static str, String)> {
+    let Some(kind) = get("auth-type") else {
+        for name in ["auth-secret", "auth-secret-type", "auth-realm"] {
+            if get(name).is_some() {
+                return Err((
+                    match name {
+                        "auth-secret" => "auth-secret",
+                        "auth-secret-type" => "auth-secret-type",
+                        _ => "auth-realm",
+                    },
+                    "has no effect without auth-type: the Ingress is rejected rather than served unprotected"
+                        .to_string(),
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    if kind != "basic" {
+        return Err(("auth-type", format!("{kind:?} is not supported: only \"basic\"")));
+    }
+    let secret = get("auth-secret").ok_or((
+        "auth-secret",
+        "missing: auth-type basic needs the Secret with the users".to_string(),
+    ))?;
+    let secret = match secret.split_once('/') {
+        Some((_, name)) => name,
+        None => secret,
+    };
+    let map = match get("auth-secret-type").unwrap_or("auth-file") {
+        "auth-file" => false,
+        "auth-map" => true,
+        other => {
+            return Err((
+                "auth-secret-type",
+                format!("{other:?} is not auth-file or auth-map"),
+            ))
+        }
+    };
+    let realm = get("auth-realm").unwrap_or("").to_string();
+    if realm.contains(['"', '\\']) || realm.chars().any(char::is_control) {
+        return Err((
+            "auth-realm",
+            "must not contain quotes, backslashes or control characters".to_string(),
+        ));
+    }
+    Ok(Some(crate::snapshot::BasicAuth {
+        realm,
+        secret: secret.to_string(),
+        map,
+        users: std::sync::Arc::new(crate::htpasswd::Htpasswd::default()),
+    }))
 }
 
 /// `(url, code)` of a redirect annotation pair. An out-of-range code falls back to the

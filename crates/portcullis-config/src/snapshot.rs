@@ -154,6 +154,40 @@ pub struct RouteOptions {
     pub cors: Option<crate::cors::Cors>,
     /// Every request is first checked with an auth service (`auth-url`).
     pub external_auth: Option<crate::external_auth::ExternalAuth>,
+    /// Every request needs a user and password from an htpasswd Secret
+    /// (`auth-type: basic`).
+    pub basic_auth: Option<BasicAuth>,
+}
+
+/// HTTP basic authentication against the users of a Secret.
+#[derive(Debug, Clone)]
+pub struct BasicAuth {
+    /// Sent in `WWW-Authenticate: Basic realm="..."` (`auth-realm`).
+    pub realm: String,
+    /// The Secret's name, in the Ingress's namespace (`auth-secret`).
+    pub secret: String,
+    /// `auth-secret-type: auth-map`: one key per user; else the `auth` key holds an
+    /// htpasswd file.
+    pub map: bool,
+    /// Filled in from the Secret when the Ingress is compiled; until then nobody.
+    pub users: Arc<crate::htpasswd::Htpasswd>,
+}
+
+impl PartialEq for BasicAuth {
+    fn eq(&self, other: &Self) -> bool {
+        self.realm == other.realm
+            && self.secret == other.secret
+            && self.map == other.map
+            && Arc::ptr_eq(&self.users, &other.users)
+    }
+}
+
+impl RouteOptions {
+    /// Whether the route asks who is calling: `portcullis.dev/auth`, or ingress-nginx's
+    /// `auth-url` or basic authentication.
+    pub fn authenticates(&self) -> bool {
+        self.auth != AuthMode::None || self.external_auth.is_some() || self.basic_auth.is_some()
+    }
 }
 
 /// A redirect the gateway answers with instead of proxying.
@@ -186,6 +220,7 @@ impl Default for RouteOptions {
             upstream_host: None,
             cors: None,
             external_auth: None,
+            basic_auth: None,
         }
     }
 }

@@ -90,6 +90,21 @@ pub fn certificate_from_pem(
     })
 }
 
+/// Every key of a Secret with its bytes; `stringData` wins over `data`, as the API
+/// server merges them.
+pub fn secret_data(secret: &Secret) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out: std::collections::BTreeMap<String, Vec<u8>> = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    for (k, v) in secret.string_data.iter().flatten() {
+        out.insert(k.clone(), v.as_bytes().to_vec());
+    }
+    out
+}
+
 fn secret_bytes(secret: &Secret, key: &str) -> Option<Vec<u8>> {
     if let Some(s) = secret.string_data.as_ref().and_then(|d| d.get(key)) {
         return Some(s.as_bytes().to_vec());

@@ -76,9 +76,25 @@ pub async fn start(
             &stores,
             &changed,
         );
-        // Only TLS Secrets: the gateway has no business reading the others.
+        // Only TLS Secrets, and the htpasswd Secrets of ingress-nginx's basic auth that
+        // their owners opted in by label: the gateway has no business reading the rest.
         let tls = watcher::Config::default().fields("type=kubernetes.io/tls");
         spawn_watch::<Secret>(&client, ns.as_deref(), tls, &stores, &changed);
+        let basic_auth = watcher::Config::default()
+            .labels(&format!("{BASIC_AUTH_LABEL}=true"))
+            .fields("type!=kubernetes.io/tls");
+        let api: Api<Secret> = match ns.as_deref() {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        run_watch(
+            api,
+            basic_auth,
+            "Secret (basic auth)",
+            ns.as_deref().unwrap_or("*"),
+            &stores,
+            &changed,
+        );
     }
     // Cluster-scoped.
     let classes: Api<IngressClass> = Api::all(client.clone());
@@ -116,6 +132,9 @@ pub async fn start(
         .await
         .map_err(|_| anyhow::anyhow!("the configuration loop stopped before the first snapshot"))
 }
+
+/// The label that lets the controller read an htpasswd Secret (`auth-type: basic`).
+pub const BASIC_AUTH_LABEL: &str = "portcullis.dev/basic-auth";
 
 fn key(namespace: Option<&str>, name: &str) -> String {
     format!("{}/{name}", namespace.unwrap_or(""))

@@ -514,6 +514,46 @@ async fn serve(
         }
     };
 
+    // ingress-nginx's auth-type: basic, against the users of the route's Secret.
+    if let Some(basic) = &route.options.basic_auth {
+        let credentials = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| portcullis_config::htpasswd::basic_credentials(v.as_bytes()));
+        let user = match credentials {
+            Some((user, password)) => {
+                let users = basic.users.clone();
+                // bcrypt costs milliseconds of CPU: off the request threads.
+                let checked =
+                    tokio::task::spawn_blocking(move || users.verify(&user, &password).then_some(user));
+                checked.await.ok().flatten()
+            }
+            None => None,
+        };
+        match user {
+            Some(user) => {
+                record.identity = Some(AuditIdentity {
+                    subject: user,
+                    email: None,
+                    groups: Vec::new(),
+                    method: "basic",
+                    provider: format!("secret {}/{}", route.ingress.namespace, basic.secret),
+                })
+            }
+            None => {
+                record.decision = Some(("deny", "basic_auth"));
+                let realm = HeaderValue::from_str(&format!("Basic realm=\"{}\"", basic.realm))
+                    .unwrap_or_else(|_| HeaderValue::from_static("Basic"));
+                let mut response = local_response(
+                    Refusal::new(StatusCode::UNAUTHORIZED, "a user name and password are required"),
+                    request_id,
+                );
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, realm);
+                return Ok(response);
+            }
+        }
+    }
+
     let (identity, set_cookies) = match &route.options.auth {
         AuthMode::None => (None, Vec::new()),
         mode => match proxy.auth.authenticate(mode, &facts).await {

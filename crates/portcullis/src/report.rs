@@ -19,13 +19,13 @@ pub fn check(compiled: &Compiled, source: &str, object_count: usize) -> String {
         .snapshot
         .routes
         .routes()
-        .filter(|(_, r)| r.options.auth == portcullis_config::snapshot::AuthMode::None)
+        .filter(|(_, r)| !r.options.authenticates())
         .map(|(_, r)| format!("{}{} ({})", r.host, r.path, r.ingress))
         .collect();
     if !open.is_empty() {
         let _ = writeln!(
             out,
-            "note: {} routes without authentication (portcullis.dev/auth: none): {}",
+            "note: {} routes without authentication (no portcullis.dev/auth, auth-url or basic auth): {}",
             open.len(),
             open.join(", ")
         );
@@ -200,6 +200,20 @@ pub fn explain(snapshot: &Snapshot, url: &str, caller: &Caller) -> Result<String
         "policy:   authentication {}{assertion}; max body {body}; read timeout {:?}",
         r.options.auth, r.options.read_timeout
     );
+    if let Some(external) = &r.options.external_auth {
+        let _ = writeln!(
+            out,
+            "auth-url: every request is checked with {} first",
+            external.url
+        );
+    }
+    if let Some(basic) = &r.options.basic_auth {
+        let _ = writeln!(
+            out,
+            "basic:    users of Secret {}/{}",
+            r.ingress.namespace, basic.secret
+        );
+    }
     let authenticated = r.options.auth != portcullis_config::snapshot::AuthMode::None;
     let p = &r.options.policy;
     if !p.allow_source_ranges.is_empty() || !p.deny_source_ranges.is_empty() {

@@ -198,14 +198,14 @@ async fn rewrites_and_regex_paths_match_nginx() {
     assert!(differences.is_empty(), "{}", differences.join("\n"));
 }
 
-/// (status, Location up to the redirect parameter, Set-Cookie, body of a 200) of a GET
-/// with extra headers.
+/// (status, Location up to the redirect parameter, Set-Cookie, WWW-Authenticate, body
+/// of a 200) of a GET with extra headers.
 async fn answer_with(
     addr: SocketAddr,
     host: &str,
     path: &str,
     headers: &[(&str, &str)],
-) -> (u16, String, String, String) {
+) -> (u16, String, String, String, String) {
     for _ in 0..50 {
         let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -234,6 +234,7 @@ async fn answer_with(
             r.status.as_u16(),
             location,
             r.header("set-cookie").to_string(),
+            r.header("www-authenticate").to_string(),
             body,
         );
     }
@@ -329,6 +330,45 @@ async fn external_auth_matches_nginx_auth_request() {
             differences.push(format!(
                 "{path} {headers:?}: portcullis {ours:?}, nginx {theirs:?}"
             ));
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+}
+
+/// `auth-type: basic` against nginx's `auth_basic` with the same htpasswd file (bcrypt,
+/// `$apr1$`, `{SHA}`): the same requests pass, the same get 401 with the same challenge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_matches_nginx_auth_basic() {
+    let web = crate::support::backend::Backend::named("web").await;
+    let indented: String = super::HTPASSWD.lines().map(|l| format!("    {l}\n")).collect();
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            format!("---\napiVersion: v1\nkind: Secret\nmetadata: {{name: htpasswd, namespace: ns}}\nstringData:\n  auth: |\n{indented}"),
+            nginx_ingress(
+                "basic",
+                false,
+                &[("auth-type", "basic"), ("auth-secret", "htpasswd"), ("auth-realm", "Staff only")],
+                "basic.test",
+                &[("/", "web")],
+            ),
+        ]),
+        "ingressClass: nginx\n",
+    );
+    let users = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(users.path(), super::HTPASSWD).unwrap();
+    let nginx = Nginx::start(&format!(
+        "  server {{\n    LISTEN;\n    server_name basic.test;\n    location / {{\n      auth_basic \"Staff only\";\n      auth_basic_user_file {};\n      proxy_pass http://{};\n    }}\n  }}\n",
+        users.path().display(),
+        web.addr
+    ));
+    let mut differences = Vec::new();
+    for case in super::basic_cases() {
+        let headers: Vec<(&str, &str)> = case.iter().map(|v| ("authorization", v.as_str())).collect();
+        let ours = answer_with(gw.http, "basic.test", "/x", &headers).await;
+        let theirs = answer_with(nginx.addr, "basic.test", "/x", &headers).await;
+        if ours != theirs {
+            differences.push(format!("{case:?}: portcullis {ours:?}, nginx {theirs:?}"));
         }
     }
     assert!(differences.is_empty(), "{}", differences.join("\n"));

@@ -447,10 +447,10 @@ async fn ingress_nginx_snippets_are_refused_and_unknown_annotations_warned() {
                 &[("/", "web")],
             ),
             nginx_ingress(
-                "basic",
+                "mtls",
                 false,
-                &[("auth-type", "basic"), ("auth-secret", "htpasswd")],
-                "basic.test",
+                &[("auth-tls-secret", "ns/ca"), ("auth-tls-verify-client", "on")],
+                "mtls.test",
                 &[("/", "web")],
             ),
             nginx_ingress(
@@ -468,7 +468,7 @@ async fn ingress_nginx_snippets_are_refused_and_unknown_annotations_warned() {
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        http_get(gw.http, "basic.test", "/").await.status,
+        http_get(gw.http, "mtls.test", "/").await.status,
         StatusCode::NOT_FOUND
     );
     assert_eq!(http_get(gw.http, "sticky.test", "/").await.status, StatusCode::OK);
@@ -477,7 +477,7 @@ async fn ingress_nginx_snippets_are_refused_and_unknown_annotations_warned() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("Ingress ns/snippet metadata.annotations[\"nginx.ingress.kubernetes.io/configuration-snippet\"]: snippets are raw nginx configuration"), "{out}");
     assert!(
-        out.contains("Ingress ns/basic metadata.annotations[\"nginx.ingress.kubernetes.io/auth-type\"]"),
+        out.contains("Ingress ns/mtls metadata.annotations[\"nginx.ingress.kubernetes.io/auth-tls-secret\"]: client certificate authentication is not supported yet"),
         "{out}"
     );
     assert!(out.contains("warning: Ingress ns/sticky metadata.annotations[\"nginx.ingress.kubernetes.io/made-up-annotation\"]: is not an ingress-nginx annotation Portcullis knows"), "{out}");
@@ -601,4 +601,178 @@ async fn ingress_nginx_external_auth() {
     let r = get_with(&gw, "down.test", "GET", "/", &[("cookie", "session=good")]).await;
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "fails closed");
     assert_eq!(app.requests().len(), 1);
+}
+
+/// Users made with Apache's `htpasswd` (`-nbB -C 5`, `-nbm`, `-nbs`): alice's password
+/// is `correct horse`, carol's `p@ss word`, dave's `hunter2`.
+pub const HTPASSWD: &str = "alice:$2y$05$gM42lr3zztrgpV0P6BHlv.iZGtgF/NMMd2NYG09aUrUvhNS.EFjMW\ncarol:$apr1$Epf7gp3Y$vF95d1ApmWu2g4r/be.sQ1\ndave:{SHA}87u9ZqY9S/F0eUBXjsPQEDUw4h0=\n";
+
+/// The requests both basic-auth tests send: (Authorization header or none).
+pub fn basic_cases() -> Vec<Option<String>> {
+    use base64::Engine;
+    let basic = |user_password: &str| {
+        Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(user_password)
+        ))
+    };
+    vec![
+        None,
+        basic("alice:correct horse"),
+        basic("carol:p@ss word"),
+        basic("dave:hunter2"),
+        basic("alice:wrong"),
+        basic("mallory:correct horse"),
+        basic("alice"),
+        Some("Bearer abc".to_string()),
+    ]
+}
+
+fn htpasswd_secret(name: &str) -> String {
+    let indented: String = HTPASSWD.lines().map(|l| format!("    {l}\n")).collect();
+    format!("---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: ns}}\ntype: Opaque\nstringData:\n  auth: |\n{indented}")
+}
+
+/// `auth-type: basic` with `auth-secret` (file and map forms) and `auth-realm`; a
+/// missing Secret rejects the Ingress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_nginx_basic_auth() {
+    let web = Backend::named("web").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            htpasswd_secret("htpasswd"),
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {name: users, namespace: ns}\nstringData:\n  dave: '{SHA}87u9ZqY9S/F0eUBXjsPQEDUw4h0='\n".to_string(),
+            nginx_ingress(
+                "file",
+                false,
+                &[("auth-type", "basic"), ("auth-secret", "htpasswd"), ("auth-realm", "Staff only")],
+                "basic.test",
+                &[("/", "web")],
+            ),
+            nginx_ingress(
+                "map",
+                false,
+                &[("auth-type", "basic"), ("auth-secret", "users"), ("auth-secret-type", "auth-map")],
+                "map.test",
+                &[("/", "web")],
+            ),
+            nginx_ingress(
+                "missing",
+                false,
+                &[("auth-type", "basic"), ("auth-secret", "nope")],
+                "missing.test",
+                &[("/", "web")],
+            ),
+        ]),
+        "ingressClass: nginx\n",
+    );
+    let expected = [401, 200, 200, 200, 401, 401, 401, 401];
+    for (case, want) in basic_cases().into_iter().zip(expected) {
+        let headers: Vec<(&str, &str)> = case.iter().map(|v| ("authorization", v.as_str())).collect();
+        let r = get_with(&gw, "basic.test", "GET", "/x", &headers).await;
+        assert_eq!(r.status.as_u16(), want, "{case:?}");
+        if want == 401 {
+            assert_eq!(r.header("www-authenticate"), "Basic realm=\"Staff only\"");
+        }
+    }
+    let dave = &basic_cases()[3];
+    let alice = &basic_cases()[1];
+    fn with(v: &Option<String>) -> Vec<(&'static str, &str)> {
+        vec![("authorization", v.as_deref().unwrap_or(""))]
+    }
+    assert_eq!(
+        get_with(&gw, "map.test", "GET", "/", &with(dave)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_with(&gw, "map.test", "GET", "/", &with(alice)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        http_get(gw.http, "missing.test", "/").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let (_, out) = crate::support::check_with(&gw.manifests_dir(), &["--ingress-class", "nginx"]);
+    assert!(out.contains("Ingress ns/missing metadata.annotations[\"nginx.ingress.kubernetes.io/auth-secret\"]: Secret ns/nope not found"), "{out}");
+    assert!(
+        !gw.logs().contains("correct horse") && !gw.logs().contains("$2y$"),
+        "no password or hash in the logs"
+    );
+}
+
+/// In controller mode the gateway reads an htpasswd Secret only when its owner labelled
+/// it `portcullis.dev/basic-auth: "true"`; an Ingress naming another Secret is not
+/// served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_reads_only_labelled_basic_auth_secrets() {
+    use serde_json::json;
+    let web = Backend::named("web").await;
+    let ingress = |name: &str, host: &str, secret: &str| {
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": name, "namespace": "ns", "resourceVersion": "2", "annotations": {
+                "nginx.ingress.kubernetes.io/auth-type": "basic",
+                "nginx.ingress.kubernetes.io/auth-secret": secret}},
+            "spec": {"ingressClassName": "nginx", "rules": [{"host": host, "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}})
+    };
+    let secret = |name: &str, labelled: bool| {
+        let labels = if labelled {
+            json!({"portcullis.dev/basic-auth": "true"})
+        } else {
+            json!({})
+        };
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": name, "namespace": "ns", "labels": labels},
+            "stringData": {"auth": HTPASSWD}})
+    };
+    let api = crate::support::kube_api::KubeApi::start(vec![
+        (
+            "/apis/networking.k8s.io/v1/ingresses",
+            "IngressList",
+            vec![ingress("labelled", "a.test", "opted-in"), ingress("other", "b.test", "private")],
+        ),
+        (
+            "/api/v1/services",
+            "ServiceList",
+            vec![json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "ns"},
+                "spec": {"ports": [{"name": "http", "port": 80, "targetPort": web.addr.port()}]}})],
+        ),
+        (
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            "EndpointSliceList",
+            vec![json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "web-1", "namespace": "ns", "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": web.addr.port()}],
+                "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]})],
+        ),
+        ("/api/v1/secrets", "SecretList", vec![secret("opted-in", true), secret("private", false)]),
+        ("/apis/networking.k8s.io/v1/ingressclasses", "IngressClassList", vec![]),
+    ])
+    .await;
+    let kubeconfig = api.kubeconfig.path().to_path_buf();
+    let gw = tokio::task::spawn_blocking(move || {
+        Gateway::controller(
+            "ingressClass: nginx\n",
+            &kubeconfig,
+            &["--publish-status-address", "203.0.113.7"],
+        )
+    })
+    .await
+    .unwrap();
+    let alice = basic_cases()[1].clone().unwrap();
+    let r = get_with(&gw, "a.test", "GET", "/", &[("authorization", &alice)]).await;
+    assert_eq!(r.text(), "web /");
+    assert_eq!(
+        get_with(&gw, "a.test", "GET", "/", &[]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get_with(&gw, "b.test", "GET", "/", &[("authorization", &alice)])
+            .await
+            .status,
+        StatusCode::NOT_FOUND,
+        "the unlabelled Secret was never read"
+    );
+    assert!(gw.logs().contains("Secret ns/private not found"), "{}", gw.logs());
 }

@@ -84,6 +84,7 @@ impl KubeApi {
                         let (writes_log, stored) = (writes_log.clone(), stored.clone());
                         let path = req.uri().path().to_string();
                         let watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
+                        let selector = Selector::from_query(req.uri().query());
                         log.lock()
                             .unwrap()
                             .push(format!("{path}{}", if watch { "?watch" } else { "" }));
@@ -99,6 +100,7 @@ impl KubeApi {
                                     let stream = async_stream(move |tx| async move {
                                         while let Ok((p, line)) = subscription.recv().await {
                                             if p == path
+                                                && selector.keeps_event(&line)
                                                 && tx.send(Bytes::from(format!("{line}\n"))).await.is_err()
                                             {
                                                 return;
@@ -113,7 +115,7 @@ impl KubeApi {
                                             tokio::time::sleep(*d).await;
                                         }
                                     }
-                                    Response::new(full(body))
+                                    Response::new(full(selector.filter_list(&body)))
                                 }
                                 None => {
                                     let status = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": format!("{path} not found")});
@@ -266,4 +268,81 @@ where
             .map(|o| o.map(|b| Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(b))))
     });
     http_body_util::StreamBody::new(stream).boxed_unsync()
+}
+
+/// The `labelSelector` (`k=v`) and `fieldSelector` (`type=X`, `type!=X`) of a list or
+/// watch, applied the way the API server applies them, so that watches of one kind
+/// with different selectors see different objects.
+#[derive(Default, Clone)]
+struct Selector {
+    labels: Vec<(String, String)>,
+    /// (field path, value, equal)
+    fields: Vec<(String, String, bool)>,
+}
+
+impl Selector {
+    fn from_query(query: Option<&str>) -> Selector {
+        let mut s = Selector::default();
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let terms = v.split(',').map(str::to_string).collect::<Vec<_>>();
+            for term in terms {
+                match k.as_ref() {
+                    "labelSelector" => {
+                        if let Some((a, b)) = term.split_once('=') {
+                            s.labels.push((a.to_string(), b.to_string()));
+                        }
+                    }
+                    "fieldSelector" => {
+                        if let Some((a, b)) = term.split_once("!=") {
+                            s.fields.push((a.to_string(), b.to_string(), false));
+                        } else if let Some((a, b)) = term.split_once('=') {
+                            s.fields.push((a.to_string(), b.to_string(), true));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        s
+    }
+
+    fn keeps(&self, object: &serde_json::Value) -> bool {
+        let labels_ok = self
+            .labels
+            .iter()
+            .all(|(k, v)| object["metadata"]["labels"][k.as_str()].as_str() == Some(v.as_str()));
+        let fields_ok = self.fields.iter().all(|(path, v, equal)| {
+            let actual = path
+                .split('.')
+                .fold(object, |o, part| &o[part])
+                .as_str()
+                .unwrap_or("");
+            (actual == v) == *equal
+        });
+        labels_ok && fields_ok
+    }
+
+    fn filter_list(&self, body: &str) -> String {
+        if self.labels.is_empty() && self.fields.is_empty() {
+            return body.to_string();
+        }
+        let Ok(mut list) = serde_json::from_str::<serde_json::Value>(body) else {
+            return body.to_string();
+        };
+        if let Some(items) = list["items"].as_array_mut() {
+            items.retain(|o| self.keeps(o));
+        }
+        list.to_string()
+    }
+
+    fn keeps_event(&self, line: &str) -> bool {
+        if self.labels.is_empty() && self.fields.is_empty() {
+            return true;
+        }
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(event) if event["type"] == "BOOKMARK" || event["type"] == "ERROR" => true,
+            Ok(event) => self.keeps(&event["object"]),
+            Err(_) => true,
+        }
+    }
 }
