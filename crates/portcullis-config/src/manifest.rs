@@ -280,6 +280,23 @@ impl Manifests {
         }
     }
 
+    /// Adds the objects of another read (files and a cluster read together). An object
+    /// already present keeps its first copy and the second gets the same Problem as a
+    /// duplicate within one read, so the outcome does not depend on how input was split.
+    pub fn merge(&mut self, other: Manifests) {
+        self.problems.extend(other.problems);
+        for (kind, n) in other.ignored {
+            *self.ignored.entry(kind).or_default() += n;
+        }
+        let seen = &mut self.seen;
+        let problems = &mut self.problems;
+        keep_new(seen, problems, &mut self.ingresses, other.ingresses);
+        keep_new(seen, problems, &mut self.ingress_classes, other.ingress_classes);
+        keep_new(seen, problems, &mut self.services, other.services);
+        keep_new(seen, problems, &mut self.endpoint_slices, other.endpoint_slices);
+        keep_new(seen, problems, &mut self.secrets, other.secrets);
+    }
+
     /// How many documents were read into typed objects.
     pub fn object_count(&self) -> usize {
         self.ingresses.len()
@@ -287,6 +304,36 @@ impl Manifests {
             + self.services.len()
             + self.endpoint_slices.len()
             + self.secrets.len()
+    }
+}
+
+/// Moves the objects of `from` not yet `seen` into `into`; the others become Problems.
+fn keep_new<T>(
+    seen: &mut HashSet<(String, String, String)>,
+    problems: &mut Vec<Problem>,
+    into: &mut Vec<Object<T>>,
+    from: Vec<Object<T>>,
+) where
+    T: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta>,
+{
+    for object in from {
+        let key = (
+            T::KIND.to_string(),
+            object.namespace().to_string(),
+            object.name().to_string(),
+        );
+        if seen.insert(key) {
+            into.push(object);
+        } else {
+            problems.push(
+                Problem::error(
+                    Some(object.object_ref()),
+                    "",
+                    "defined more than once: this copy is ignored",
+                )
+                .at(Some(object.origin.clone())),
+            );
+        }
     }
 }
 
@@ -355,6 +402,23 @@ mod tests {
             p.contains("Ingress default/web spec.rules[0].http.paths[0].backend.service.port.number"),
             "{p}"
         );
+    }
+
+    #[test]
+    fn merge_adds_the_other_read_and_keeps_the_first_copy() {
+        let mut files = Manifests::default();
+        files.add_text("a.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n");
+        let mut cluster = Manifests::default();
+        cluster.add_text(
+            "cluster",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b}\n",
+        );
+        files.merge(cluster);
+        let names: Vec<_> = files.services.iter().map(|s| s.name()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(files.services[0].origin.file, "a.yaml");
+        assert_eq!(files.problems.len(), 1);
+        assert!(files.problems[0].to_string().contains("defined more than once"));
     }
 
     #[test]

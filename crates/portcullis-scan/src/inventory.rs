@@ -149,6 +149,9 @@ impl Inventory {
         for (k, n) in other.other_kinds {
             *self.other_kinds.entry(k).or_default() += n;
         }
+        // Without this, `--cluster` would leave the gateway's view of the objects
+        // (what `portcullis migrate` compiles) empty.
+        self.manifests.merge(other.manifests);
     }
 
     /// Adds one object read from the API server (`kubectl get -o json` form).

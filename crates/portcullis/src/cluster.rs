@@ -1,12 +1,14 @@
 //! `portcullis scan --cluster`: the same inventory, listed from the API server (in-cluster
 //! configuration or `KUBECONFIG`), read-only. Secrets are never read. Pods made by a
 //! controller are skipped (their controller is scanned), and a kind the credentials may
-//! not list is reported, not fatal.
+//! not list is reported, not fatal. IngressClasses and EndpointSlices are listed too, so
+//! that `portcullis migrate --cluster` compiles what the gateway would see.
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass, NetworkPolicy};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{ApiResource, DynamicObject, ListParams};
@@ -88,6 +90,10 @@ pub async fn read_cluster() -> anyhow::Result<Inventory> {
     list::<CronJob>(&client, &mut inv, source).await;
     list::<Service>(&client, &mut inv, source).await;
     list::<Ingress>(&client, &mut inv, source).await;
+    // What the gateway needs to decide which Ingresses it serves (the default class)
+    // and whether their backends are ready, for `portcullis migrate --cluster`.
+    list::<IngressClass>(&client, &mut inv, source).await;
+    list::<EndpointSlice>(&client, &mut inv, source).await;
     list::<NetworkPolicy>(&client, &mut inv, source).await;
     list::<Role>(&client, &mut inv, source).await;
     list::<RoleBinding>(&client, &mut inv, source).await;

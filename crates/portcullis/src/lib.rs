@@ -11,6 +11,7 @@ pub mod echo;
 pub mod handler;
 pub mod limits;
 pub mod metrics;
+pub mod migrate;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod report;

@@ -12,7 +12,7 @@ use portcullis::handler::Proxy;
 use portcullis::server::{self, Drain, Listener, Shutdown};
 use portcullis::source::{self, FileSource};
 use portcullis::state::Gateway;
-use portcullis::{admin, echo, report, tls};
+use portcullis::{admin, echo, migrate, report, tls};
 use portcullis_config::{compile, Compiled, Manifests, Settings};
 
 #[derive(Parser)]
@@ -135,6 +135,31 @@ enum Command {
         /// otherwise exempt themselves).
         #[arg(long)]
         no_annotation_ignores: bool,
+    },
+    /// Report how the Ingresses written for ingress-nginx fare under Portcullis: the
+    /// status of every nginx.ingress.kubernetes.io/ annotation, its portcullis.dev/
+    /// equivalent, and whether `portcullis serve --ingress-class nginx` would serve each
+    /// Ingress. Exit 1 when one would not be served.
+    Migrate {
+        /// Files or directories (searched recursively); `-` reads stdin.
+        #[arg(required_unless_present = "cluster")]
+        paths: Vec<PathBuf>,
+        /// Read the cluster the in-cluster config or KUBECONFIG points at (read-only;
+        /// Secrets are never read, so certificates are not checked).
+        #[arg(long)]
+        cluster: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        format: migrate::Format,
+        /// `rejected`: exit 1 when an Ingress would not be served; `differs`: also when
+        /// an annotation is supported only with a difference, or ignored.
+        #[arg(long, value_enum, default_value = "rejected")]
+        fail_on: migrate::FailOn,
+        /// The class ingress-nginx serves, which Portcullis would take over.
+        #[arg(long, default_value = "nginx")]
+        ingress_class: String,
+        /// Gateway config file (YAML), e.g. for the OpenID providers portcullis.dev/auth names.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Print NetworkPolicies that close what the scan finds: default deny per namespace,
     /// plus admission of the gateway's pods to each backend an Ingress routes to.
@@ -410,6 +435,35 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             println!("{}", text.trim_end());
             let failed = fail_on.is_some_and(|limit| report.findings.iter().any(|f| f.severity <= limit));
             Ok(failure_if(failed))
+        }
+        Command::Migrate {
+            paths,
+            cluster,
+            format,
+            fail_on,
+            ingress_class,
+            config,
+        } => {
+            let mut settings = load_settings(config.as_ref())?;
+            settings.ingress_class = ingress_class;
+            let mut inventory = read_inventory(&paths)?;
+            if cluster {
+                inventory.merge(portcullis::cluster::read_cluster().await?);
+            }
+            for p in &inventory.problems {
+                eprintln!("{p}");
+            }
+            let compiled = compile(&inventory.manifests, &settings, unix_now());
+            let options = migrate::Options {
+                secrets_unread: cluster,
+            };
+            let report = migrate::report(&inventory.manifests, &compiled, &settings, options);
+            let text = match format {
+                migrate::Format::Table => migrate::table(&report),
+                migrate::Format::Json => migrate::json(&report),
+            };
+            println!("{}", text.trim_end());
+            Ok(failure_if(report.fails(fail_on)))
         }
         Command::Netpol {
             paths,

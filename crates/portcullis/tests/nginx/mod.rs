@@ -4,6 +4,7 @@
 //! side by side with nginx itself.
 
 mod compare;
+mod migrate;
 
 use std::time::Duration;
 
