@@ -695,11 +695,11 @@ mod tests {
     #[test]
     fn unsupported_restrictions_reject_and_the_rest_warn() {
         let (_, f) = run(&[
-            ("auth-url", "http://auth/check"),
+            ("auth-tls-secret", "ns/ca"),
             ("affinity", "cookie"),
             ("no-such-thing", "1"),
         ]);
-        assert_eq!(errors(&f), vec!["auth-url"]);
+        assert_eq!(errors(&f), vec!["auth-tls-secret"]);
         let warned: Vec<&str> = f
             .iter()
             .filter(|(_, s, _)| *s == Severity::Warning)

@@ -514,7 +514,7 @@ fn real_world_corpus() {
 fn ingress_nginx_access_annotations_fail_closed() {
     let guarded = ingress(
         "guarded",
-        "  annotations: {nginx.ingress.kubernetes.io/auth-url: \"http://oauth2-proxy/oauth2/auth\"}\n",
+        "  annotations: {nginx.ingress.kubernetes.io/auth-tls-secret: ns/ca, nginx.ingress.kubernetes.io/auth-tls-verify-client: \"on\"}\n",
         &format!("  rules:\n{}", rule("a.com", "/", "Prefix", "web")),
     );
     let rewritten = ingress(
@@ -529,7 +529,7 @@ fn ingress_nginx_access_annotations_fail_closed() {
     );
     assert!(c.snapshot.lookup("b.com", "/").is_some());
     let m = messages(&c).join("\n");
-    assert!(m.contains("error: Ingress ns/guarded metadata.annotations[\"nginx.ingress.kubernetes.io/auth-url\"]: external and basic authentication"), "{m}");
+    assert!(m.contains("error: Ingress ns/guarded metadata.annotations[\"nginx.ingress.kubernetes.io/auth-tls-secret\"]: client certificate authentication is not supported yet"), "{m}");
     assert!(m.contains("warning: Ingress ns/rewritten metadata.annotations[\"nginx.ingress.kubernetes.io/affinity\"]: not supported"), "{m}");
     assert!(
         !m.contains("proxy-buffering"),
