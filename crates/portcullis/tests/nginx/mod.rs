@@ -777,3 +777,16 @@ async fn controller_reads_only_labelled_basic_auth_secrets() {
     );
     assert!(gw.logs().contains("Secret ns/private not found"), "{}", gw.logs());
 }
+
+/// The README's table of ingress-nginx annotations names every one the code knows, so
+/// the two cannot drift apart silently.
+#[test]
+fn the_readme_lists_every_ingress_nginx_annotation() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let missing: Vec<&str> = portcullis_config::nginx::ANNOTATIONS
+        .iter()
+        .map(|a| a.name)
+        .filter(|name| !readme.contains(&format!("| `{name}` |")))
+        .collect();
+    assert!(missing.is_empty(), "README.md misses {missing:?}");
+}
