@@ -4,6 +4,7 @@
 //! bearer tokens. A provider that cannot be reached fails closed: its routes answer
 //! 503 and nothing is let through.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,7 +108,12 @@ pub struct Metadata {
 struct Keys {
     set: JwkSet,
     fetched: Instant,
+    /// Unique per fetch (of any provider): what verified tokens remember.
+    generation: u64,
 }
+
+/// Numbers key-set fetches.
+static KEY_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 struct Discovered {
     metadata: Metadata,
@@ -187,7 +193,24 @@ pub struct Provider {
     keys: ArcSwapOption<Keys>,
     /// Serializes fetches, so a burst of requests makes one.
     fetch: Mutex<Option<Instant>>,
+    /// Bearer tokens already verified, by SHA-256 of the token: an API client sends
+    /// the same token on every request, and an ECDSA or RSA verification costs more
+    /// than everything else the gateway does for a request.
+    verified: std::sync::Mutex<HashMap<[u8; 32], Verified>>,
 }
+
+/// A bearer token that passed every check with the key set `keys`.
+struct Verified {
+    claims: Claims,
+    /// The generation of the key set it was verified with: a new key set verifies it
+    /// again, so a withdrawn key stops its tokens at once.
+    keys: u64,
+    exp: Option<i64>,
+    nbf: Option<i64>,
+}
+
+/// Verified bearer tokens kept at most; past it, expired ones go, then all.
+const VERIFIED_CAPACITY: usize = 10_000;
 
 impl Provider {
     pub fn new(settings: ProviderSettings, client_secret: Option<String>) -> Provider {
@@ -197,6 +220,7 @@ impl Provider {
             discovered: ArcSwapOption::empty(),
             keys: ArcSwapOption::empty(),
             fetch: Mutex::new(None),
+            verified: std::sync::Mutex::default(),
         }
     }
 
@@ -295,6 +319,7 @@ impl Provider {
         let keys = Arc::new(Keys {
             set,
             fetched: Instant::now(),
+            generation: KEY_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         });
         self.keys.store(Some(keys.clone()));
         Ok(keys)
@@ -340,17 +365,55 @@ impl Provider {
         client: &IdpClient,
         token: &str,
     ) -> Result<Result<Claims, TokenError>, IdpError> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut id = [0u8; 32];
+        id.copy_from_slice(digest.as_ref());
+        let now = super::now();
+        let leeway = jwt::LEEWAY_SECONDS as i64;
+        let current_keys = self.keys.load().as_ref().map_or(0, |k| k.generation);
+        if let Some(hit) = self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+            // The time checks are the only ones whose answer changes; the rest held.
+            let fresh = hit.exp.is_none_or(|exp| now <= exp + leeway) && hit.nbf.is_none_or(|nbf| nbf <= now + leeway);
+            if hit.keys == current_keys && fresh {
+                return Ok(Ok(hit.claims.clone()));
+            }
+        }
         let mut audiences = self.settings.audiences.clone();
         audiences.push(self.settings.client_id.clone());
-        let claims = self
+        let claims = match self
             .verify(
                 client,
                 token,
                 &audiences,
                 self.settings.access_token_type.as_deref(),
             )
-            .await?;
-        Ok(claims.map(|c| self.claims(&c)))
+            .await?
+        {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        let result = self.claims(&claims);
+        // Remembered only when the key set did not change under the verification, so
+        // the generation recorded is the one that verified it.
+        let after = self.keys.load().as_ref().map_or(0, |k| k.generation);
+        if after != current_keys || after == 0 {
+            return Ok(Ok(result));
+        }
+        let verified = Verified {
+            claims: result.clone(),
+            keys: after,
+            exp: claims["exp"].as_i64(),
+            nbf: claims["nbf"].as_i64(),
+        };
+        let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= VERIFIED_CAPACITY {
+            cache.retain(|_, v| v.exp.is_some_and(|exp| now <= exp + leeway));
+            if cache.len() >= VERIFIED_CAPACITY {
+                cache.clear();
+            }
+        }
+        cache.insert(id, verified);
+        Ok(Ok(result))
     }
 
     /// An ID token from the token endpoint (OpenID Connect Core 3.1.3.7).
