@@ -732,7 +732,26 @@ async fn serve(settings: Settings, config_source: ConfigSource) -> anyhow::Resul
 
 async fn reload(gateway: &Gateway, source: &mut FileSource, problems: &mut Vec<portcullis_config::Problem>) {
     let label = |result| portcullis::metrics::ResultLabel { result };
-    match source.load() {
+    // Reading and parsing thousands of files takes long enough to stall the requests
+    // of the thread it runs on: it runs off the request threads.
+    let mut taken = std::mem::replace(source, FileSource::new(source.root()));
+    let loaded = match tokio::task::spawn_blocking(move || {
+        let loaded = taken.load();
+        (taken, loaded)
+    })
+    .await
+    {
+        Ok((back, loaded)) => {
+            *source = back;
+            loaded
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reading the manifests failed; keeping the last good configuration");
+            gateway.metrics.reloads.get_or_create(&label("failure")).inc();
+            return;
+        }
+    };
+    match loaded {
         Ok(manifests) => match compile_async(manifests, gateway.settings.clone()).await {
             Ok(compiled) => {
                 let previous = std::mem::replace(problems, compiled.problems.clone());
