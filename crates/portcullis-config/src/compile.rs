@@ -131,7 +131,8 @@ struct Compiler<'a> {
     slices: HashMap<(&'a str, &'a str), Vec<&'a Object<EndpointSlice>>>,
     secrets: HashMap<(&'a str, &'a str), &'a Object<Secret>>,
     backends: Vec<Backend>,
-    backend_ids: HashMap<(String, String, PortRef), BackendId>,
+    /// By namespace, Service, port, and whether the cluster IP is used (`service-upstream`).
+    backend_ids: HashMap<(String, String, PortRef, bool), BackendId>,
     warned_backends: HashSet<(IngressKey, BackendId)>,
     loaded_certs: HashMap<(String, String), Option<Arc<Certificate>>>,
     table: RouteTable,
@@ -502,11 +503,12 @@ impl<'a> Compiler<'a> {
     /// Resolves a Service port to a backend, once per (namespace, service, port).
     fn backend(&mut self, plan: &IngressPlan, b: &BackendRef, field: &str) -> BackendId {
         let ns = plan.key.namespace.clone();
-        let key = (ns.clone(), b.service.clone(), b.port.clone());
+        let cluster_ip = plan.options.service_upstream;
+        let key = (ns.clone(), b.service.clone(), b.port.clone(), cluster_ip);
         let id = match self.backend_ids.get(&key) {
             Some(id) => *id,
             None => {
-                let target = self.resolve(&ns, b);
+                let target = self.resolve(&ns, b, cluster_ip);
                 let id = BackendId(self.backends.len());
                 self.backends.push(Backend {
                     namespace: ns,
@@ -538,7 +540,9 @@ impl<'a> Compiler<'a> {
         id
     }
 
-    fn resolve(&self, ns: &str, b: &BackendRef) -> BackendTarget {
+    /// Where requests for a Service port go: its ready endpoints, or its cluster IP and
+    /// port when `cluster_ip` (ingress-nginx's `service-upstream`).
+    fn resolve(&self, ns: &str, b: &BackendRef, cluster_ip: bool) -> BackendTarget {
         let Some(service) = self.services.get(&(ns, b.service.as_str())) else {
             return BackendTarget::Unavailable(format!("Service {ns}/{} not found", b.service));
         };
@@ -571,6 +575,19 @@ impl<'a> Compiler<'a> {
         let Some(port) = port else {
             return BackendTarget::Unavailable(format!("Service {ns}/{} has no port {}", b.service, b.port));
         };
+        if cluster_ip {
+            let ip = spec
+                .cluster_ip
+                .as_deref()
+                .and_then(|ip| ip.parse::<IpAddr>().ok());
+            return match (ip, u16::try_from(port.port)) {
+                (Some(ip), Ok(p)) if p != 0 => BackendTarget::Endpoints(vec![SocketAddr::new(ip, p)]),
+                _ => BackendTarget::Unavailable(format!(
+                    "Service {ns}/{} has no cluster IP (service-upstream needs one; headless Services have none)",
+                    b.service
+                )),
+            };
+        }
         let mut addresses = BTreeSet::new();
         for slice in self.slices.get(&(ns, b.service.as_str())).into_iter().flatten() {
             let slice = &slice.value;

@@ -167,7 +167,7 @@ pub const ANNOTATIONS: &[Annotation] = &[
     a("satisfy", Rejected("satisfy changes how several access checks combine, and the checks it combines are not supported"), None),
     a("server-alias", Ignored("the aliases are not served; add them as hosts of the Ingress"), None),
     a("server-snippet", Refused, None),
-    a("service-upstream", Ignored("requests are balanced over the ready endpoints of the Service, not sent to its cluster IP"), None),
+    a("service-upstream", Exact, None),
     a("session-cookie-change-on-failure", AFFINITY, None),
     a("session-cookie-conditional-samesite-none", AFFINITY, None),
     a("session-cookie-domain", AFFINITY, None),
@@ -441,6 +441,7 @@ fn single(name: &str, value: &str, options: &mut RouteOptions) -> Result<(), Str
     match name {
         "ssl-redirect" => options.ssl_redirect = bool_value(value)?,
         "force-ssl-redirect" => options.force_ssl_redirect = bool_value(value)?,
+        "service-upstream" => options.service_upstream = bool_value(value)?,
         "use-regex" => options.regex_paths |= bool_value(value)?,
         "app-root" => {
             if !value.starts_with('/') || value.starts_with("//") {

@@ -157,6 +157,8 @@ pub struct RouteOptions {
     /// Every request needs a user and password from an htpasswd Secret
     /// (`auth-type: basic`).
     pub basic_auth: Option<BasicAuth>,
+    /// Requests go to the Service's cluster IP, not its endpoints (`service-upstream`).
+    pub service_upstream: bool,
 }
 
 /// HTTP basic authentication against the users of a Secret.
@@ -221,6 +223,7 @@ impl Default for RouteOptions {
             cors: None,
             external_auth: None,
             basic_auth: None,
+            service_upstream: false,
         }
     }
 }

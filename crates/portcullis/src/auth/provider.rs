@@ -373,7 +373,8 @@ impl Provider {
         let current_keys = self.keys.load().as_ref().map_or(0, |k| k.generation);
         if let Some(hit) = self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
             // The time checks are the only ones whose answer changes; the rest held.
-            let fresh = hit.exp.is_none_or(|exp| now <= exp + leeway) && hit.nbf.is_none_or(|nbf| nbf <= now + leeway);
+            let fresh = hit.exp.is_none_or(|exp| now <= exp + leeway)
+                && hit.nbf.is_none_or(|nbf| nbf <= now + leeway);
             if hit.keys == current_keys && fresh {
                 return Ok(Ok(hit.claims.clone()));
             }

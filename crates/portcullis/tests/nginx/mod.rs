@@ -790,3 +790,36 @@ fn the_readme_lists_every_ingress_nginx_annotation() {
         .collect();
     assert!(missing.is_empty(), "README.md misses {missing:?}");
 }
+
+/// `service-upstream`: requests go to the Service's cluster IP and port instead of the
+/// endpoints in its EndpointSlices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_nginx_service_upstream() {
+    let web = Backend::named("web").await;
+    let gone = crate::support::backend::refused_addr().await;
+    // The cluster IP and port reach `web`; the EndpointSlice lists an address that refuses.
+    let svc = format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: ns}}\nspec:\n  clusterIP: 127.0.0.1\n  ports: [{{name: http, port: {}, targetPort: app}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: ns\n  labels: {{kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{{name: http, port: {}}}]\nendpoints:\n- addresses: [\"127.0.0.1\"]\n  conditions: {{ready: true}}\n",
+        web.addr.port(),
+        gone.port()
+    );
+    let ingress = |name: &str, host: &str, annotations: &[(&str, &str)]| {
+        nginx_ingress(name, false, annotations, host, &[("/", "web")]).replace(
+            "port: {number: 80}",
+            &format!("port: {{number: {}}}", web.addr.port()),
+        )
+    };
+    let gw = Gateway::start(
+        &concat(&[
+            svc,
+            ingress("cluster-ip", "ip.test", &[("service-upstream", "true")]),
+            ingress("endpoints", "ep.test", &[]),
+        ]),
+        "ingressClass: nginx\n",
+    );
+    assert_eq!(http_get(gw.http, "ip.test", "/a").await.text(), "web /a");
+    assert_eq!(
+        http_get(gw.http, "ep.test", "/a").await.status,
+        StatusCode::BAD_GATEWAY
+    );
+}
