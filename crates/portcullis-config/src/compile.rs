@@ -221,6 +221,9 @@ impl<'a> Compiler<'a> {
         for plan in &plans {
             self.apply_routes(plan);
         }
+        for plan in &plans {
+            self.apply_www_redirects(plan);
+        }
         self.load_default_certificate();
         self.resolve_config_secrets();
         let (tls_hosts, tls_wildcards) = (&self.tls_hosts, &self.tls_wildcards);
@@ -497,6 +500,49 @@ impl<'a> Compiler<'a> {
                 );
                 self.problem(plan, Problem::error(Some(oref), "spec.defaultBackend", message));
             }
+        }
+    }
+
+    /// ingress-nginx's `from-to-www-redirect`: `www.HOST` redirects to `HOST` (and the
+    /// other way round), unless some Ingress serves that name itself.
+    fn apply_www_redirects(&mut self, plan: &IngressPlan) {
+        if !plan.options.www_redirect {
+            return;
+        }
+        let hosts: BTreeSet<&String> = plan.paths.iter().map(|p| &p.host).collect();
+        for host in hosts {
+            if host.is_empty() || host.starts_with('*') {
+                continue;
+            }
+            let other = match host.strip_prefix("www.") {
+                Some(bare) => bare.to_string(),
+                None => format!("www.{host}"),
+            };
+            if self.table.serves_host(&other) {
+                continue;
+            }
+            let mut options = (*plan.options).clone();
+            options.host_redirect = Some(host.clone());
+            let backend = plan
+                .paths
+                .first()
+                .map(|p| self.backend(plan, &p.backend, &p.field));
+            let Some(backend) = backend else { continue };
+            let route = Route {
+                ingress: plan.key.clone(),
+                host: HostMatch::Exact(other),
+                path: "/".to_string(),
+                path_type: PathType::Prefix,
+                field: format!(
+                    "metadata.annotations[\"{}from-to-www-redirect\"]",
+                    crate::nginx::PREFIX
+                ),
+                backend,
+                options: Arc::new(options),
+                tls: false,
+                regex: None,
+            };
+            let _ = self.table.insert(route);
         }
     }
 

@@ -127,7 +127,7 @@ pub const ANNOTATIONS: &[Annotation] = &[
     a("cors-allow-credentials", Exact, None),
     a("cors-max-age", Exact, None),
     a("force-ssl-redirect", Exact, None),
-    a("from-to-www-redirect", Ignored("requests for the www. (or bare) variant of the host are not redirected; add the other host to the Ingress"), None),
+    a("from-to-www-redirect", Differs("the 308 keeps the port the request came to; the certificate for the other name is whichever covers it, or the default one"), None),
     a("http2-push-preload", Ignored("HTTP/2 server push is obsolete (browsers removed it)"), None),
     a("limit-connections", Differs("over the limit the answer is 429 Too Many Requests (ingress-nginx answers 503)"), Some("portcullis.dev/max-connections")),
     a("limit-rps", Differs("a token bucket of limit-rps × limit-burst-multiplier per client address; over the limit the answer is 429 with Retry-After (ingress-nginx answers 503); with limit-rpm also set, only limit-rps applies"), Some("portcullis.dev/rate-limit: N/s")),
@@ -442,6 +442,7 @@ fn single(name: &str, value: &str, options: &mut RouteOptions) -> Result<(), Str
         "ssl-redirect" => options.ssl_redirect = bool_value(value)?,
         "force-ssl-redirect" => options.force_ssl_redirect = bool_value(value)?,
         "service-upstream" => options.service_upstream = bool_value(value)?,
+        "from-to-www-redirect" => options.www_redirect = bool_value(value)?,
         "use-regex" => options.regex_paths |= bool_value(value)?,
         "app-root" => {
             if !value.starts_with('/') || value.starts_with("//") {

@@ -287,6 +287,11 @@ impl RouteTable {
         self.any_host.lookup(path).or(self.default_route)
     }
 
+    /// Whether some rule names exactly this host.
+    pub fn serves_host(&self, host: &str) -> bool {
+        self.exact_hosts.contains_key(host)
+    }
+
     pub fn route(&self, id: RouteId) -> &Route {
         &self.routes[id.0]
     }

@@ -159,6 +159,11 @@ pub struct RouteOptions {
     pub basic_auth: Option<BasicAuth>,
     /// Requests go to the Service's cluster IP, not its endpoints (`service-upstream`).
     pub service_upstream: bool,
+    /// `www.HOST` and `HOST` redirect to each other (`from-to-www-redirect`).
+    pub www_redirect: bool,
+    /// Requests are redirected to the same scheme, port and URI on this host (the
+    /// routes `from-to-www-redirect` adds).
+    pub host_redirect: Option<String>,
 }
 
 /// HTTP basic authentication against the users of a Secret.
@@ -224,6 +229,8 @@ impl Default for RouteOptions {
             external_auth: None,
             basic_auth: None,
             service_upstream: false,
+            www_redirect: false,
+            host_redirect: None,
         }
     }
 }

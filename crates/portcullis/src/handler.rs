@@ -682,6 +682,17 @@ fn answer_early(
         }
     }
     let location = match (&options.redirect, &options.app_root) {
+        _ if options.host_redirect.is_some() => {
+            let scheme = if conn.tls { "https" } else { "http" };
+            let host = options.host_redirect.as_deref().unwrap_or_default();
+            let port = authority
+                .rsplit_once(':')
+                .filter(|(_, p)| p.parse::<u16>().is_ok())
+                .map(|(_, p)| format!(":{p}"))
+                .unwrap_or_default();
+            let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+            Some((308, format!("{scheme}://{host}{port}{target}")))
+        }
         (Some(redirect), _) => Some((redirect.code, redirect.location.clone())),
         (None, Some(root)) if matched == "/" => {
             let scheme = if conn.tls { "https" } else { "http" };

@@ -823,3 +823,56 @@ async fn ingress_nginx_service_upstream() {
         StatusCode::BAD_GATEWAY
     );
 }
+
+/// `from-to-www-redirect`: the other name redirects with 308, keeping scheme, port and
+/// URI, unless another Ingress serves that name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_nginx_from_to_www_redirect() {
+    let web = Backend::named("web").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            nginx_ingress(
+                "www",
+                false,
+                &[("from-to-www-redirect", "true")],
+                "www.shop.test",
+                &[("/", "web")],
+            ),
+            nginx_ingress(
+                "bare",
+                false,
+                &[("from-to-www-redirect", "true")],
+                "blog.test",
+                &[("/", "web")],
+            ),
+            nginx_ingress(
+                "both",
+                false,
+                &[("from-to-www-redirect", "true")],
+                "docs.test",
+                &[("/", "web")],
+            ),
+            nginx_ingress("www-docs", false, &[], "www.docs.test", &[("/", "web")]),
+        ]),
+        "ingressClass: nginx\n",
+    );
+    let port = gw.http.port();
+    let r = http_get(gw.http, &format!("shop.test:{port}"), "/cart?id=1").await;
+    assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        r.header("location"),
+        format!("http://www.shop.test:{port}/cart?id=1")
+    );
+    let r = http_get(gw.http, "www.blog.test", "/post").await;
+    assert_eq!(r.header("location"), "http://blog.test/post");
+    assert_eq!(
+        http_get(gw.http, "www.shop.test", "/cart").await.text(),
+        "web /cart"
+    );
+    assert_eq!(
+        http_get(gw.http, "www.docs.test", "/x").await.text(),
+        "web /x",
+        "served by its own Ingress, not redirected"
+    );
+}
