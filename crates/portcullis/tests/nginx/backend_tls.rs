@@ -18,8 +18,9 @@ use crate::support::backend::full;
 use crate::support::client::http_get;
 use crate::support::{service, Gateway, Pki};
 
-/// An HTTPS backend answering `sni=NAME client_cert=BOOL`; with `clients`, it refuses
-/// handshakes without a client certificate signed by that CA. Aborted on drop.
+/// An HTTPS backend (HTTP/1.1 or HTTP/2 by ALPN) answering `sni=NAME client_cert=BOOL`,
+/// and ` h2` when spoken to over HTTP/2; with `clients`, it refuses handshakes without
+/// a client certificate signed by that CA. Aborted on drop.
 struct TlsBackend {
     addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -54,7 +55,7 @@ impl TlsBackend {
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_single_cert(chain, key).unwrap();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -75,13 +76,19 @@ impl TlsBackend {
                         conn.server_name().unwrap_or("-"),
                         conn.peer_certificates().is_some_and(|c| !c.is_empty())
                     );
-                    let svc = service_fn(move |_req| {
-                        let text = text.clone();
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let h2 = if req.version() == http::Version::HTTP_2 {
+                            " h2"
+                        } else {
+                            ""
+                        };
+                        let text = format!("{text}{h2}");
                         async move { Ok::<_, std::convert::Infallible>(Response::new(full(text))) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
+                    let _ =
+                        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                            .serve_connection(TokioIo::new(tls), svc)
+                            .await;
                 });
             }
         });
@@ -183,14 +190,26 @@ async fn backend_tls_verifies_and_presents_client_certificates() {
             ),
             mtls("mtls", "mtls.test", "ns/backend-mtls"),
             mtls("no-client-cert", "no-client-cert.test", "ns/backend-ca"),
+            nginx_ingress(
+                "grpcs",
+                false,
+                &[
+                    ("backend-protocol", "GRPCS"),
+                    verify,
+                    ("proxy-ssl-secret", "ns/backend-ca"),
+                ],
+                "grpcs.test",
+                &[("/", "web")],
+            ),
         ]),
         "ingressClass: nginx\n",
     );
 
     let r = http_get(gw.http, "verified.test", "/").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    // proxy-ssl-server-name is off by default, as in ingress-nginx: no SNI.
-    assert_eq!(r.text(), "sni=- client_cert=false");
+    // proxy-ssl-server-name is off by default, as in ingress-nginx: no SNI. HTTPS
+    // speaks HTTP/2 when the backend offers it by ALPN.
+    assert_eq!(r.text(), "sni=- client_cert=false h2");
 
     let r = http_get(gw.http, "stranger.test", "/").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
@@ -201,17 +220,22 @@ async fn backend_tls_verifies_and_presents_client_certificates() {
 
     let r = http_get(gw.http, "named.test", "/").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert_eq!(r.text(), "sni=web.ns.svc client_cert=false");
+    assert_eq!(r.text(), "sni=web.ns.svc client_cert=false h2");
 
     let r = http_get(gw.http, "unverified.test", "/").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 
     let r = http_get(gw.http, "mtls.test", "/").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert_eq!(r.text(), "sni=- client_cert=true");
+    assert_eq!(r.text(), "sni=- client_cert=true h2");
 
     let r = http_get(gw.http, "no-client-cert.test", "/").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+
+    // GRPCS: HTTP/2 over the same verified TLS.
+    let r = http_get(gw.http, "grpcs.test", "/").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.text(), "sni=- client_cert=false h2");
 
     // The refused handshakes left the endpoint in rotation for the routes that work.
     let r = http_get(gw.http, "verified.test", "/").await;
