@@ -299,6 +299,27 @@ impl<'a> Compiler<'a> {
                     }
                 }
             }
+            if let Some(tls) = &mut o.backend_tls {
+                let field = format!(
+                    "metadata.annotations[\"{}proxy-ssl-secret\"]",
+                    crate::nginx::PREFIX
+                );
+                match self.backend_tls_material(object.namespace(), Arc::make_mut(tls)) {
+                    Ok(()) if !o.backend_protocol.is_tls() => problems.push(Problem::warning(
+                        Some(oref.clone()),
+                        field,
+                        format!(
+                            "has no effect: the backend protocol is {}, not HTTPS or GRPCS",
+                            o.backend_protocol
+                        ),
+                    )),
+                    Ok(()) => {}
+                    Err(message) => {
+                        problems.push(Problem::error(Some(oref.clone()), field, message));
+                        return None;
+                    }
+                }
+            }
             Some(Arc::new(o))
         });
         let regex_paths = match &options {
@@ -444,6 +465,23 @@ impl<'a> Compiler<'a> {
             crate::htpasswd::Htpasswd::parse(file)
         };
         parsed.map_err(|e| format!("Secret {namespace}/{}: {e}", basic.secret))
+    }
+
+    /// The trust anchors and client certificate of a `proxy-ssl-secret` in the
+    /// Ingress's namespace.
+    fn backend_tls_material(
+        &self,
+        namespace: &str,
+        tls: &mut crate::snapshot::BackendTls,
+    ) -> Result<(), String> {
+        let name = crate::backend_tls::secret_name(namespace, &tls.secret)?;
+        let secret = self.secrets.get(&(namespace, name)).ok_or_else(|| {
+            format!(
+                "Secret {namespace}/{name} not found (in controller mode the gateway reads only Secrets of type kubernetes.io/tls): the Ingress is rejected rather than served without it"
+            )
+        })?;
+        let data = crate::tls::secret_data(&secret.value);
+        crate::backend_tls::load(&format!("{namespace}/{name}"), &data, tls)
     }
 
     fn problem(&mut self, plan: &IngressPlan, problem: Problem) {

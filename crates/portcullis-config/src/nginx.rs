@@ -70,8 +70,8 @@ const AFFINITY: Support = Ignored(
 const WAF: Support = Rejected(
     "ModSecurity is not part of Portcullis: an Ingress that relies on a WAF is not served without one",
 );
-const BACKEND_TLS: Support = Rejected(
-    "verifying the backend's certificate, and client certificates towards it, are not supported yet",
+const BACKEND_TLS: Support = Differs(
+    "applies only with proxy-ssl-secret and backend-protocol HTTPS or GRPCS; the Secret must be in the Ingress's namespace and hold ca.crt (in controller mode the gateway reads only Secrets of type kubernetes.io/tls, so ca.crt must sit beside tls.crt and tls.key); with proxy-ssl-verify off (the default, as ingress-nginx) the backend's certificate is not verified but the client certificate in tls.crt/tls.key is still presented; proxy-ssl-verify: on without proxy-ssl-secret rejects the Ingress; a failed verification answers 502",
 );
 
 /// Every annotation ingress-nginx documents, in the order of its documentation.
@@ -155,12 +155,12 @@ pub const ANNOTATIONS: &[Annotation] = &[
     a("proxy-redirect-from", Ignored("Location headers from the backend are passed unchanged"), None),
     a("proxy-redirect-to", Ignored("Location headers from the backend are passed unchanged"), None),
     a("proxy-http-version", Differs("HTTP/1.1 to HTTP backends always; HTTP/2 for GRPC, GRPCS and H2C"), None),
-    a("proxy-ssl-ciphers", BACKEND_TLS, None),
-    a("proxy-ssl-name", BACKEND_TLS, None),
-    a("proxy-ssl-protocols", BACKEND_TLS, None),
+    a("proxy-ssl-ciphers", Differs("validated, not applied: rustls' modern cipher suites are always used towards backends (a warning says so)"), None),
+    a("proxy-ssl-name", Differs("verified against the backend's certificate and, with proxy-ssl-server-name: on, sent as SNI; without it the name is the Service's SERVICE.NAMESPACE.svc (nginx's default, $proxy_host, is ingress-nginx's internal upstream name); no nginx variables"), None),
+    a("proxy-ssl-protocols", Differs("only TLSv1.2 and TLSv1.3 are offered (the default is both); SSLv2, SSLv3, TLSv1 and TLSv1.1 are dropped with a warning, and a value naming only those rejects the Ingress"), None),
     a("proxy-ssl-verify", BACKEND_TLS, None),
-    a("proxy-ssl-verify-depth", BACKEND_TLS, None),
-    a("proxy-ssl-server-name", BACKEND_TLS, None),
+    a("proxy-ssl-verify-depth", Differs("validated, not enforced: any chain that ends at a certificate of ca.crt is accepted, whatever its length"), None),
+    a("proxy-ssl-server-name", Exact, None),
     a("proxy-ssl-secret", BACKEND_TLS, None),
     a("enable-rewrite-log", Ignored("rewrites are not logged separately; the access log has the request"), None),
     a("rewrite-target", Differs("ingress-nginx also turns the paths of every other Ingress on the same host into regular expressions; Portcullis does so only for this Ingress's paths"), None),
@@ -301,6 +301,14 @@ pub fn apply(annotations: &BTreeMap<String, String>, options: &mut RouteOptions)
 
     match basic_auth(&get) {
         Ok(basic) => options.basic_auth = basic,
+        Err((name, e)) => error(name, e),
+    }
+
+    match crate::backend_tls::from_annotations(&get) {
+        Ok((tls, found)) => {
+            options.backend_tls = tls.map(std::sync::Arc::new);
+            warnings.extend(found.into_iter().map(|(n, m)| (n.to_string(), m)));
+        }
         Err((name, e)) => error(name, e),
     }
 

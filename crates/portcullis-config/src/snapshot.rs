@@ -164,6 +164,9 @@ pub struct RouteOptions {
     /// Requests are redirected to the same scheme, port and URI on this host (the
     /// routes `from-to-www-redirect` adds).
     pub host_redirect: Option<String>,
+    /// Verification of, and client certificates towards, an HTTPS or GRPCS backend
+    /// (`proxy-ssl-secret` and the other `proxy-ssl-*` annotations).
+    pub backend_tls: Option<Arc<BackendTls>>,
 }
 
 /// HTTP basic authentication against the users of a Secret.
@@ -186,6 +189,73 @@ impl PartialEq for BasicAuth {
             && self.secret == other.secret
             && self.map == other.map
             && Arc::ptr_eq(&self.users, &other.users)
+    }
+}
+
+/// TLS towards an HTTPS or GRPCS backend: the material of a rustls `ClientConfig`,
+/// from ingress-nginx's `proxy-ssl-*` annotations and the Secret they name. Equal
+/// values mean the same client configuration, so the gateway keeps one connection pool
+/// per distinct value, across reloads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendTls {
+    /// The Secret's name, in the Ingress's namespace (`proxy-ssl-secret`).
+    pub secret: String,
+    /// Verify the backend's certificate chain against [`Self::ca`] and its name against
+    /// [`Self::server_name`] (`proxy-ssl-verify: on`). Default false, as ingress-nginx.
+    pub verify: bool,
+    /// The name the certificate must carry, and the SNI when [`Self::send_sni`]
+    /// (`proxy-ssl-name`). `None`: the Service's DNS name, `SERVICE.NAMESPACE.svc`.
+    pub server_name: Option<String>,
+    /// Send the server name in the TLS SNI extension (`proxy-ssl-server-name: on`).
+    /// Default false, as ingress-nginx.
+    pub send_sni: bool,
+    /// TLS versions offered (`proxy-ssl-protocols`). Default both 1.2 and 1.3.
+    pub versions: TlsVersions,
+    /// `proxy-ssl-verify-depth` (default 1): validated, not enforced (see nginx.rs).
+    pub verify_depth: u32,
+    /// Trust anchors from `ca.crt`, DER. Filled in from the Secret when the Ingress is
+    /// compiled; until then empty, which trusts nothing.
+    pub ca: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// `tls.crt` and `tls.key`, when the Secret has them: presented to the backend.
+    pub client_cert: Option<ClientCert>,
+}
+
+/// The TLS versions offered to a backend; at least one is true.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TlsVersions {
+    pub tls12: bool,
+    pub tls13: bool,
+}
+
+impl Default for TlsVersions {
+    fn default() -> Self {
+        TlsVersions {
+            tls12: true,
+            tls13: true,
+        }
+    }
+}
+
+/// A client certificate chain and its private key, checked to match at compile time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    pub chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    pub key: Arc<rustls_pki_types::PrivateKeyDer<'static>>,
+}
+
+impl std::hash::Hash for ClientCert {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.chain.hash(state);
+        self.key.secret_der().hash(state);
+    }
+}
+
+/// The key is left out: secrets never reach a log.
+impl fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCert")
+            .field("chain", &self.chain.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -231,6 +301,7 @@ impl Default for RouteOptions {
             service_upstream: false,
             www_redirect: false,
             host_redirect: None,
+            backend_tls: None,
         }
     }
 }

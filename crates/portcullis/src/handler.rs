@@ -1087,11 +1087,22 @@ async fn forward(
                     Refusal::new(StatusCode::SERVICE_UNAVAILABLE, reason)
                 })?;
         let request = outgoing.request(&upstream, protocol)?;
-        let sent = tokio::time::timeout(
-            route.options.read_timeout,
-            proxy.upstreams.send(protocol, request),
-        )
-        .await;
+        let response = match route.options.backend_tls.as_ref().filter(|_| protocol.is_tls()) {
+            Some(tls) => {
+                let b = runtime.snapshot.backend(route.backend);
+                let service_name = format!("{}.{}.svc", b.service, b.namespace);
+                proxy
+                    .upstreams
+                    .send_tls(protocol, tls, &service_name, request)
+                    .map_err(|e| {
+                        failed("tls");
+                        tracing::error!(ingress = %ingress, error = %e, "backend TLS configuration could not be built");
+                        Refusal::new(StatusCode::BAD_GATEWAY, format!("backend TLS configuration failed: {e}"))
+                    })?
+            }
+            None => proxy.upstreams.send(protocol, request),
+        };
+        let sent = tokio::time::timeout(route.options.read_timeout, response).await;
         match sent {
             Ok(Ok(response)) => return Ok((response, upstream)),
             Err(_) => {
@@ -1156,6 +1167,10 @@ async fn forward(
                         });
                     }
                     UpstreamFailure::Protocol => (StatusCode::BAD_GATEWAY, "bad response from"),
+                    UpstreamFailure::Tls => {
+                        tracing::warn!(ingress = %ingress, %upstream, error = %error_chain(&err), "backend TLS handshake failed: certificate not verified or refused; answering 502");
+                        (StatusCode::BAD_GATEWAY, "TLS handshake failed with")
+                    }
                 };
                 return Err(Refusal::new(
                     status,

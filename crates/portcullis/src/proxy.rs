@@ -17,7 +17,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use portcullis_config::snapshot::BackendProtocol;
+use portcullis_config::snapshot::{BackendProtocol, BackendTls};
 use portcullis_config::Settings;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -42,13 +42,32 @@ pub fn empty() -> Body {
         .boxed_unsync()
 }
 
+type TlsClient = Client<HttpsConnector<HttpConnector>, Body>;
+
 /// Pooled clients, one per way of speaking to a backend.
 pub struct Upstreams {
     http1: Client<HttpConnector, Body>,
     h2c: Client<HttpConnector, Body>,
-    https: Client<HttpsConnector<HttpConnector>, Body>,
-    h2_tls: Client<HttpsConnector<HttpConnector>, Body>,
+    https: TlsClient,
+    h2_tls: TlsClient,
+    /// Routes with `proxy-ssl-*` annotations: one pool per distinct TLS configuration
+    /// and server name, built on first use. Keyed by content rather than by `Arc`, so a
+    /// reload that leaves the configuration alone keeps its connections.
+    configured: std::sync::Mutex<std::collections::HashMap<TlsPoolKey, TlsClient>>,
+    tcp: HttpConnector,
+    pool_idle_timeout: Duration,
 }
+
+#[derive(PartialEq, Eq, Hash)]
+struct TlsPoolKey {
+    tls: Arc<BackendTls>,
+    server_name: String,
+    h2_only: bool,
+}
+
+/// More distinct configurations than this means old ones (rotated Secrets) pile up:
+/// the cache is emptied and rebuilt from what is still in use.
+const MAX_CONFIGURED_POOLS: usize = 256;
 
 impl Upstreams {
     pub fn new(settings: &Settings) -> Result<Self, rustls::Error> {
@@ -85,10 +104,97 @@ impl Upstreams {
             .wrap_connector(tcp.clone());
         Ok(Upstreams {
             http1: builder(false).build(tcp.clone()),
-            h2c: builder(true).build(tcp),
+            h2c: builder(true).build(tcp.clone()),
             https: builder(false).build(https),
             h2_tls: builder(true).build(h2_tls),
+            configured: std::sync::Mutex::default(),
+            tcp,
+            pool_idle_timeout: settings.timeouts.upstream_idle.0,
         })
+    }
+
+    /// Sends a request over TLS configured by the route's `proxy-ssl-*` annotations.
+    /// `service_name` (`SERVICE.NAMESPACE.svc`) is the name verified when the route
+    /// sets no `proxy-ssl-name`. Fails only if the configuration cannot be built, which
+    /// the compiler's checks should have made impossible.
+    pub fn send_tls(
+        &self,
+        protocol: BackendProtocol,
+        tls: &Arc<BackendTls>,
+        service_name: &str,
+        request: http::Request<Body>,
+    ) -> Result<hyper_util::client::legacy::ResponseFuture, rustls::Error> {
+        let key = TlsPoolKey {
+            tls: tls.clone(),
+            server_name: tls
+                .server_name
+                .clone()
+                .unwrap_or_else(|| service_name.to_string()),
+            h2_only: protocol.is_h2_only(),
+        };
+        let mut pools = self.configured.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = pools.get(&key) {
+            return Ok(client.request(request));
+        }
+        let client = self.configured_client(&key)?;
+        if pools.len() >= MAX_CONFIGURED_POOLS {
+            pools.clear();
+        }
+        let future = client.request(request);
+        pools.insert(key, client);
+        Ok(future)
+    }
+
+    fn configured_client(&self, key: &TlsPoolKey) -> Result<TlsClient, rustls::Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = &key.tls;
+        let mut versions: Vec<&'static rustls::SupportedProtocolVersion> = Vec::new();
+        if tls.versions.tls13 {
+            versions.push(&rustls::version::TLS13);
+        }
+        if tls.versions.tls12 {
+            versions.push(&rustls::version::TLS12);
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&versions)?;
+        let builder = if tls.verify {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in &tls.ca {
+                roots.add(cert.clone())?;
+            }
+            builder.with_root_certificates(roots)
+        } else {
+            // proxy-ssl-verify: off, as ingress-nginx: encrypted, the client
+            // certificate presented, the backend's certificate not checked.
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
+        };
+        let mut config = match &tls.client_cert {
+            Some(cert) => builder.with_client_auth_cert(cert.chain.clone(), cert.key.clone_key())?,
+            None => builder.with_no_client_auth(),
+        };
+        // nginx's proxy_ssl_server_name off (the default) sends no SNI; the name is
+        // still what the certificate is verified against.
+        config.enable_sni = tls.send_sni;
+        let name = ServerName::try_from(key.server_name.clone())
+            .map_err(|e| rustls::Error::General(format!("server name {:?}: {e}", key.server_name)))?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_only()
+            .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
+        let connector = if key.h2_only {
+            connector.enable_http2().wrap_connector(self.tcp.clone())
+        } else {
+            connector.enable_all_versions().wrap_connector(self.tcp.clone())
+        };
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_idle_timeout(self.pool_idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_max_idle_per_host(256)
+            .http2_only(key.h2_only);
+        Ok(b.build(connector))
     }
 
     /// Sends a request on the pool for its protocol.
@@ -427,6 +533,10 @@ pub enum UpstreamFailure {
     ClientTimeout,
     /// The backend broke the protocol or closed early: 502.
     Protocol,
+    /// The TLS handshake failed over certificates: the backend's did not verify, or
+    /// the backend refused ours (an alert). 502; the endpoint is not ejected, since it
+    /// is reachable and other routes may not verify it.
+    Tls,
 }
 
 impl UpstreamFailure {
@@ -436,12 +546,14 @@ impl UpstreamFailure {
         let mut too_large = false;
         let mut body_error = false;
         let mut client_timeout = false;
+        let mut tls = false;
         while let Some(e) = source {
             client_timeout |= e
                 .downcast_ref::<ReadTimedOut>()
                 .is_some_and(|t| t.sender == Sender::Client);
             if let Some(io) = e.downcast_ref::<std::io::Error>() {
                 timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+                tls |= certificate_failure(io);
             }
             too_large |= e.is::<http_body_util::LengthLimitError>();
             if let Some(h) = e.downcast_ref::<hyper::Error>() {
@@ -454,6 +566,8 @@ impl UpstreamFailure {
             UpstreamFailure::BodyTooLarge
         } else if client_timeout {
             UpstreamFailure::ClientTimeout
+        } else if tls {
+            UpstreamFailure::Tls
         } else if err.is_connect() && timed_out {
             UpstreamFailure::Timeout
         } else if err.is_connect() {
@@ -473,8 +587,28 @@ impl UpstreamFailure {
             UpstreamFailure::ClientBody => "client_body",
             UpstreamFailure::ClientTimeout => "client_timeout",
             UpstreamFailure::Protocol => "protocol",
+            UpstreamFailure::Tls => "tls",
         }
     }
+}
+
+/// Whether an I/O error is a TLS handshake that failed over certificates. io::Error's
+/// source() skips the error it wraps, and the rustls error sits inside two of them
+/// (tokio-rustls wraps it, hyper-rustls wraps that), so the wrapped ones are opened.
+fn certificate_failure(io: &std::io::Error) -> bool {
+    let mut inner = io.get_ref();
+    while let Some(e) = inner {
+        if let Some(t) = e.downcast_ref::<rustls::Error>() {
+            return matches!(
+                t,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::AlertReceived(_)
+            );
+        }
+        inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
+    }
+    false
 }
 
 /// Joins a client connection and a backend connection after both switched protocols,

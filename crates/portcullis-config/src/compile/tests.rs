@@ -567,3 +567,73 @@ fn nginx_regex_paths_route_and_invalid_regexes_name_the_path() {
         "{m}"
     );
 }
+
+#[test]
+fn proxy_ssl_secret_resolves_in_the_ingress_namespace_and_fails_closed() {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap();
+    let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    let ca_secret = |name: &str, ca: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: ns}}\nstringData:\n  ca.crt: |\n{}",
+            indent(ca)
+        )
+    };
+    let tls_ing = |name: &str, host: &str, secret: &str, protocol: &str| {
+        ingress(
+            name,
+            &format!("  annotations: {{nginx.ingress.kubernetes.io/proxy-ssl-secret: \"{secret}\", nginx.ingress.kubernetes.io/proxy-ssl-verify: \"on\", nginx.ingress.kubernetes.io/backend-protocol: {protocol}}}\n"),
+            &format!("  rules:\n{}", rule(host, "/", "Prefix", "web")),
+        )
+    };
+    let yaml = [
+        service("web"),
+        ca_secret("good", &ca.pem()),
+        ca_secret("junk", "not a certificate"),
+        tls_ing("ok", "a.com", "ns/good", "HTTPS"),
+        tls_ing("missing", "b.com", "ns/nope", "HTTPS"),
+        tls_ing("foreign", "c.com", "other/good", "HTTPS"),
+        tls_ing("unparsable", "d.com", "junk", "HTTPS"),
+        tls_ing("plain", "e.com", "good", "HTTP"),
+    ]
+    .concat();
+    let c = compile_text(&yaml);
+    let m = messages(&c).join("\n");
+    let id = c.snapshot.lookup("a.com", "/").expect("served");
+    let tls = c.snapshot.routes.route(id).options.backend_tls.clone().unwrap();
+    assert!(tls.verify);
+    assert_eq!(tls.ca.len(), 1);
+    for host in ["b.com", "c.com", "d.com"] {
+        assert!(
+            c.snapshot.lookup(host, "/").is_none(),
+            "{host} must not be served: {m}"
+        );
+    }
+    let field = "metadata.annotations[\"nginx.ingress.kubernetes.io/proxy-ssl-secret\"]";
+    assert!(
+        m.contains(&format!(
+            "error: Ingress ns/missing {field}: Secret ns/nope not found"
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "error: Ingress ns/foreign {field}: Secret other/good is in namespace"
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "error: Ingress ns/unparsable {field}: Secret ns/junk: ca.crt"
+        )),
+        "{m}"
+    );
+    assert!(c.snapshot.lookup("e.com", "/").is_some());
+    assert!(
+        m.contains(&format!(
+            "warning: Ingress ns/plain {field}: has no effect: the backend protocol is HTTP"
+        )),
+        "{m}"
+    );
+}
