@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod annotations;
+pub mod canary;
 pub mod compile;
 pub mod cors;
 pub mod external_auth;
