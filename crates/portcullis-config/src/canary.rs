@@ -264,6 +264,23 @@ impl CanaryRules {
     }
 }
 
+/// What `portcullis routes` says about a canary: which requests it takes.
+impl std::fmt::Display for CanaryRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(h) = &self.header {
+            match &h.value {
+                CanaryHeaderValue::AlwaysNever => write!(f, "header {}: always|never, ", h.name)?,
+                CanaryHeaderValue::Exact(v) => write!(f, "header {} = {:?}, ", h.name, v)?,
+                CanaryHeaderValue::Pattern(re) => write!(f, "header {} ~ {:?}, ", h.name, re.as_str())?,
+            }
+        }
+        if let Some(c) = &self.cookie {
+            write!(f, "cookie {c}: always|never, ")?;
+        }
+        write!(f, "weight {} of {}", self.weight, self.weight_total)
+    }
+}
+
 /// The value of the first cookie called `name` in the request's Cookie headers. The
 /// name is compared without regard to case, as nginx's `$cookie_NAME` does.
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
@@ -714,6 +731,28 @@ mod compile_tests {
             .routes
             .route(c.snapshot.lookup("a.com", "/api/v2/x").unwrap());
         assert!(route.canary.is_some());
+    }
+
+    #[test]
+    fn a_canary_default_backend_attaches_to_the_default_route() {
+        let default = |name: &str, annotations: &str, svc: &str| {
+            format!("---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: ns\n  annotations: {{{annotations}}}\nspec:\n  ingressClassName: portcullis\n  defaultBackend: {{service: {{name: {svc}, port: {{number: 80}}}}}}\n")
+        };
+        let canary = default("c", "nginx.ingress.kubernetes.io/canary: 'true'", "canary");
+        let c = compiled(&[service("main", "ns"), service("canary", "ns"), canary.clone()]);
+        let e = errors(&c);
+        assert!(
+            e.len() == 1 && e[0].contains("the default backend is served by no other Ingress"),
+            "{e:?}"
+        );
+        let c = compiled(&[
+            service("main", "ns"),
+            service("canary", "ns"),
+            default("main", "", "main"),
+            canary,
+        ]);
+        assert!(errors(&c).is_empty(), "{:?}", errors(&c));
+        assert_eq!(canary_service(&c, "any.host").as_deref(), Some("canary"));
     }
 
     #[test]

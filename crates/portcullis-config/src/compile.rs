@@ -629,10 +629,16 @@ impl<'a> Compiler<'a> {
             }
         };
         if self.warned_backends.insert((plan.key.clone(), id)) {
+            // A canary without endpoints takes nothing (see crate::canary::choose).
+            let outcome = if plan.options.canary.is_some() {
+                "the main backend gets the canary's requests"
+            } else {
+                "requests get 503"
+            };
             let warning = match &self.backends[id.0].target {
-                BackendTarget::Unavailable(reason) => Some(format!("{reason}: requests get 503")),
+                BackendTarget::Unavailable(reason) => Some(format!("{reason}: {outcome}")),
                 BackendTarget::Endpoints(e) if e.is_empty() => Some(format!(
-                    "Service {}/{} has no ready endpoints: requests get 503",
+                    "Service {}/{} has no ready endpoints: {outcome}",
                     self.backends[id.0].namespace, b.service
                 )),
                 _ => None,
