@@ -22,7 +22,7 @@ use crate::problem::{Origin, Problem};
 use crate::routes::{HostMatch, IngressKey, PathType, Route, RouteTable};
 use crate::settings::Settings;
 use crate::snapshot::{
-    Backend, BackendId, BackendTarget, Certificate, CertificateStore, RouteOptions, Snapshot, Stats,
+    Backend, BackendId, BackendTarget, Canary, Certificate, CertificateStore, RouteOptions, Snapshot, Stats,
 };
 use crate::tls;
 
@@ -215,6 +215,9 @@ impl<'a> Compiler<'a> {
             plans.extend(plan);
         }
         self.stats.ingresses_served = plans.len();
+        // Canaries attach to the routes of the others, so they come after all of them
+        // whatever their age; among themselves the oldest canary of a route wins.
+        let (canaries, plans): (Vec<_>, Vec<_>) = plans.into_iter().partition(|p| p.options.canary.is_some());
         for plan in &plans {
             self.apply_tls(plan);
         }
@@ -236,6 +239,10 @@ impl<'a> Compiler<'a> {
                 HostMatch::Wildcard(s) => tls_wildcards.contains(s),
                 HostMatch::Any => false,
             };
+        }
+        // After the TLS flags are set, since a canary copies its main route.
+        for plan in &canaries {
+            self.apply_canary(plan);
         }
         self.warn_plain_http(&plans);
     }
@@ -326,6 +333,31 @@ impl<'a> Compiler<'a> {
             Some(o) => o.regex_paths,
             None => crate::nginx::wants_regex(object.value.metadata.annotations.as_ref()),
         };
+        let canary = crate::canary::is_canary(object.value.metadata.annotations.as_ref());
+        if canary {
+            for key in object.value.metadata.annotations.iter().flatten().map(|(k, _)| k) {
+                if key.starts_with(annotations::PREFIX) {
+                    problems.push(Problem::warning(
+                        Some(oref.clone()),
+                        format!("metadata.annotations[\"{key}\"]"),
+                        "is ignored on a canary Ingress: requests sent to the canary are handled with the main Ingress's settings",
+                    ));
+                }
+            }
+            if object
+                .value
+                .spec
+                .as_ref()
+                .and_then(|s| s.tls.as_ref())
+                .is_some_and(|t| !t.is_empty())
+            {
+                problems.push(Problem::warning(
+                    Some(oref.clone()),
+                    "spec.tls",
+                    "is ignored on a canary Ingress: the main Ingress's TLS applies",
+                ));
+            }
+        }
         let mut err = |field: String, message: String| {
             problems.push(Problem::error(Some(oref.clone()), field, message))
         };
@@ -352,7 +384,15 @@ impl<'a> Compiler<'a> {
                     }
                 };
                 let written = p.path.as_deref().unwrap_or("/");
-                let checked = if regex_paths {
+                let checked = if canary {
+                    // Only a key to find the main route by, which may be a regex
+                    // whatever the canary's own use-regex says.
+                    validate_path(written).map(|path| (path, None)).or_else(|e| {
+                        crate::rewrite::path_regex(written)
+                            .map(|_| (written.to_string(), None))
+                            .map_err(|_| e)
+                    })
+                } else if regex_paths {
                     crate::rewrite::path_regex(written).map(|re| (written.to_string(), Some(re)))
                 } else {
                     validate_path(written).map(|path| (path, None))
@@ -502,6 +542,7 @@ impl<'a> Compiler<'a> {
                 options: plan.options.clone(),
                 tls: false,
                 regex: p.regex.clone(),
+                canary: None,
             };
             let (host, path, path_type) = (route.host.clone(), route.path.clone(), route.path_type);
             if let Err(conflict) = self.table.insert(route) {
@@ -530,6 +571,7 @@ impl<'a> Compiler<'a> {
                 options: plan.options.clone(),
                 tls: false,
                 regex: None,
+                canary: None,
             };
             if let Err(conflict) = self.table.set_default(route) {
                 let winner = self.table.route(conflict.0).ingress.clone();
@@ -579,8 +621,77 @@ impl<'a> Compiler<'a> {
                 options: Arc::new(options),
                 tls: false,
                 regex: None,
+                canary: None,
             };
             let _ = self.table.insert(route);
+        }
+    }
+
+    /// Attaches each host+path of a canary Ingress to the main route with the same host,
+    /// path and path type, and its defaultBackend to the default route.
+    fn apply_canary(&mut self, plan: &IngressPlan) {
+        let Some(rules) = plan.options.canary.clone() else {
+            return;
+        };
+        let oref = plan.object.object_ref();
+        let targets = plan
+            .paths
+            .iter()
+            .map(|p| {
+                let host = HostMatch::parse(&p.host);
+                let id = self.table.find(&host, &p.path, p.path_type);
+                let what = format!("host {host} path {} ({})", p.path, p.path_type);
+                (id, what, p.field.clone(), &p.backend)
+            })
+            .chain(plan.default_backend.iter().map(|b| {
+                let what = "the default backend".to_string();
+                (
+                    self.table.default_route(),
+                    what,
+                    "spec.defaultBackend".to_string(),
+                    b,
+                )
+            }))
+            .collect::<Vec<_>>();
+        for (id, what, field, backend) in targets {
+            let Some(id) = id else {
+                let message = format!(
+                    "{what} is served by no other Ingress: a canary only takes requests of a main Ingress with the same host and path, so this path is not served"
+                );
+                self.problem(plan, Problem::error(Some(oref.clone()), field, message));
+                continue;
+            };
+            let main = self.table.route(id);
+            let refusal = if main.ingress.namespace != plan.key.namespace {
+                Some(format!(
+                    "{what} is served by Ingress {} in another namespace: a canary only takes requests of an Ingress in its own namespace, so this path is not used",
+                    main.ingress
+                ))
+            } else {
+                main.canary.as_ref().map(|c| {
+                    format!(
+                        "{what} of Ingress {} already has the canary Ingress {} ({}), which is older: this one is not used for it",
+                        main.ingress, c.route.ingress, c.route.field
+                    )
+                })
+            };
+            if let Some(message) = refusal {
+                self.problem(plan, Problem::error(Some(oref.clone()), field, message));
+                continue;
+            }
+            let backend = self.backend(plan, backend, &field);
+            let main = self.table.route(id);
+            let route = Route {
+                ingress: plan.key.clone(),
+                field,
+                backend,
+                canary: None,
+                ..main.clone()
+            };
+            self.table.route_mut(id).canary = Some(Box::new(Canary {
+                rules: rules.clone(),
+                route,
+            }));
         }
     }
 
@@ -605,10 +716,16 @@ impl<'a> Compiler<'a> {
             }
         };
         if self.warned_backends.insert((plan.key.clone(), id)) {
+            // A canary without endpoints takes nothing (see crate::canary::choose).
+            let outcome = if plan.options.canary.is_some() {
+                "the main backend gets the canary's requests"
+            } else {
+                "requests get 503"
+            };
             let warning = match &self.backends[id.0].target {
-                BackendTarget::Unavailable(reason) => Some(format!("{reason}: requests get 503")),
+                BackendTarget::Unavailable(reason) => Some(format!("{reason}: {outcome}")),
                 BackendTarget::Endpoints(e) if e.is_empty() => Some(format!(
-                    "Service {}/{} has no ready endpoints: requests get 503",
+                    "Service {}/{} has no ready endpoints: {outcome}",
                     self.backends[id.0].namespace, b.service
                 )),
                 _ => None,

@@ -5,6 +5,7 @@
 
 pub mod annotations;
 pub mod backend_tls;
+pub mod canary;
 pub mod compile;
 pub mod cors;
 pub mod external_auth;

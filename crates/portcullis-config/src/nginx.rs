@@ -61,9 +61,6 @@ const EXTERNAL: Support = Exact;
 const EXTERNAL_CACHE: Support = Differs("every request is checked with the auth service: answers are not cached and connections to it are pooled by the gateway");
 const EXTERNAL_SAFER: Support = Differs("the gateway writes the redirect parameter itself: nginx variables in the value are not expanded, $escaped_request_uri and similar become the request's URL; the certificate of an https auth-url is verified");
 const MTLS: Support = Rejected("client certificate authentication is not supported yet");
-const CANARY: Support = Rejected(
-    "canary Ingresses are not supported yet: the canary is not served and the main Ingress gets all traffic",
-);
 const AFFINITY: Support = Ignored(
     "sticky sessions are not supported yet: requests are balanced round robin over the ready endpoints",
 );
@@ -107,13 +104,13 @@ pub const ANNOTATIONS: &[Annotation] = &[
     a("auth-snippet", Refused, None),
     a("enable-global-auth", Ignored("there is no global external authentication in Portcullis: every route says its own portcullis.dev/auth"), None),
     a("backend-protocol", Differs("AUTO_HTTP is HTTP; FCGI is not supported (the Ingress is rejected)"), Some("portcullis.dev/backend-protocol")),
-    a("canary", CANARY, None),
-    a("canary-by-header", CANARY, None),
-    a("canary-by-header-value", CANARY, None),
-    a("canary-by-header-pattern", CANARY, None),
-    a("canary-by-cookie", CANARY, None),
-    a("canary-weight", CANARY, None),
-    a("canary-weight-total", CANARY, None),
+    a("canary", Differs("the canary Ingress must be in the same namespace as the main Ingress (ingress-nginx takes any namespace's: a tenant could take another's traffic); a canary path with no main route, or a second canary for one route, is an error; its other annotations are ignored with a warning, as ingress-nginx ignores them (snippets are still refused)"), None),
+    a("canary-by-header", Exact, None),
+    a("canary-by-header-value", Exact, None),
+    a("canary-by-header-pattern", Differs("Rust regular expression syntax (no look-around or backreferences: such a pattern rejects the canary Ingress); matched anywhere in the value and case-sensitive, as ingress-nginx does"), None),
+    a("canary-by-cookie", Exact, None),
+    a("canary-weight", Exact, None),
+    a("canary-weight-total", Exact, None),
     a("client-body-buffer-size", STREAMS, None),
     a("configuration-snippet", Refused, None),
     a("custom-http-errors", Ignored("backend error responses are passed to the client unchanged"), None),
@@ -227,7 +224,12 @@ pub type Finding = (String, Severity, String);
 /// Applies the ingress-nginx annotations of one Ingress to `options`. Errors mean the
 /// Ingress must not be served.
 pub fn apply(annotations: &BTreeMap<String, String>, options: &mut RouteOptions) -> Vec<Finding> {
-    let mut findings = Vec::new();
+    // A canary Ingress only lends its backends to the main Ingress's routes, whose
+    // annotations apply: ingress-nginx ignores the canary's others.
+    let (is_canary, mut findings) = crate::canary::apply(annotations, options);
+    if is_canary {
+        return findings;
+    }
     let mut error = |name: &str, message: String| findings.push((name.to_string(), Severity::Error, message));
     let get = |name: &str| annotations.get(&format!("{PREFIX}{name}")).map(|v| v.trim());
     let mut warnings = Vec::new();
@@ -434,7 +436,6 @@ fn bool_value(v: &str) -> Result<bool, String> {
 fn is_off(name: &str, value: &str) -> bool {
     match name {
         "ssl-passthrough"
-        | "canary"
         | "enable-modsecurity"
         | "enable-owasp-core-rules"
         | "auth-tls-pass-certificate-to-upstream" => parse_bool(value) == Some(false),

@@ -136,6 +136,9 @@ pub struct Route {
     /// The path as a regular expression (`nginx.ingress.kubernetes.io/use-regex` or
     /// `rewrite-target`); see [`crate::rewrite::path_regex`].
     pub regex: Option<regex::Regex>,
+    /// A canary Ingress that takes some of this route's requests; see
+    /// [`crate::canary`]. Boxed: a canary holds a route of its own.
+    pub canary: Option<Box<crate::snapshot::Canary>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -292,6 +295,30 @@ impl RouteTable {
         self.exact_hosts.contains_key(host)
     }
 
+    /// The route stored for exactly this host, path and path type (or regex pattern),
+    /// without matching a request against it: how a canary finds its main route.
+    pub fn find(&self, host: &HostMatch, path: &str, path_type: PathType) -> Option<RouteId> {
+        let table = match host {
+            HostMatch::Exact(h) => self.exact_hosts.get(h)?,
+            HostMatch::Wildcard(s) => self.wildcard_hosts.get(s)?,
+            HostMatch::Any => &self.any_host,
+        };
+        if let Some(r) = table.regex.iter().find(|r| r.pattern == path) {
+            return Some(r.id);
+        }
+        let slot = if path_type.is_exact() {
+            &table.exact
+        } else {
+            &table.prefix
+        };
+        slot.get(&path_key(path, path_type)).copied()
+    }
+
+    /// The route for requests that match no rule, if an Ingress has a defaultBackend.
+    pub fn default_route(&self) -> Option<RouteId> {
+        self.default_route
+    }
+
     pub fn route(&self, id: RouteId) -> &Route {
         &self.routes[id.0]
     }
@@ -315,6 +342,10 @@ impl RouteTable {
     pub(crate) fn routes_mut(&mut self) -> &mut [Route] {
         &mut self.routes
     }
+
+    pub(crate) fn route_mut(&mut self, id: RouteId) -> &mut Route {
+        &mut self.routes[id.0]
+    }
 }
 
 #[cfg(test)]
@@ -335,6 +366,7 @@ mod tests {
             options: Arc::new(RouteOptions::default()),
             tls: false,
             regex: None,
+            canary: None,
         }
     }
 

@@ -167,6 +167,74 @@ pub struct RouteOptions {
     /// Verification of, and client certificates towards, an HTTPS or GRPCS backend
     /// (`proxy-ssl-secret` and the other `proxy-ssl-*` annotations).
     pub backend_tls: Option<Arc<BackendTls>>,
+    /// This Ingress is a canary (`canary: "true"`): it serves no routes of its own but
+    /// lends its backends to the main Ingress's routes with the same host and path.
+    pub canary: Option<CanaryRules>,
+}
+
+/// Which requests go to a canary instead of the main backend, from ingress-nginx's
+/// `canary-by-header`, `canary-by-cookie` and `canary-weight` annotations, tried in
+/// that order (see [`crate::canary`]).
+#[derive(Debug, Clone)]
+pub struct CanaryRules {
+    /// `canary-by-header`, with how its value is judged.
+    pub header: Option<CanaryHeader>,
+    /// `canary-by-cookie`: the cookie's name; `always` and `never` decide.
+    pub cookie: Option<String>,
+    /// `canary-weight`: requests out of [`CanaryRules::weight_total`] sent to the canary.
+    pub weight: u32,
+    /// `canary-weight-total`; 100 unless set above 100, as ingress-nginx reads it.
+    pub weight_total: u32,
+}
+
+impl PartialEq for CanaryRules {
+    fn eq(&self, other: &Self) -> bool {
+        self.header == other.header
+            && self.cookie == other.cookie
+            && self.weight == other.weight
+            && self.weight_total == other.weight_total
+    }
+}
+
+/// `canary-by-header` and what the header's value must be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryHeader {
+    pub name: http::HeaderName,
+    pub value: CanaryHeaderValue,
+}
+
+/// How the value of the canary header is judged.
+#[derive(Debug, Clone)]
+pub enum CanaryHeaderValue {
+    /// `always` sends the request to the canary, `never` to the main backend.
+    AlwaysNever,
+    /// `canary-by-header-value`: exactly this value sends it to the canary.
+    Exact(http::HeaderValue),
+    /// `canary-by-header-pattern`: a value this (unanchored) regex matches sends it to
+    /// the canary.
+    Pattern(regex::Regex),
+}
+
+impl PartialEq for CanaryHeaderValue {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::AlwaysNever, Self::AlwaysNever) => true,
+            (Self::Exact(a), Self::Exact(b)) => a == b,
+            (Self::Pattern(a), Self::Pattern(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+/// A canary attached to a main route: the route copied with the canary Ingress's
+/// backend, so that a request sent to the canary is handled with the main route's
+/// settings (as ingress-nginx does) but forwarded to the canary's Service.
+#[derive(Debug, Clone)]
+pub struct Canary {
+    pub rules: CanaryRules,
+    /// `ingress`, `field` and `backend` are the canary Ingress's; the rest the main
+    /// route's.
+    pub route: crate::routes::Route,
 }
 
 /// HTTP basic authentication against the users of a Secret.
@@ -302,6 +370,7 @@ impl Default for RouteOptions {
             www_redirect: false,
             host_redirect: None,
             backend_tls: None,
+            canary: None,
         }
     }
 }

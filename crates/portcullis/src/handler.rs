@@ -618,6 +618,9 @@ async fn serve(
         }
     }
 
+    // A canary Ingress may take the request: its route carries the main route's settings
+    // (already applied above) and the canary's backend.
+    let route = portcullis_config::canary::choose(&runtime.snapshot, route, req.headers(), canary_roll);
     let backend = runtime.snapshot.backend(route.backend);
     record.backend = Some(backend.to_string());
     let client_upgrade = proxy::upgrade_requested(req.headers())
@@ -1316,6 +1319,21 @@ impl RequestIds {
         let n = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         format!("{:016x}{:016x}", self.prefix, n)
     }
+}
+
+/// A uniformly random number from 1 to `total`, for canary weights.
+fn canary_roll(total: u32) -> u32 {
+    let mut bytes = [0u8; 8];
+    // Without randomness from the OS, the clock's nanoseconds still split the traffic.
+    let n = match ring_random(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(()) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::from(d.subsec_nanos()))
+            .unwrap_or(0),
+    };
+    // 64 random bits modulo a 32-bit total: the bias is below 2^-32.
+    u32::try_from(n % u64::from(total.max(1))).map_or(total, |r| r + 1)
 }
 
 fn ring_random(buf: &mut [u8]) -> Result<(), ()> {

@@ -591,7 +591,7 @@ mod tests {
                         (&p("ssl-passthrough"), "false"),
                     ],
                 ),
-                ingress("rejected", Some("nginx"), &[(&p("canary"), "true")]),
+                ingress("rejected", Some("nginx"), &[(&p("satisfy"), "any")]),
                 ingress(
                     "refused",
                     Some("nginx"),
@@ -605,7 +605,7 @@ mod tests {
         assert_eq!(s[&p("affinity")], Status::Ignored);
         assert_eq!(s[&p("no-such-thing")], Status::Unknown);
         assert_eq!(s[&p("ssl-passthrough")], Status::Off);
-        assert_eq!(s[&p("canary")], Status::Rejected);
+        assert_eq!(s[&p("satisfy")], Status::Rejected);
         assert_eq!(s[&p("configuration-snippet")], Status::Refused);
         assert_eq!(only(&r, "differs").verdict, Verdict::ServedWithWarnings);
         assert_eq!(only(&r, "rejected").verdict, Verdict::NotServed);
@@ -622,7 +622,7 @@ mod tests {
                 "not supported: ignored (served with a warning)",
                 "affinity: cookie",
             ),
-            ("not supported: the Ingress is not served", "canary: true"),
+            ("not supported: the Ingress is not served", "satisfy: any"),
             ("not supported, but off: no effect", "ssl-passthrough: false"),
             (
                 "refused: snippet",

@@ -92,6 +92,19 @@ pub fn routes(snapshot: &Snapshot) -> String {
             endpoints(&backend.target),
             r.ingress.to_string(),
         ]);
+        if let Some(canary) = &r.canary {
+            let c = &canary.route;
+            let backend = snapshot.backend(c.backend);
+            rows.push([
+                "  (canary)".into(),
+                c.path.clone(),
+                c.path_type.to_string(),
+                if c.tls { "yes" } else { "no" }.into(),
+                format!("{backend} {}", c.options.backend_protocol),
+                endpoints(&backend.target),
+                format!("{} ({})", c.ingress, canary.rules),
+            ]);
+        }
     }
     let widths: Vec<usize> = (0..7)
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
@@ -164,6 +177,17 @@ pub fn explain(snapshot: &Snapshot, url: &str, caller: &Caller) -> Result<String
         r.options.backend_protocol,
         endpoints(&backend.target)
     );
+    if let Some(canary) = &r.canary {
+        let c = snapshot.backend(canary.route.backend);
+        let _ = writeln!(
+            out,
+            "canary:   Ingress {} {}: {c} -> {}; takes requests by {} (while it has ready endpoints)",
+            canary.route.ingress,
+            canary.route.field,
+            endpoints(&c.target),
+            canary.rules
+        );
+    }
     let tls = r.tls || snapshot.host_has_tls(&host);
     let cert = snapshot
         .certificates
@@ -315,6 +339,39 @@ mod tests {
     fn decision(caller: Caller) -> String {
         let text = explain(&snapshot(), "https://admin.example.com/x", &caller).unwrap();
         text.lines().last().unwrap().to_string()
+    }
+
+    #[test]
+    fn routes_and_explain_show_a_canary_and_its_rules() {
+        let ingress = |name: &str, annotations: &str, svc: &str| {
+            format!("---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: ns\n  annotations: {{{annotations}}}\nspec:\n  ingressClassName: portcullis\n  rules:\n  - host: a.test\n    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: {svc}, port: {{number: 80}}}}}}}}]}}\n")
+        };
+        let mut m = Manifests::default();
+        m.add_text(
+            "m.yaml",
+            &[
+                ingress("main", "", "web"),
+                ingress(
+                    "beta",
+                    "nginx.ingress.kubernetes.io/canary: 'true', nginx.ingress.kubernetes.io/canary-by-header: x-beta, nginx.ingress.kubernetes.io/canary-weight: '5'",
+                    "web-v2",
+                ),
+            ]
+            .concat(),
+        );
+        let snapshot = portcullis_config::compile(&m, &Settings::default(), 1_800_000_000).snapshot;
+        let table = routes(&snapshot);
+        let row = table.lines().find(|l| l.contains("(canary)")).unwrap_or_default();
+        assert!(
+            row.contains("ns/web-v2:80")
+                && row.contains("ns/beta (header x-beta: always|never, weight 5 of 100)"),
+            "{table}"
+        );
+        let text = explain(&snapshot, "https://a.test/", &Caller::default()).unwrap();
+        assert!(
+            text.contains("canary:   Ingress ns/beta spec.rules[0].http.paths[0]: ns/web-v2:80"),
+            "{text}"
+        );
     }
 
     #[test]

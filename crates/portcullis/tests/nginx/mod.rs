@@ -4,6 +4,7 @@
 //! side by side with nginx itself.
 
 mod backend_tls;
+mod canary;
 mod compare;
 mod migrate;
 
