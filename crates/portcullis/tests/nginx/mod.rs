@@ -3,6 +3,7 @@
 //! annotation, the refused and unsupported ones, and (in `compare`) the subtle ones
 //! side by side with nginx itself.
 
+mod affinity;
 mod compare;
 mod migrate;
 
