@@ -64,7 +64,7 @@ const MTLS: Support = Rejected("client certificate authentication is not support
 const CANARY: Support = Rejected(
     "canary Ingresses are not supported yet: the canary is not served and the main Ingress gets all traffic",
 );
-const COOKIE_VALUE: Support = Differs("the cookie value is a keyed hash (HMAC-SHA256) of the backend and endpoint, not ingress-nginx's random key, so a session stays on its endpoint while that endpoint is ready: scaling up does not move existing sessions; a cookie set by ingress-nginx is not recognised and is replaced on the first request");
+const COOKIE_VALUE: Support = Differs("the cookie value is a keyed hash (HMAC-SHA256) of the backend and endpoint, not ingress-nginx's random key, so a session stays on its endpoint while that endpoint is ready: scaling up does not move existing sessions; a cookie set by ingress-nginx is not recognised and is replaced on the first request; the HMAC key is derived from the first oidc.sessionKeys entry when set, so every replica recognises the cookie, otherwise it is random per process and a client switching replicas (or after a restart) is pinned anew");
 const WAF: Support = Rejected(
     "ModSecurity is not part of Portcullis: an Ingress that relies on a WAF is not served without one",
 );

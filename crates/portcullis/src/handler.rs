@@ -64,6 +64,10 @@ impl Proxy {
         global_limiter: Option<GlobalLimiter>,
     ) -> Result<Self, rustls::Error> {
         let upstreams = Upstreams::new(&gateway.settings)?;
+        let sticky_key = match auth.sticky_secret() {
+            Some(secret) => crate::sticky::StickyKey::derived(secret),
+            None => crate::sticky::StickyKey::random(),
+        };
         Ok(Proxy {
             global_limiter,
             gateway,
@@ -74,7 +78,7 @@ impl Proxy {
             connections: Arc::default(),
             client_connections: Arc::default(),
             request_ids: RequestIds::new(),
-            sticky_key: crate::sticky::StickyKey::random(),
+            sticky_key,
         })
     }
 

@@ -17,9 +17,9 @@ use ring::hmac;
 pub struct StickyKey(hmac::Key);
 
 impl StickyKey {
-    /// A key of this process only. Replicas of the gateway each have their own, so a
-    /// client that reaches another replica gets a new cookie there (and is sticky to
-    /// that replica's choice from then on).
+    /// A key of this process only, when no shared secret is configured. Replicas of
+    /// the gateway then each have their own, so a client that reaches another replica
+    /// gets a new cookie there, and a restart re-pins every session once.
     pub fn random() -> Self {
         let rng = ring::rand::SystemRandom::new();
         match hmac::Key::generate(hmac::HMAC_SHA256, &rng) {
@@ -38,6 +38,16 @@ impl StickyKey {
                 ))
             }
         }
+    }
+
+    /// A key derived from a secret every replica shares (the first `oidc.sessionKeys`
+    /// entry), so a cookie set by one replica is recognised by all. The derivation
+    /// keeps the session key itself from being used for a second purpose; rotating
+    /// that key moves each session to a new endpoint once.
+    pub fn derived(secret: &[u8]) -> Self {
+        let outer = hmac::Key::new(hmac::HMAC_SHA256, secret);
+        let derived = hmac::sign(&outer, b"portcullis sticky-session cookies v1");
+        StickyKey(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()))
     }
 
     /// The cookie value that names `endpoint` of `backend` (`namespace/service:port`):
@@ -234,6 +244,16 @@ mod tests {
                 None
             );
         }
+        // Replicas sharing a session key agree; another secret does not.
+        let shared = StickyKey::derived(b"session key");
+        let v = shared.cookie_value("ns/web:80", endpoints[2]);
+        let other_replica = StickyKey::derived(b"session key");
+        assert_eq!(
+            other_replica.endpoint_for("ns/web:80", &endpoints, &v),
+            Some(endpoints[2])
+        );
+        let other_secret = StickyKey::derived(b"another key");
+        assert_eq!(other_secret.endpoint_for("ns/web:80", &endpoints, &v), None);
         let gone = key.cookie_value("ns/web:80", endpoints[0]);
         assert_eq!(key.endpoint_for("ns/web:80", &endpoints[1..], &gone), None);
         assert_eq!(key.endpoint_for("ns/web:80", &endpoints, "forged"), None);

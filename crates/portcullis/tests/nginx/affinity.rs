@@ -139,3 +139,35 @@ async fn sticky_cookie_and_upstream_hash_by() {
     assert_eq!(bad.status, StatusCode::NOT_FOUND, "the Ingress is rejected");
     assert!(gw.logs().contains("$host is not supported"), "{}", gw.logs());
 }
+
+/// Replicas that share `oidc.sessionKeys` recognise each other's sticky cookies, so a
+/// session stays on its endpoint whichever replica the load balancer picks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_session_keys_agree_on_sticky_cookies() {
+    let a = Backend::named("a").await;
+    let b = Backend::named("b").await;
+    let c = Backend::named("c").await;
+    let all = [a.addr, b.addr, c.addr];
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("session-key");
+    // 32 bytes in base64, as oidc.sessionKeys requires.
+    std::fs::write(&key_file, "c2hhcmVkIGJ5IGV2ZXJ5IGdhdGV3YXkgcmVwbGljYSE=").unwrap();
+    let config = format!(
+        "ingressClass: nginx\noidc:\n  providers: [{{name: corp, issuer: 'http://127.0.0.1:9', clientId: c}}]\n  sessionKeys: [{{file: {}}}]\n",
+        key_file.display()
+    );
+    let one = Gateway::start(&manifests(&all, &all), &config);
+    let two = Gateway::start(&manifests(&all, &all), &config);
+
+    let first = get_with(&one, "sticky.test", "GET", "/", &[]).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", one.logs());
+    let (cookie, _) = sticky_cookie(&first).expect("a sticky cookie");
+    let home = first.header("x-backend").to_string();
+    for gw in [&two, &one, &two] {
+        for _ in 0..5 {
+            let r = get_with(gw, "sticky.test", "GET", "/", &[("cookie", &cookie)]).await;
+            assert_eq!(r.header("x-backend"), home);
+            assert!(r.headers.get("set-cookie").is_none());
+        }
+    }
+}
