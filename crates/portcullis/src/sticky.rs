@@ -359,3 +359,103 @@ mod tests {
         assert!(same_site_none_compatible(""));
     }
 }
+
+#[cfg(test)]
+mod runtime_tests {
+    //! The endpoint choice of [`Runtime::pick_sticky`] and [`Runtime::pick_hashed`].
+    use super::StickyKey;
+    use crate::state::{Ejections, Runtime, Upstream};
+    use portcullis_config::snapshot::{Backend, BackendId, BackendTarget};
+    use portcullis_config::Snapshot;
+
+    fn runtime(endpoints: &[std::net::SocketAddr]) -> Runtime {
+        let snapshot = Snapshot {
+            backends: vec![Backend {
+                namespace: "ns".into(),
+                service: "web".into(),
+                port: "80".into(),
+                target: BackendTarget::Endpoints(endpoints.to_vec()),
+            }],
+            ..Snapshot::default()
+        };
+        let cert = crate::tls::generate_default_certificate().unwrap();
+        Runtime::new(snapshot, &cert, 1)
+    }
+
+    fn addrs() -> Vec<std::net::SocketAddr> {
+        (1..=3)
+            .map(|i| std::net::SocketAddr::from(([10, 0, 0, i], 80)))
+            .collect()
+    }
+
+    #[test]
+    fn sticky_cookies_keep_their_endpoint_and_new_ones_are_set_only_on_change() {
+        let endpoints = addrs();
+        let rt = runtime(&endpoints);
+        let key = StickyKey::random();
+        let ejections = Ejections::default();
+        let id = BackendId(0);
+        let (first, _, cookie) = rt.pick_sticky(id, &ejections, &key, None, false).unwrap();
+        let cookie = cookie.expect("a new session gets a cookie");
+        for _ in 0..10 {
+            let (again, n, new) = rt
+                .pick_sticky(id, &ejections, &key, Some(&cookie), false)
+                .unwrap();
+            assert_eq!((again.clone(), n, new), (first.clone(), 3, None));
+        }
+        // Unknown or forged: round robin, with a cookie for the endpoint chosen.
+        let (other, _, new) = rt.pick_sticky(id, &ejections, &key, Some("0123"), false).unwrap();
+        let Upstream::Address(a) = other else {
+            unreachable!()
+        };
+        assert_eq!(new, Some(key.cookie_value("ns/web:80", a)));
+    }
+
+    #[test]
+    fn an_ejected_endpoint_moves_balanced_sessions_but_not_persistent_ones() {
+        let endpoints = addrs();
+        let rt = runtime(&endpoints);
+        let key = StickyKey::random();
+        let ejections = Ejections::default();
+        let id = BackendId(0);
+        let cookie = key.cookie_value("ns/web:80", endpoints[1]);
+        ejections.eject(endpoints[1]);
+        // Persistent (keep_ejected): stays, no new cookie.
+        let (u, _, new) = rt.pick_sticky(id, &ejections, &key, Some(&cookie), true).unwrap();
+        assert_eq!((u, new), (Upstream::Address(endpoints[1]), None));
+        // Balanced: another endpoint, and a cookie naming it.
+        let (u, _, new) = rt
+            .pick_sticky(id, &ejections, &key, Some(&cookie), false)
+            .unwrap();
+        let Upstream::Address(a) = u else { unreachable!() };
+        assert_ne!(a, endpoints[1]);
+        assert_eq!(new, Some(key.cookie_value("ns/web:80", a)));
+        // An endpoint gone from the snapshot moves the session in either mode.
+        let rt = runtime(&[endpoints[0], endpoints[2]]);
+        let (_, _, new) = rt
+            .pick_sticky(id, &Ejections::default(), &key, Some(&cookie), true)
+            .unwrap();
+        assert!(new.is_some());
+    }
+
+    #[test]
+    fn hashing_skips_ejected_endpoints_and_comes_back() {
+        let endpoints = addrs();
+        let rt = runtime(&endpoints);
+        let ejections = Ejections::default();
+        let id = BackendId(0);
+        let (home, n) = rt.pick_hashed(id, &ejections, b"alice").unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(rt.pick_hashed(id, &ejections, b"alice").unwrap().0, home);
+        let Upstream::Address(a) = home else {
+            unreachable!()
+        };
+        ejections.eject(a);
+        assert_ne!(rt.pick_hashed(id, &ejections, b"alice").unwrap().0, home);
+        // All ejected: the key's own endpoint still, rather than none.
+        for e in &endpoints {
+            ejections.eject(*e);
+        }
+        assert_eq!(rt.pick_hashed(id, &ejections, b"alice").unwrap().0, home);
+    }
+}
