@@ -3,6 +3,7 @@
 //! async; the callers pass in text and the current time.
 #![forbid(unsafe_code)]
 
+pub mod affinity;
 pub mod annotations;
 pub mod backend_tls;
 pub mod canary;

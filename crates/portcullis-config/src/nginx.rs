@@ -61,9 +61,7 @@ const EXTERNAL: Support = Exact;
 const EXTERNAL_CACHE: Support = Differs("every request is checked with the auth service: answers are not cached and connections to it are pooled by the gateway");
 const EXTERNAL_SAFER: Support = Differs("the gateway writes the redirect parameter itself: nginx variables in the value are not expanded, $escaped_request_uri and similar become the request's URL; the certificate of an https auth-url is verified");
 const MTLS: Support = Rejected("client certificate authentication is not supported yet");
-const AFFINITY: Support = Ignored(
-    "sticky sessions are not supported yet: requests are balanced round robin over the ready endpoints",
-);
+const COOKIE_VALUE: Support = Differs("the cookie value is a keyed hash (HMAC-SHA256) of the backend and endpoint, not ingress-nginx's random key, so a session stays on its endpoint while that endpoint is ready: scaling up does not move existing sessions; a cookie set by ingress-nginx is not recognised and is replaced on the first request; the HMAC key is derived from the first oidc.sessionKeys entry when set, so every replica recognises the cookie, otherwise it is random per process and a client switching replicas (or after a restart) is pinned anew");
 const WAF: Support = Rejected(
     "ModSecurity is not part of Portcullis: an Ingress that relies on a WAF is not served without one",
 );
@@ -74,9 +72,9 @@ const BACKEND_TLS: Support = Differs(
 /// Every annotation ingress-nginx documents, in the order of its documentation.
 pub const ANNOTATIONS: &[Annotation] = &[
     a("app-root", Exact, None),
-    a("affinity", AFFINITY, None),
-    a("affinity-mode", AFFINITY, None),
-    a("affinity-canary-behavior", AFFINITY, None),
+    a("affinity", COOKIE_VALUE, None),
+    a("affinity-mode", Differs("balanced: a session whose endpoint is ejected after failing to connect (for 10 s) moves to another endpoint with a new cookie, even without session-cookie-change-on-failure; persistent (and persistent-drainable, which acts as persistent: only ready endpoints are seen) keeps it on its endpoint while that endpoint is ready"), None),
+    a("affinity-canary-behavior", Ignored("a session is not kept on the canary: the canary rules decide each request, and the sticky cookie then picks the endpoint within the chosen backend"), None),
     a("auth-realm", Exact, None),
     a("auth-secret", Differs("the Secret must be in the Ingress's namespace; in controller mode it must carry the label portcullis.dev/basic-auth: \"true\" (the gateway reads no other Secrets); bcrypt, $apr1$ and {SHA} entries only"), Some("portcullis.dev/auth")),
     a("auth-secret-type", Exact, None),
@@ -165,19 +163,19 @@ pub const ANNOTATIONS: &[Annotation] = &[
     a("server-alias", Ignored("the aliases are not served; add them as hosts of the Ingress"), None),
     a("server-snippet", Refused, None),
     a("service-upstream", Exact, None),
-    a("session-cookie-change-on-failure", AFFINITY, None),
-    a("session-cookie-conditional-samesite-none", AFFINITY, None),
-    a("session-cookie-domain", AFFINITY, None),
-    a("session-cookie-expires", AFFINITY, None),
-    a("session-cookie-max-age", AFFINITY, None),
-    a("session-cookie-name", AFFINITY, None),
-    a("session-cookie-path", AFFINITY, None),
-    a("session-cookie-samesite", AFFINITY, None),
-    a("session-cookie-secure", AFFINITY, None),
+    a("session-cookie-change-on-failure", Differs("only a request without a body that could not connect is sent to another endpoint, which then gets the new cookie"), None),
+    a("session-cookie-conditional-samesite-none", Exact, None),
+    a("session-cookie-domain", Exact, None),
+    a("session-cookie-expires", Exact, None),
+    a("session-cookie-max-age", Exact, None),
+    a("session-cookie-name", Exact, None),
+    a("session-cookie-path", Differs("required when the paths are regular expressions (use-regex or rewrite-target): without it the Ingress is rejected, where ingress-nginx would set the regular expression as the cookie's path"), None),
+    a("session-cookie-samesite", Exact, None),
+    a("session-cookie-secure", Exact, None),
     a("ssl-redirect", Exact, Some("portcullis.dev/ssl-redirect")),
     a("ssl-passthrough", Rejected("TLS passthrough is not supported yet: the gateway terminates TLS, so a backend that expects the client's TLS connection would not work"), None),
     a("stream-snippet", Refused, None),
-    a("upstream-hash-by", Ignored("consistent hashing is not supported yet: requests are balanced round robin"), None),
+    a("upstream-hash-by", Differs("rendezvous hashing over the ready endpoints instead of nginx's ketama ring, so the same key may land on another endpoint than under ingress-nginx (but always the same one here, on every replica); only $request_uri, $remote_addr, $http_NAME and $cookie_NAME, with text between them, are accepted: other variables reject the Ingress"), None),
     a("x-forwarded-prefix", Exact, None),
     a("load-balance", Differs("requests are always balanced round robin over the ready endpoints"), None),
     a("upstream-vhost", Exact, None),
@@ -298,6 +296,16 @@ pub fn apply(annotations: &BTreeMap<String, String>, options: &mut RouteOptions)
                 options.regex_paths = true;
             }
             Err(e) => error("rewrite-target", e),
+        }
+    }
+
+    // After rewrite-target, which also makes the paths regular expressions.
+    let (affinity, found) = crate::affinity::parse(get, options.regex_paths);
+    options.affinity = affinity;
+    for (name, severity, message) in found {
+        match severity {
+            Severity::Error => error(name, message),
+            _ => warnings.push((name.to_string(), message)),
         }
     }
 
@@ -707,7 +715,7 @@ mod tests {
     fn unsupported_restrictions_reject_and_the_rest_warn() {
         let (_, f) = run(&[
             ("auth-tls-secret", "ns/ca"),
-            ("affinity", "cookie"),
+            ("custom-http-errors", "404"),
             ("no-such-thing", "1"),
         ]);
         assert_eq!(errors(&f), vec!["auth-tls-secret"]);
@@ -716,7 +724,7 @@ mod tests {
             .filter(|(_, s, _)| *s == Severity::Warning)
             .map(|(n, _, _)| n.as_str())
             .collect();
-        assert_eq!(warned, vec!["affinity", "no-such-thing"]);
+        assert_eq!(warned, vec!["custom-http-errors", "no-such-thing"]);
         // Off values ask for nothing.
         let (_, f) = run(&[
             ("ssl-passthrough", "false"),

@@ -170,6 +170,9 @@ pub struct RouteOptions {
     /// This Ingress is a canary (`canary: "true"`): it serves no routes of its own but
     /// lends its backends to the main Ingress's routes with the same host and path.
     pub canary: Option<CanaryRules>,
+    /// Which endpoint a request goes to, when not round robin (`affinity: cookie`,
+    /// `upstream-hash-by`).
+    pub affinity: Option<Affinity>,
 }
 
 /// Which requests go to a canary instead of the main backend, from ingress-nginx's
@@ -335,6 +338,112 @@ impl RouteOptions {
     }
 }
 
+/// How requests of one route choose among the backend's ready endpoints instead of
+/// round robin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Affinity {
+    /// Sticky sessions: a cookie names the endpoint (`affinity: cookie`).
+    Cookie(StickyCookie),
+    /// Consistent hashing of request values (`upstream-hash-by`): the same values go
+    /// to the same endpoint while it is ready.
+    Hash(Vec<HashPart>),
+}
+
+/// The sticky-session cookie and when it changes (`session-cookie-*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyCookie {
+    pub mode: AffinityMode,
+    /// Default `INGRESSCOOKIE`, as ingress-nginx.
+    pub name: String,
+    /// `None`: the route's path, as ingress-nginx (which uses the matched location).
+    pub path: Option<String>,
+    /// `Domain` attribute; `None` leaves it out (the cookie is host-only).
+    pub domain: Option<String>,
+    /// `Max-Age` in seconds; `None` leaves it out (a browser-session cookie).
+    pub max_age: Option<u64>,
+    /// `Expires`, as seconds from when the cookie is set; `None` leaves it out.
+    pub expires: Option<u64>,
+    /// `SameSite` attribute; `None` leaves it out.
+    pub same_site: Option<SameSite>,
+    /// Leave out `SameSite=None` for browsers known to reject such cookies
+    /// (`session-cookie-conditional-samesite-none`).
+    pub conditional_same_site_none: bool,
+    /// `Secure` attribute; `None`: set when the request came over HTTPS.
+    pub secure: Option<bool>,
+    /// When the cookie's endpoint fails to connect, choose another and set a new
+    /// cookie (`session-cookie-change-on-failure`).
+    pub change_on_failure: bool,
+}
+
+impl StickyCookie {
+    /// ingress-nginx's defaults for `affinity: cookie` alone.
+    pub fn new() -> Self {
+        StickyCookie {
+            mode: AffinityMode::Balanced,
+            name: "INGRESSCOOKIE".to_string(),
+            path: None,
+            domain: None,
+            max_age: None,
+            expires: None,
+            same_site: None,
+            conditional_same_site_none: false,
+            secure: None,
+            change_on_failure: false,
+        }
+    }
+}
+
+impl Default for StickyCookie {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How sticky a session is (`affinity-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AffinityMode {
+    /// The default: a session whose endpoint is ejected after failing moves to
+    /// another endpoint (with a new cookie).
+    #[default]
+    Balanced,
+    /// A session stays on its endpoint while the endpoint is ready, even while it is
+    /// ejected after failing (unless `change_on_failure`).
+    Persistent,
+}
+
+/// The cookie `SameSite` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+impl fmt::Display for SameSite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SameSite::Strict => "Strict",
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        })
+    }
+}
+
+/// One piece of an `upstream-hash-by` key, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashPart {
+    /// Text between variables, taken as written.
+    Text(String),
+    /// `$request_uri`: the request target as the client sent it (path and query).
+    RequestUri,
+    /// `$remote_addr`: the client address (after `trustedProxies`).
+    RemoteAddr,
+    /// `$http_NAME`: a request header, named in lower case with `_` as `-`.
+    Header(String),
+    /// `$cookie_NAME`: a request cookie's value.
+    Cookie(String),
+}
+
 /// A redirect the gateway answers with instead of proxying.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redirect {
@@ -371,6 +480,7 @@ impl Default for RouteOptions {
             host_redirect: None,
             backend_tls: None,
             canary: None,
+            affinity: None,
         }
     }
 }

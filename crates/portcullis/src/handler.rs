@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use portcullis_config::path;
 use portcullis_config::routes::{normalize_host, Route};
-use portcullis_config::snapshot::{AuthMode, BackendProtocol};
+use portcullis_config::snapshot::{Affinity, AffinityMode, AuthMode, BackendProtocol};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,6 +25,7 @@ use crate::limits::{ConcurrencyLimiter, GlobalLimiter, RateLimiter, Slot};
 use crate::metrics::{DecisionLabels, IngressLabel, RequestLabels, UpstreamErrorLabels};
 use crate::proxy::{self, Body, ReadTimeout, UpstreamFailure, Upstreams};
 use crate::state::{Gateway, Runtime, Upstream};
+use crate::sticky::Balance;
 use portcullis_config::policy;
 use portcullis_config::snapshot::RateLimitKey;
 
@@ -52,6 +53,8 @@ pub struct Proxy {
     /// Open client connections per client address (`limits.maxConnectionsPerClient`).
     client_connections: Arc<ConcurrencyLimiter>,
     request_ids: RequestIds,
+    /// Keys the values of sticky-session cookies (`affinity: cookie`).
+    sticky_key: crate::sticky::StickyKey,
 }
 
 impl Proxy {
@@ -61,6 +64,10 @@ impl Proxy {
         global_limiter: Option<GlobalLimiter>,
     ) -> Result<Self, rustls::Error> {
         let upstreams = Upstreams::new(&gateway.settings)?;
+        let sticky_key = match auth.sticky_secret() {
+            Some(secret) => crate::sticky::StickyKey::derived(secret),
+            None => crate::sticky::StickyKey::random(),
+        };
         Ok(Proxy {
             global_limiter,
             gateway,
@@ -71,6 +78,7 @@ impl Proxy {
             connections: Arc::default(),
             client_connections: Arc::default(),
             request_ids: RequestIds::new(),
+            sticky_key,
         })
     }
 
@@ -623,6 +631,13 @@ async fn serve(
     let route = portcullis_config::canary::choose(&runtime.snapshot, route, req.headers(), canary_roll);
     let backend = runtime.snapshot.backend(route.backend);
     record.backend = Some(backend.to_string());
+    // Sticky sessions and hashing read the request before it is handed on.
+    let balance = crate::sticky::Balance::for_request(
+        route.options.affinity.as_ref(),
+        req.headers(),
+        req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        record.client,
+    );
     let client_upgrade = proxy::upgrade_requested(req.headers())
         .filter(|_| req.version() == Version::HTTP_11)
         .map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
@@ -640,9 +655,25 @@ async fn serve(
         record,
     );
 
-    let (response, upstream) = forward(proxy, runtime, route, outgoing, record).await?;
+    let (response, upstream, new_cookie) = forward(proxy, runtime, route, outgoing, &balance, record).await?;
     record.upstream = Some(upstream.to_string());
     let mut response = relay_response(response, route, conn, client_upgrade);
+    // Only when the endpoint changed: a session keeps its cookie, as in ingress-nginx.
+    if let (Some(value), Some(Affinity::Cookie(sticky)), Balance::Sticky { user_agent, .. }) =
+        (new_cookie, &route.options.affinity, &balance)
+    {
+        let cookie = crate::sticky::set_cookie(
+            sticky,
+            &value,
+            &route.path,
+            conn.tls,
+            user_agent.as_deref(),
+            jiff::Timestamp::now().as_second(),
+        );
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
     if let (Some(cors), Some(origin)) = (&route.options.cors, &cors_origin) {
         set_cors_headers(response.headers_mut(), cors, origin);
     }
@@ -1064,8 +1095,9 @@ async fn forward(
     runtime: &Runtime,
     route: &Route,
     mut outgoing: Outgoing,
+    balance: &Balance,
     record: &mut Record,
-) -> Result<(Response<Incoming>, Upstream), Refusal> {
+) -> Result<(Response<Incoming>, Upstream, Option<String>), Refusal> {
     let protocol = route.options.backend_protocol;
     let ingress = route.ingress.to_string();
     let failed = |kind: &'static str| {
@@ -1082,13 +1114,11 @@ async fn forward(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let (upstream, endpoints) =
-            runtime
-                .pick(route.backend, &proxy.gateway.ejections)
-                .map_err(|reason| {
-                    failed("no_endpoints");
-                    Refusal::new(StatusCode::SERVICE_UNAVAILABLE, reason)
-                })?;
+        let (upstream, endpoints, new_cookie) =
+            choose(proxy, runtime, route, balance, attempt).map_err(|reason| {
+                failed("no_endpoints");
+                Refusal::new(StatusCode::SERVICE_UNAVAILABLE, reason)
+            })?;
         let request = outgoing.request(&upstream, protocol)?;
         let response = match route.options.backend_tls.as_ref().filter(|_| protocol.is_tls()) {
             Some(tls) => {
@@ -1107,7 +1137,7 @@ async fn forward(
         };
         let sent = tokio::time::timeout(route.options.read_timeout, response).await;
         match sent {
-            Ok(Ok(response)) => return Ok((response, upstream)),
+            Ok(Ok(response)) => return Ok((response, upstream, new_cookie)),
             Err(_) => {
                 failed("timeout");
                 record.upstream = Some(upstream.to_string());
@@ -1181,6 +1211,37 @@ async fn forward(
                 ));
             }
         }
+    }
+}
+
+/// The endpoint for one attempt, with the value of a new sticky cookie when the
+/// session's endpoint changed.
+fn choose(
+    proxy: &Proxy,
+    runtime: &Runtime,
+    route: &Route,
+    balance: &Balance,
+    attempt: usize,
+) -> Result<(Upstream, usize, Option<String>), String> {
+    let ejections = &proxy.gateway.ejections;
+    match (balance, &route.options.affinity) {
+        (Balance::Sticky { cookie, .. }, Some(Affinity::Cookie(sticky))) => {
+            // A retry follows a failed connect, which ejected the endpoint: persistent
+            // sessions stay unless change-on-failure asks to move them.
+            let keep_ejected =
+                sticky.mode == AffinityMode::Persistent && !(sticky.change_on_failure && attempt > 1);
+            runtime.pick_sticky(
+                route.backend,
+                ejections,
+                &proxy.sticky_key,
+                cookie.as_deref(),
+                keep_ejected,
+            )
+        }
+        (Balance::Hash(key), _) => runtime
+            .pick_hashed(route.backend, ejections, key)
+            .map(|(u, n)| (u, n, None)),
+        _ => runtime.pick(route.backend, ejections).map(|(u, n)| (u, n, None)),
     }
 }
 

@@ -19,4 +19,5 @@ pub mod server;
 pub mod source;
 pub mod state;
 pub mod status;
+pub mod sticky;
 pub mod tls;

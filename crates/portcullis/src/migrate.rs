@@ -586,7 +586,7 @@ mod tests {
                     Some("nginx"),
                     &[
                         (&p("rewrite-target"), "/$1"),
-                        (&p("affinity"), "cookie"),
+                        (&p("server-alias"), "www.example.com"),
                         (&p("no-such-thing"), "1"),
                         (&p("ssl-passthrough"), "false"),
                     ],
@@ -602,7 +602,7 @@ mod tests {
         );
         let s = statuses(&r);
         assert_eq!(s[&p("rewrite-target")], Status::Differs);
-        assert_eq!(s[&p("affinity")], Status::Ignored);
+        assert_eq!(s[&p("server-alias")], Status::Ignored);
         assert_eq!(s[&p("no-such-thing")], Status::Unknown);
         assert_eq!(s[&p("ssl-passthrough")], Status::Off);
         assert_eq!(s[&p("satisfy")], Status::Rejected);
@@ -620,7 +620,7 @@ mod tests {
             ("supported with a difference", "rewrite-target: /$1"),
             (
                 "not supported: ignored (served with a warning)",
-                "affinity: cookie",
+                "server-alias: www.example.com",
             ),
             ("not supported: the Ingress is not served", "satisfy: any"),
             ("not supported, but off: no effect", "ssl-passthrough: false"),

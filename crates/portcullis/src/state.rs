@@ -12,6 +12,7 @@ use portcullis_config::{Compiled, Problem, Settings, Snapshot};
 use rustls::sign::CertifiedKey;
 
 use crate::metrics::{Metrics, SeverityLabel};
+use crate::sticky::{rendezvous, StickyKey};
 
 /// A snapshot plus what serving it needs at run time.
 pub struct Runtime {
@@ -80,6 +81,58 @@ impl Runtime {
                 1,
             )),
             BackendTarget::Unavailable(reason) => Err(reason.clone()),
+        }
+    }
+
+    /// [`Runtime::pick`] for sticky sessions: the endpoint the client's cookie names
+    /// while it is ready and not ejected (or ejected, when `keep_ejected`: persistent
+    /// mode); otherwise the next endpoint round robin, with the value of the new cookie
+    /// that names it.
+    pub fn pick_sticky(
+        &self,
+        id: BackendId,
+        ejections: &Ejections,
+        key: &StickyKey,
+        cookie: Option<&str>,
+        keep_ejected: bool,
+    ) -> Result<(Upstream, usize, Option<String>), String> {
+        let backend = self.snapshot.backend(id);
+        let BackendTarget::Endpoints(endpoints) = &backend.target else {
+            // An ExternalName has one name to go to: nothing to stick to.
+            return self.pick(id, ejections).map(|(u, n)| (u, n, None));
+        };
+        let name = backend.to_string();
+        let named = cookie.and_then(|c| key.endpoint_for(&name, endpoints, c));
+        if let Some(endpoint) = named.filter(|e| keep_ejected || !ejections.is_ejected(e)) {
+            return Ok((Upstream::Address(endpoint), endpoints.len(), None));
+        }
+        let (upstream, len) = self.pick(id, ejections)?;
+        let value = match &upstream {
+            Upstream::Address(a) => Some(key.cookie_value(&name, *a)),
+            Upstream::Named { .. } => None,
+        };
+        Ok((upstream, len, value))
+    }
+
+    /// [`Runtime::pick`] for `upstream-hash-by`: the endpoint that rendezvous hashing of
+    /// `key` gives among the ready endpoints not ejected (among all, if all are).
+    pub fn pick_hashed(
+        &self,
+        id: BackendId,
+        ejections: &Ejections,
+        key: &[u8],
+    ) -> Result<(Upstream, usize), String> {
+        let backend = self.snapshot.backend(id);
+        match &backend.target {
+            BackendTarget::Endpoints(endpoints) => {
+                let chosen = rendezvous(key, endpoints, |e| ejections.is_ejected(e))
+                    .or_else(|| rendezvous(key, endpoints, |_| false));
+                match chosen {
+                    Some(e) => Ok((Upstream::Address(e), endpoints.len())),
+                    None => self.pick(id, ejections),
+                }
+            }
+            _ => self.pick(id, ejections),
         }
     }
 }

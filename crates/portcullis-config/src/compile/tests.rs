@@ -519,7 +519,7 @@ fn ingress_nginx_access_annotations_fail_closed() {
     );
     let rewritten = ingress(
         "rewritten",
-        "  annotations: {nginx.ingress.kubernetes.io/affinity: cookie, nginx.ingress.kubernetes.io/proxy-buffering: \"on\"}\n",
+        "  annotations: {nginx.ingress.kubernetes.io/custom-http-errors: \"404\", nginx.ingress.kubernetes.io/proxy-buffering: \"on\"}\n",
         &format!("  rules:\n{}", rule("b.com", "/", "Prefix", "web")),
     );
     let c = compile_text(&format!("{}{guarded}{rewritten}", service("web")));
@@ -530,7 +530,7 @@ fn ingress_nginx_access_annotations_fail_closed() {
     assert!(c.snapshot.lookup("b.com", "/").is_some());
     let m = messages(&c).join("\n");
     assert!(m.contains("error: Ingress ns/guarded metadata.annotations[\"nginx.ingress.kubernetes.io/auth-tls-secret\"]: client certificate authentication is not supported yet"), "{m}");
-    assert!(m.contains("warning: Ingress ns/rewritten metadata.annotations[\"nginx.ingress.kubernetes.io/affinity\"]: not supported"), "{m}");
+    assert!(m.contains("warning: Ingress ns/rewritten metadata.annotations[\"nginx.ingress.kubernetes.io/custom-http-errors\"]: not supported"), "{m}");
     assert!(
         !m.contains("proxy-buffering"),
         "supported with a documented difference: {m}"

@@ -146,6 +146,9 @@ pub struct Auth {
     redirect_allowlist: Vec<String>,
     signer: assertion::Signer,
     refreshes: std::sync::Mutex<Flights>,
+    /// The first of `oidc.sessionKeys`, which every replica shares: sticky-session
+    /// cookies derive their key from it so that any replica recognises them.
+    sticky_secret: Option<Vec<u8>>,
 }
 
 pub fn now() -> i64 {
@@ -199,6 +202,7 @@ impl Auth {
                 redirect_allowlist: Vec::new(),
                 signer,
                 refreshes: Default::default(),
+                sticky_secret: None,
             });
         };
         let mut keys = Vec::new();
@@ -232,7 +236,13 @@ impl Auth {
             redirect_allowlist: oidc.redirect_allowlist.clone(),
             signer,
             refreshes: Default::default(),
+            sticky_secret: keys.first().cloned(),
         })
+    }
+
+    /// Secret material shared by every replica, for [`crate::sticky::StickyKey`].
+    pub fn sticky_secret(&self) -> Option<&[u8]> {
+        self.sticky_secret.as_deref()
     }
 
     /// An identity assertion for a backend (`namespace/service`).
@@ -843,6 +853,7 @@ mod tests {
             redirect_allowlist: allow.iter().map(|s| s.to_string()).collect(),
             signer: assertion::Signer::generate().unwrap(),
             refreshes: Default::default(),
+            sticky_secret: None,
         }
     }
 

@@ -37,7 +37,7 @@ fn manifests() -> String {
         nginx_ingress(
             "rewrite",
             true,
-            &[("rewrite-target", "/$2"), ("affinity", "cookie")],
+            &[("rewrite-target", "/$2"), ("server-alias", "www.rw.test")],
             "rw.test",
             &[("/app(/|$)(.*)", "web")],
         ),
@@ -70,7 +70,7 @@ fn migrate_table_reports_every_ingress_and_fails_on_the_one_not_served() {
         "  supported  proxy-body-size: 8m\n      use instead: portcullis.dev/max-body-size\n",
         "Ingress ns/rewrite (",
         "supported with a difference                     rewrite-target: /$2",
-        "not supported: ignored (served with a warning)  affinity: cookie",
+        "not supported: ignored (served with a warning)  server-alias: www.rw.test",
         "Ingress ns/snippet (",
         ": not served\n",
         "refused: snippet  configuration-snippet: more_set_headers \"X-A: b\"; ####",

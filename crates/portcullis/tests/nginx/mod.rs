@@ -3,6 +3,7 @@
 //! annotation, the refused and unsupported ones, and (in `compare`) the subtle ones
 //! side by side with nginx itself.
 
+mod affinity;
 mod backend_tls;
 mod canary;
 mod compare;
@@ -457,10 +458,10 @@ async fn ingress_nginx_snippets_are_refused_and_unknown_annotations_warned() {
                 &[("/", "web")],
             ),
             nginx_ingress(
-                "sticky",
+                "ignored",
                 false,
-                &[("affinity", "cookie"), ("made-up-annotation", "1")],
-                "sticky.test",
+                &[("custom-http-errors", "404"), ("made-up-annotation", "1")],
+                "ignored.test",
                 &[("/", "web")],
             ),
         ]),
@@ -474,7 +475,10 @@ async fn ingress_nginx_snippets_are_refused_and_unknown_annotations_warned() {
         http_get(gw.http, "mtls.test", "/").await.status,
         StatusCode::NOT_FOUND
     );
-    assert_eq!(http_get(gw.http, "sticky.test", "/").await.status, StatusCode::OK);
+    assert_eq!(
+        http_get(gw.http, "ignored.test", "/").await.status,
+        StatusCode::OK
+    );
 
     let (code, out) = crate::support::check_with(&gw.manifests_dir(), &["--ingress-class", "nginx"]);
     assert_eq!(code, 1, "{out}");
@@ -483,8 +487,8 @@ async fn ingress_nginx_snippets_are_refused_and_unknown_annotations_warned() {
         out.contains("Ingress ns/mtls metadata.annotations[\"nginx.ingress.kubernetes.io/auth-tls-secret\"]: client certificate authentication is not supported yet"),
         "{out}"
     );
-    assert!(out.contains("warning: Ingress ns/sticky metadata.annotations[\"nginx.ingress.kubernetes.io/made-up-annotation\"]: is not an ingress-nginx annotation Portcullis knows"), "{out}");
-    assert!(out.contains("warning: Ingress ns/sticky metadata.annotations[\"nginx.ingress.kubernetes.io/affinity\"]: not supported"), "{out}");
+    assert!(out.contains("warning: Ingress ns/ignored metadata.annotations[\"nginx.ingress.kubernetes.io/made-up-annotation\"]: is not an ingress-nginx annotation Portcullis knows"), "{out}");
+    assert!(out.contains("warning: Ingress ns/ignored metadata.annotations[\"nginx.ingress.kubernetes.io/custom-http-errors\"]: not supported"), "{out}");
 }
 
 /// An oauth2-proxy stand-in: `session=good` passes with the user's identity in
