@@ -68,6 +68,11 @@ pub fn compile(manifests: &Manifests, settings: &Settings, now: i64) -> Compiled
             tls_hosts: c.tls_hosts,
             tls_wildcards: c.tls_wildcards,
             referenced_secrets: c.referenced_secrets,
+            passthrough: c
+                .passthrough
+                .into_iter()
+                .map(|(host, (id, _))| (host, id))
+                .collect(),
             stats: c.stats,
         },
         problems: all,
@@ -139,6 +144,8 @@ struct Compiler<'a> {
     certificates: CertificateStore,
     tls_hosts: HashSet<String>,
     tls_wildcards: HashSet<String>,
+    /// `ssl-passthrough` hosts, with the Ingress that claimed each first.
+    passthrough: HashMap<String, (BackendId, IngressKey)>,
     referenced_secrets: HashMap<(String, String), Vec<u8>>,
     stats: Stats,
 }
@@ -184,6 +191,7 @@ impl<'a> Compiler<'a> {
             certificates: CertificateStore::default(),
             tls_hosts: HashSet::new(),
             tls_wildcards: HashSet::new(),
+            passthrough: HashMap::new(),
             referenced_secrets: HashMap::new(),
             stats: Stats {
                 services: m.services.len(),
@@ -226,6 +234,7 @@ impl<'a> Compiler<'a> {
         }
         for plan in &plans {
             self.apply_www_redirects(plan);
+            self.apply_passthrough(plan);
         }
         self.load_default_certificate();
         self.resolve_config_secrets();
@@ -580,6 +589,40 @@ impl<'a> Compiler<'a> {
                 );
                 self.problem(plan, Problem::error(Some(oref), "spec.defaultBackend", message));
             }
+        }
+    }
+
+    /// ingress-nginx's `ssl-passthrough`: each exact host of the Ingress relays its TLS
+    /// connections to the backend of its first path; the oldest Ingress claims a host.
+    fn apply_passthrough(&mut self, plan: &IngressPlan) {
+        if !plan.options.ssl_passthrough {
+            return;
+        }
+        let oref = plan.object.object_ref();
+        let mut seen = BTreeSet::new();
+        for p in &plan.paths {
+            if !seen.insert(p.host.clone()) {
+                continue;
+            }
+            if p.host.is_empty() || p.host.starts_with('*') {
+                let message = "ssl-passthrough needs an exact host: a TLS connection is matched by its SNI alone, so this rule is not passed through";
+                self.problem(
+                    plan,
+                    Problem::warning(Some(oref.clone()), p.field.clone(), message),
+                );
+                continue;
+            }
+            if let Some((_, owner)) = self.passthrough.get(&p.host) {
+                let message = format!(
+                    "host {} is already passed through to Ingress {owner}, which is older: this Ingress's TLS connections are not passed through",
+                    p.host
+                );
+                self.problem(plan, Problem::error(Some(oref.clone()), p.field.clone(), message));
+                continue;
+            }
+            let backend = self.backend(plan, &p.backend, &p.field);
+            self.passthrough
+                .insert(p.host.clone(), (backend, plan.key.clone()));
         }
     }
 

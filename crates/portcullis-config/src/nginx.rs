@@ -173,7 +173,7 @@ pub const ANNOTATIONS: &[Annotation] = &[
     a("session-cookie-samesite", Exact, None),
     a("session-cookie-secure", Exact, None),
     a("ssl-redirect", Exact, Some("portcullis.dev/ssl-redirect")),
-    a("ssl-passthrough", Rejected("TLS passthrough is not supported yet: the gateway terminates TLS, so a backend that expects the client's TLS connection would not work"), None),
+    a("ssl-passthrough", Differs("HTTPS connections whose SNI names one of the Ingress's hosts are relayed unterminated, as TCP, to the backend of the host's first path, and so skip every HTTP-level annotation (as in ingress-nginx); plain HTTP to the host is still served by its rules; wildcard and host-less rules cannot be passed through"), None),
     a("stream-snippet", Refused, None),
     a("upstream-hash-by", Differs("rendezvous hashing over the ready endpoints instead of nginx's ketama ring, so the same key may land on another endpoint than under ingress-nginx (but always the same one here, on every replica); only $request_uri, $remote_addr, $http_NAME and $cookie_NAME, with text between them, are accepted: other variables reject the Ingress"), None),
     a("x-forwarded-prefix", Exact, None),
@@ -459,6 +459,7 @@ fn single(name: &str, value: &str, options: &mut RouteOptions) -> Result<(), Str
         "ssl-redirect" => options.ssl_redirect = bool_value(value)?,
         "force-ssl-redirect" => options.force_ssl_redirect = bool_value(value)?,
         "service-upstream" => options.service_upstream = bool_value(value)?,
+        "ssl-passthrough" => options.ssl_passthrough = bool_value(value)?,
         "from-to-www-redirect" => options.www_redirect = bool_value(value)?,
         "use-regex" => options.regex_paths |= bool_value(value)?,
         "app-root" => {

@@ -159,6 +159,9 @@ pub struct RouteOptions {
     pub basic_auth: Option<BasicAuth>,
     /// Requests go to the Service's cluster IP, not its endpoints (`service-upstream`).
     pub service_upstream: bool,
+    /// TLS connections for the Ingress's hosts are relayed unterminated to its backend
+    /// (`ssl-passthrough`).
+    pub ssl_passthrough: bool,
     /// `www.HOST` and `HOST` redirect to each other (`from-to-www-redirect`).
     pub www_redirect: bool,
     /// Requests are redirected to the same scheme, port and URI on this host (the
@@ -476,6 +479,7 @@ impl Default for RouteOptions {
             external_auth: None,
             basic_auth: None,
             service_upstream: false,
+            ssl_passthrough: false,
             www_redirect: false,
             host_redirect: None,
             backend_tls: None,
@@ -570,6 +574,8 @@ pub struct Snapshot {
     /// Values of the Secrets the config file refers to (`{secret: NS/NAME, key: K}`),
     /// by `NS/NAME` and key.
     pub referenced_secrets: HashMap<(String, String), Vec<u8>>,
+    /// Hosts whose TLS connections go unterminated to a backend (`ssl-passthrough`).
+    pub passthrough: HashMap<String, BackendId>,
     pub stats: Stats,
 }
 

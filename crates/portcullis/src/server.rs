@@ -217,6 +217,13 @@ async fn connection(
         gauge.dec();
         return;
     };
+    if tls.is_some() {
+        if let Some(target) = passthrough_target(&proxy, &stream, handshake_timeout).await {
+            relay(&proxy, stream, target, &conn).await;
+            gauge.dec();
+            return;
+        }
+    }
     match tls {
         None => serve_http(proxy, &builder, TokioIo::new(stream), conn, shutdown).await,
         Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
@@ -226,6 +233,89 @@ async fn connection(
         },
     }
     gauge.dec();
+}
+
+/// Where a TLS connection goes unterminated (ingress-nginx's `ssl-passthrough`): the
+/// SNI of its ClientHello, read with `peek` so that the bytes stay for whoever handles
+/// the connection, names a passthrough host. `None`: the gateway terminates it.
+async fn passthrough_target(
+    proxy: &Proxy,
+    stream: &TcpStream,
+    within: Duration,
+) -> Option<(String, Result<crate::state::Upstream, String>)> {
+    let runtime = proxy.gateway.runtime();
+    if runtime.snapshot.passthrough.is_empty() {
+        return None;
+    }
+    let deadline = tokio::time::Instant::now() + within;
+    // A ClientHello fits in one TLS record; one larger is not ours to route.
+    let mut buf = vec![0u8; 16 * 1024 + 5];
+    let sni = loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return None,
+        };
+        let mut acceptor = rustls::server::Acceptor::default();
+        let mut bytes = &buf[..n];
+        while !bytes.is_empty() {
+            if acceptor.read_tls(&mut bytes).is_err() {
+                return None;
+            }
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => break accepted.client_hello().server_name().map(str::to_ascii_lowercase),
+            // More of the ClientHello is on its way.
+            Ok(None) if n < buf.len() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            // Not TLS, or too large: the handshake reports it as usual.
+            _ => return None,
+        }
+    }?;
+    let backend = *runtime.snapshot.passthrough.get(&sni)?;
+    let upstream = runtime.pick(backend, &proxy.gateway.ejections).map(|(u, _)| u);
+    Some((sni, upstream))
+}
+
+/// Relays a passed-through TLS connection to its backend, byte for byte.
+async fn relay(
+    proxy: &Proxy,
+    mut client: TcpStream,
+    (sni, upstream): (String, Result<crate::state::Upstream, String>),
+    conn: &ClientConn,
+) {
+    let peer = conn.peer;
+    let upstream = match upstream {
+        Ok(u) => u,
+        Err(reason) => {
+            tracing::warn!(%peer, sni, reason, "ssl-passthrough: no endpoint to relay to; connection closed");
+            return;
+        }
+    };
+    let within = proxy.gateway.settings.timeouts.connect.0;
+    let connected = match &upstream {
+        crate::state::Upstream::Address(a) => tokio::time::timeout(within, TcpStream::connect(*a)).await,
+        crate::state::Upstream::Named { host, port } => {
+            tokio::time::timeout(within, TcpStream::connect((host.as_str(), *port))).await
+        }
+    };
+    let mut backend = match connected {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, sni, %upstream, error = %e, "ssl-passthrough: backend refused; connection closed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, sni, %upstream, "ssl-passthrough: backend connect timed out; connection closed");
+            return;
+        }
+    };
+    match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+        Ok((up, down)) => {
+            tracing::info!(%peer, sni, %upstream, bytes_in = up, bytes_out = down, "ssl-passthrough connection done")
+        }
+        Err(e) => tracing::debug!(%peer, sni, %upstream, error = %e, "ssl-passthrough connection ended"),
+    }
 }
 
 async fn serve_http<I>(

@@ -370,12 +370,19 @@ impl Provider {
         id.copy_from_slice(digest.as_ref());
         let now = super::now();
         let leeway = jwt::LEEWAY_SECONDS as i64;
-        let current_keys = self.keys.load().as_ref().map_or(0, |k| k.generation);
+        // A key set due for its periodic refetch is not trusted for cache hits: the
+        // refetch is how a withdrawn key is noticed, and verifying again triggers it.
+        let current_keys = self
+            .keys
+            .load()
+            .as_ref()
+            .filter(|k| k.fetched.elapsed() <= METADATA_TTL)
+            .map_or(0, |k| k.generation);
         if let Some(hit) = self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
             // The time checks are the only ones whose answer changes; the rest held.
             let fresh = hit.exp.is_none_or(|exp| now <= exp + leeway)
                 && hit.nbf.is_none_or(|nbf| nbf <= now + leeway);
-            if hit.keys == current_keys && fresh {
+            if hit.keys == current_keys && current_keys != 0 && fresh {
                 return Ok(Ok(hit.claims.clone()));
             }
         }
@@ -409,7 +416,8 @@ impl Provider {
         let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= VERIFIED_CAPACITY {
             cache.retain(|_, v| v.exp.is_some_and(|exp| now <= exp + leeway));
-            if cache.len() >= VERIFIED_CAPACITY {
+            // Mostly live tokens: start over rather than scan again on the next insert.
+            if cache.len() >= VERIFIED_CAPACITY * 3 / 4 {
                 cache.clear();
             }
         }

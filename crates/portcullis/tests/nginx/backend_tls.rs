@@ -290,3 +290,49 @@ async fn backend_tls_without_its_secret_is_not_served() {
     assert_eq!(http_get(gw.http, "plain.test", "/").await.status, StatusCode::OK);
     assert!(gw.wait_for_log("Secret ns/nope not found"), "{}", gw.logs());
 }
+
+/// `ssl-passthrough`: a TLS connection whose SNI names the Ingress's host reaches the
+/// backend unterminated (the backend's own certificate and SNI), while other hosts on
+/// the same listener are terminated by the gateway as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssl_passthrough_relays_tls_by_sni() {
+    let pki = Pki::new();
+    let backend = TlsBackend::start(&pki, &["pass.test"], None).await;
+    let web = crate::support::backend::Backend::named("web").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "pass", &[backend.addr]),
+            service("ns", "web", &[web.addr]),
+            pki.tls_secret("ns", "term-tls", &["term.test"]),
+            nginx_ingress(
+                "pass",
+                false,
+                &[("ssl-passthrough", "true")],
+                "pass.test",
+                &[("/", "pass")],
+            ),
+            format!(
+                "{}  tls:\n  - hosts: [term.test]\n    secretName: term-tls\n",
+                nginx_ingress("term", false, &[], "term.test", &[("/", "web")])
+            ),
+        ]),
+        "ingressClass: nginx\n",
+    );
+    let r = crate::support::client::https_get(gw.https, &pki, "pass.test", "/").await;
+    assert_eq!(
+        r.text(),
+        "sni=pass.test client_cert=false",
+        "the backend terminated TLS"
+    );
+    let r = crate::support::client::https_get(gw.https, &pki, "term.test", "/x").await;
+    assert_eq!(
+        r.text(),
+        "web /x",
+        "other hosts are still terminated by the gateway"
+    );
+    assert!(
+        gw.wait_for_log("ssl-passthrough connection done"),
+        "{}",
+        gw.logs()
+    );
+}
