@@ -632,7 +632,9 @@ async fn serve(
     // ingress-nginx's `default-backend` serves a route whose Service has no ready
     // endpoints; the X- headers still describe the Service the route names.
     let primary = runtime.snapshot.backend(route.backend);
-    let error_page = ErrorPage::new(route, primary, req.headers(), req.uri(), request_id);
+    let error_page = route
+        .fallback
+        .map(|_| ErrorPage::new(route, primary, req.headers(), req.uri(), request_id));
     let fallback_route;
     let (route, serving_fallback) = match route.fallback.filter(|_| !can_serve(primary)) {
         Some(fallback) => {
@@ -670,20 +672,22 @@ async fn serve(
         grant.as_ref(),
         record,
     );
-    if serving_fallback {
-        error_page.set_headers(&mut outgoing.headers, StatusCode::SERVICE_UNAVAILABLE, false);
+    if let Some(page) = error_page.as_ref().filter(|_| serving_fallback) {
+        page.set_headers(&mut outgoing.headers, StatusCode::SERVICE_UNAVAILABLE, false);
     }
     // Kept only when an error may be intercepted: the request to the default backend
     // carries the client's headers as cleaned for the route.
-    let intercept = route
-        .fallback
-        .filter(|_| !route.options.custom_http_errors.is_empty())
-        .map(|fallback| (fallback, outgoing.headers.clone()));
+    let intercept = match (route.fallback, error_page) {
+        (Some(fallback), Some(page)) if !route.options.custom_http_errors.is_empty() => {
+            Some((fallback, page, outgoing.headers.clone()))
+        }
+        _ => None,
+    };
 
     let (response, upstream, new_cookie) = forward(proxy, runtime, route, outgoing, &balance, record).await?;
     record.upstream = Some(upstream.to_string());
     let response = match intercept {
-        Some((fallback, headers))
+        Some((fallback, page, headers))
             if route
                 .options
                 .custom_http_errors
@@ -693,13 +697,21 @@ async fn serve(
             // closed rather than drained): the client gets only the error page.
             let status = response.status();
             drop(response);
+            // ingress-nginx's `@custom_` location proxies to `http://upstream_balancer`
+            // from the server block: plain HTTP, whatever the route's backend-protocol,
+            // and without the route's session affinity.
+            let mut options = (*route.options).clone();
+            options.backend_protocol = BackendProtocol::Http;
+            options.backend_tls = None;
+            options.affinity = None;
             let error_route = Route {
                 backend: fallback,
                 fallback: None,
+                options: Arc::new(options),
                 ..route.clone()
             };
             record.backend = Some(runtime.snapshot.backend(fallback).to_string());
-            let outgoing = error_page.request(headers, status);
+            let outgoing = page.request(headers, status);
             let (response, upstream, _) = forward(
                 proxy,
                 runtime,
