@@ -539,6 +539,7 @@ impl<'a> Compiler<'a> {
 
     fn apply_routes(&mut self, plan: &IngressPlan) {
         let oref = plan.object.object_ref();
+        let fallback = self.fallback(plan);
         for p in &plan.paths {
             let backend = self.backend(plan, &p.backend, &p.field);
             let route = Route {
@@ -552,6 +553,7 @@ impl<'a> Compiler<'a> {
                 tls: false,
                 regex: p.regex.clone(),
                 canary: None,
+                fallback,
             };
             let (host, path, path_type) = (route.host.clone(), route.path.clone(), route.path_type);
             if let Err(conflict) = self.table.insert(route) {
@@ -581,6 +583,7 @@ impl<'a> Compiler<'a> {
                 tls: false,
                 regex: None,
                 canary: None,
+                fallback,
             };
             if let Err(conflict) = self.table.set_default(route) {
                 let winner = self.table.route(conflict.0).ingress.clone();
@@ -665,6 +668,7 @@ impl<'a> Compiler<'a> {
                 tls: false,
                 regex: None,
                 canary: None,
+                fallback: None,
             };
             let _ = self.table.insert(route);
         }
@@ -738,30 +742,83 @@ impl<'a> Compiler<'a> {
         }
     }
 
+    /// The backend of `default-backend`: the Service's first port, as ingress-nginx
+    /// takes (`Spec.Ports[0]` in its controller), since the annotation names no port.
+    /// Always its endpoints, whatever `service-upstream` says, as ingress-nginx does.
+    fn fallback(&mut self, plan: &IngressPlan) -> Option<BackendId> {
+        let name = plan.options.default_backend.as_deref()?;
+        let ns = plan.key.namespace.clone();
+        let field = format!(
+            "metadata.annotations[\"{}default-backend\"]",
+            crate::nginx::PREFIX
+        );
+        let first_port = self.services.get(&(ns.as_str(), name)).map(|s| {
+            s.value
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.ports.as_ref())
+                .and_then(|ports| ports.first())
+                .map(|p| p.port)
+        });
+        let problem = match first_port {
+            Some(Some(port)) => {
+                let b = BackendRef {
+                    service: name.to_string(),
+                    port: PortRef::Number(port),
+                };
+                let id = self.backend_id(&ns, &b, false);
+                if let BackendTarget::Endpoints(e) = &self.backends[id.0].target {
+                    if e.is_empty() && self.warned_backends.insert((plan.key.clone(), id)) {
+                        let message = format!(
+                            "Service {ns}/{name} has no ready endpoints: routes without endpoints get 503 and backend errors pass unchanged"
+                        );
+                        self.problem(plan, Problem::warning(Some(plan.object.object_ref()), field, message));
+                    }
+                }
+                return Some(id);
+            }
+            Some(None) => format!(
+                "Service {ns}/{name} has no ports: routes without endpoints get 503 and backend errors pass unchanged"
+            ),
+            None => format!(
+                "Service {ns}/{name} not found: routes without endpoints get 503 and backend errors pass unchanged"
+            ),
+        };
+        self.problem(
+            plan,
+            Problem::error(Some(plan.object.object_ref()), field, problem),
+        );
+        None
+    }
+
     /// Resolves a Service port to a backend, once per (namespace, service, port).
+    fn backend_id(&mut self, ns: &str, b: &BackendRef, cluster_ip: bool) -> BackendId {
+        let key = (ns.to_string(), b.service.clone(), b.port.clone(), cluster_ip);
+        if let Some(id) = self.backend_ids.get(&key) {
+            return *id;
+        }
+        let target = self.resolve(ns, b, cluster_ip);
+        let id = BackendId(self.backends.len());
+        self.backends.push(Backend {
+            namespace: ns.to_string(),
+            service: b.service.clone(),
+            port: b.port.to_string(),
+            target,
+        });
+        self.backend_ids.insert(key, id);
+        id
+    }
+
+    /// [`Self::backend_id`], with a warning on the Ingress when the backend cannot serve.
     fn backend(&mut self, plan: &IngressPlan, b: &BackendRef, field: &str) -> BackendId {
         let ns = plan.key.namespace.clone();
-        let cluster_ip = plan.options.service_upstream;
-        let key = (ns.clone(), b.service.clone(), b.port.clone(), cluster_ip);
-        let id = match self.backend_ids.get(&key) {
-            Some(id) => *id,
-            None => {
-                let target = self.resolve(&ns, b, cluster_ip);
-                let id = BackendId(self.backends.len());
-                self.backends.push(Backend {
-                    namespace: ns,
-                    service: b.service.clone(),
-                    port: b.port.to_string(),
-                    target,
-                });
-                self.backend_ids.insert(key, id);
-                id
-            }
-        };
+        let id = self.backend_id(&ns, b, plan.options.service_upstream);
         if self.warned_backends.insert((plan.key.clone(), id)) {
             // A canary without endpoints takes nothing (see crate::canary::choose).
             let outcome = if plan.options.canary.is_some() {
                 "the main backend gets the canary's requests"
+            } else if plan.options.default_backend.is_some() {
+                "requests go to the default-backend Service"
             } else {
                 "requests get 503"
             };

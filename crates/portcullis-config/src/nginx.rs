@@ -111,9 +111,9 @@ pub const ANNOTATIONS: &[Annotation] = &[
     a("canary-weight-total", Exact, None),
     a("client-body-buffer-size", STREAMS, None),
     a("configuration-snippet", Refused, None),
-    a("custom-http-errors", Ignored("backend error responses are passed to the client unchanged"), None),
+    a("custom-http-errors", Differs("applies only with default-backend (there is no global default backend; without it a warning says error responses are passed unchanged); the intercepted response's body is discarded and the default backend gets GET / without a body over plain HTTP, as ingress-nginx's error location sends it (ingress-nginx keeps the request's method and resends a buffered body) with X-Code, X-Format, X-Original-URI, X-Namespace, X-Ingress-Name, X-Service-Name, X-Service-Port and X-Request-ID; the client gets the default backend's status, headers and body"), None),
     a("custom-headers", Ignored("response headers from a ConfigMap are not added"), None),
-    a("default-backend", Ignored("a route without ready endpoints answers 503 instead of using another Service"), None),
+    a("default-backend", Differs("the Service must be in the Ingress's namespace and its first port is used, as ingress-nginx does; it serves the route's requests (unchanged, with X-Code: 503 and the other X- headers) while the route's Service has no ready endpoints, or is missing; a Service that does not exist or has no ports is an error and the route answers 503 instead"), None),
     a("enable-cors", Exact, None),
     a("cors-allow-origin", Exact, None),
     a("cors-allow-methods", Exact, None),
@@ -260,6 +260,15 @@ pub fn apply(annotations: &BTreeMap<String, String>, options: &mut RouteOptions)
     }
 
     // Annotations that only mean something together.
+    match error_pages(get("default-backend"), get("custom-http-errors")) {
+        Ok((backend, codes, warning)) => {
+            options.default_backend = backend;
+            options.custom_http_errors = codes;
+            warnings.extend(warning);
+        }
+        Err((name, message)) => error(name, message),
+    }
+
     let redirect = redirect(
         get("temporal-redirect"),
         get("temporal-redirect-code"),
@@ -617,6 +626,59 @@ fn basic_auth<'a>(
     }))
 }
 
+/// The default-backend Service name, the custom-http-errors codes, and a warning
+/// when the codes cannot apply.
+#[allow(clippy::type_complexity)]
+fn error_pages(
+    backend: Option<&str>,
+    codes: Option<&str>,
+) -> Result<(Option<String>, Vec<u16>, Option<(String, String)>), (&'static str, String)> {
+    let backend = match backend {
+        None => None,
+        // A Service name is a DNS label; a namespace prefix would reach into another
+        // tenant's namespace, which ingress-nginx does not allow either.
+        Some(name) if is_dns_label(name) => Some(name.to_string()),
+        Some(name) => {
+            return Err((
+                "default-backend",
+                format!("{name:?} is not a Service name (a DNS label in the Ingress's namespace)"),
+            ))
+        }
+    };
+    let mut parsed = Vec::new();
+    for code in codes.into_iter().flat_map(|c| c.split(',')).map(str::trim) {
+        match code.parse::<u16>() {
+            Ok(n) if (400..=599).contains(&n) => parsed.push(n),
+            _ => {
+                return Err((
+                    "custom-http-errors",
+                    format!("{code:?} is not an HTTP error status from 400 to 599"),
+                ))
+            }
+        }
+    }
+    parsed.sort_unstable();
+    parsed.dedup();
+    let warning = (!parsed.is_empty() && backend.is_none()).then(|| {
+        (
+            "custom-http-errors".to_string(),
+            "has no effect without default-backend (Portcullis has no global default backend): the backend's error responses are passed to the client unchanged".to_string(),
+        )
+    });
+    Ok((backend, parsed, warning))
+}
+
+/// An RFC 1123 label, what a Service name is.
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
 /// `(url, code)` of a redirect annotation pair. An out-of-range code falls back to the
 /// default, as ingress-nginx does, with a warning.
 #[allow(clippy::type_complexity)]
@@ -716,7 +778,7 @@ mod tests {
     fn unsupported_restrictions_reject_and_the_rest_warn() {
         let (_, f) = run(&[
             ("auth-tls-secret", "ns/ca"),
-            ("custom-http-errors", "404"),
+            ("custom-headers", "ns/headers"),
             ("no-such-thing", "1"),
         ]);
         assert_eq!(errors(&f), vec!["auth-tls-secret"]);
@@ -725,7 +787,7 @@ mod tests {
             .filter(|(_, s, _)| *s == Severity::Warning)
             .map(|(n, _, _)| n.as_str())
             .collect();
-        assert_eq!(warned, vec!["custom-http-errors", "no-such-thing"]);
+        assert_eq!(warned, vec!["custom-headers", "no-such-thing"]);
         // Off values ask for nothing.
         let (_, f) = run(&[
             ("ssl-passthrough", "false"),
@@ -842,6 +904,36 @@ mod tests {
         assert_eq!(o.cors.unwrap().max_age, 60);
         let (_, f) = run(&[("enable-cors", "true"), ("cors-allow-origin", "a.example")]);
         assert_eq!(errors(&f), vec!["cors-allow-origin"]);
+    }
+
+    #[test]
+    fn error_pages_need_a_default_backend() {
+        let (o, f) = run(&[
+            ("default-backend", "errors"),
+            ("custom-http-errors", "503, 404,404"),
+        ]);
+        assert!(f.is_empty(), "{f:?}");
+        assert_eq!(o.default_backend.as_deref(), Some("errors"));
+        assert_eq!(o.custom_http_errors, vec![404, 503]);
+        let (o, f) = run(&[("custom-http-errors", "404")]);
+        assert_eq!(o.custom_http_errors, vec![404]);
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].0, "custom-http-errors");
+        assert_eq!(f[0].1, Severity::Warning);
+        assert!(f[0].2.contains("unchanged"));
+        let (o, f) = run(&[("default-backend", "errors")]);
+        assert!(f.is_empty() && o.custom_http_errors.is_empty());
+        for (name, value) in [
+            ("custom-http-errors", "404,200"),
+            ("custom-http-errors", "600"),
+            ("custom-http-errors", "4o4"),
+            ("custom-http-errors", ""),
+            ("default-backend", "other/errors"),
+            ("default-backend", "Errors"),
+        ] {
+            let (_, f) = run(&[(name, value)]);
+            assert_eq!(errors(&f), vec![name], "{name}={value}: {f:?}");
+        }
     }
 
     #[test]

@@ -139,6 +139,10 @@ pub struct Route {
     /// A canary Ingress that takes some of this route's requests; see
     /// [`crate::canary`]. Boxed: a canary holds a route of its own.
     pub canary: Option<Box<crate::snapshot::Canary>>,
+    /// The backend of the Ingress's `nginx.ingress.kubernetes.io/default-backend`
+    /// Service (its first port, as ingress-nginx takes): it serves the route while
+    /// `backend` has no ready endpoints and answers the `custom-http-errors`.
+    pub fallback: Option<BackendId>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -367,6 +371,7 @@ mod tests {
             tls: false,
             regex: None,
             canary: None,
+            fallback: None,
         }
     }
 

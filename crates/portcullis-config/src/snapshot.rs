@@ -176,6 +176,15 @@ pub struct RouteOptions {
     /// Which endpoint a request goes to, when not round robin (`affinity: cookie`,
     /// `upstream-hash-by`).
     pub affinity: Option<Affinity>,
+    /// ingress-nginx's `default-backend`: a Service in the Ingress's namespace that
+    /// serves the route when its own Service has no ready endpoints, and answers in
+    /// place of the statuses in `custom_http_errors`. The compiler resolves it into
+    /// [`crate::routes::Route::fallback`]. Default none.
+    pub default_backend: Option<String>,
+    /// ingress-nginx's `custom-http-errors`: backend statuses (400 to 599, sorted, no
+    /// duplicates) replaced by the default backend's answer. Empty by default; without
+    /// a default backend they have no effect.
+    pub custom_http_errors: Vec<u16>,
 }
 
 /// Which requests go to a canary instead of the main backend, from ingress-nginx's
@@ -485,6 +494,8 @@ impl Default for RouteOptions {
             backend_tls: None,
             canary: None,
             affinity: None,
+            default_backend: None,
+            custom_http_errors: Vec::new(),
         }
     }
 }

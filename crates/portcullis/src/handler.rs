@@ -629,6 +629,24 @@ async fn serve(
     // A canary Ingress may take the request: its route carries the main route's settings
     // (already applied above) and the canary's backend.
     let route = portcullis_config::canary::choose(&runtime.snapshot, route, req.headers(), canary_roll);
+    // ingress-nginx's `default-backend` serves a route whose Service has no ready
+    // endpoints; the X- headers still describe the Service the route names.
+    let primary = runtime.snapshot.backend(route.backend);
+    let error_page = route
+        .fallback
+        .map(|_| ErrorPage::new(route, primary, req.headers(), req.uri(), request_id));
+    let fallback_route;
+    let (route, serving_fallback) = match route.fallback.filter(|_| !can_serve(primary)) {
+        Some(fallback) => {
+            fallback_route = Route {
+                backend: fallback,
+                fallback: None,
+                ..route.clone()
+            };
+            (&fallback_route, true)
+        }
+        None => (route, false),
+    };
     let backend = runtime.snapshot.backend(route.backend);
     record.backend = Some(backend.to_string());
     // Sticky sessions and hashing read the request before it is handed on.
@@ -641,7 +659,7 @@ async fn serve(
     let client_upgrade = proxy::upgrade_requested(req.headers())
         .filter(|_| req.version() == Version::HTTP_11)
         .map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
-    let outgoing = Outgoing::new(
+    let mut outgoing = Outgoing::new(
         proxy,
         conn,
         req,
@@ -654,9 +672,60 @@ async fn serve(
         grant.as_ref(),
         record,
     );
+    if let Some(page) = error_page.as_ref().filter(|_| serving_fallback) {
+        page.set_headers(&mut outgoing.headers, StatusCode::SERVICE_UNAVAILABLE, false);
+    }
+    // Kept only when an error may be intercepted: the request to the default backend
+    // carries the client's headers as cleaned for the route.
+    let intercept = match (route.fallback, error_page) {
+        (Some(fallback), Some(page)) if !route.options.custom_http_errors.is_empty() => {
+            Some((fallback, page, outgoing.headers.clone()))
+        }
+        _ => None,
+    };
 
     let (response, upstream, new_cookie) = forward(proxy, runtime, route, outgoing, &balance, record).await?;
     record.upstream = Some(upstream.to_string());
+    let response = match intercept {
+        Some((fallback, page, headers))
+            if route
+                .options
+                .custom_http_errors
+                .contains(&response.status().as_u16()) =>
+        {
+            // Dropping the response discards its body unread (the connection is
+            // closed rather than drained): the client gets only the error page.
+            let status = response.status();
+            drop(response);
+            // ingress-nginx's `@custom_` location proxies to `http://upstream_balancer`
+            // from the server block: plain HTTP, whatever the route's backend-protocol,
+            // and without the route's session affinity.
+            let mut options = (*route.options).clone();
+            options.backend_protocol = BackendProtocol::Http;
+            options.backend_tls = None;
+            options.affinity = None;
+            let error_route = Route {
+                backend: fallback,
+                fallback: None,
+                options: Arc::new(options),
+                ..route.clone()
+            };
+            record.backend = Some(runtime.snapshot.backend(fallback).to_string());
+            let outgoing = page.request(headers, status);
+            let (response, upstream, _) = forward(
+                proxy,
+                runtime,
+                &error_route,
+                outgoing,
+                &Balance::RoundRobin,
+                record,
+            )
+            .await?;
+            record.upstream = Some(upstream.to_string());
+            response
+        }
+        _ => response,
+    };
     let mut response = relay_response(response, route, conn, client_upgrade);
     // Only when the endpoint changed: a session keeps its cookie, as in ingress-nginx.
     if let (Some(value), Some(Affinity::Cookie(sticky)), Balance::Sticky { user_agent, .. }) =
@@ -917,6 +986,101 @@ fn content_length(req: &Request<Incoming>) -> Option<u64> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
+}
+
+/// Whether a backend has somewhere to send requests.
+fn can_serve(backend: &portcullis_config::snapshot::Backend) -> bool {
+    use portcullis_config::snapshot::BackendTarget;
+    match &backend.target {
+        BackendTarget::Endpoints(e) => !e.is_empty(),
+        BackendTarget::External { .. } => true,
+        BackendTarget::Unavailable(_) => false,
+    }
+}
+
+/// What ingress-nginx tells its default backend about a request it serves in place of
+/// the route's Service (the `X-Code` family of headers of its custom error pages).
+struct ErrorPage {
+    accept: Option<HeaderValue>,
+    original_uri: String,
+    namespace: String,
+    ingress: String,
+    service: String,
+    port: String,
+    request_id: String,
+}
+
+impl ErrorPage {
+    fn new(
+        route: &Route,
+        primary: &portcullis_config::snapshot::Backend,
+        headers: &http::HeaderMap,
+        uri: &Uri,
+        request_id: &str,
+    ) -> Self {
+        ErrorPage {
+            accept: headers.get(header::ACCEPT).cloned(),
+            original_uri: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+            namespace: route.ingress.namespace.clone(),
+            ingress: route.ingress.name.clone(),
+            service: primary.service.clone(),
+            port: primary.port.clone(),
+            request_id: request_id.to_string(),
+        }
+    }
+
+    /// `X-Original-URI` only for intercepted errors: ingress-nginx sets it there and
+    /// not when its default backend serves a route without endpoints.
+    fn set_headers(&self, headers: &mut http::HeaderMap, code: StatusCode, original_uri: bool) {
+        let mut set = |name: &'static str, value: &str| {
+            // Names, ports and the request id are validated text; a client's URI
+            // that is not a valid header value is left out rather than mangled.
+            match HeaderValue::from_str(value) {
+                Ok(v) => headers.insert(name, v),
+                Err(_) => headers.remove(name),
+            };
+        };
+        set("x-code", code.as_str());
+        set("x-namespace", &self.namespace);
+        set("x-ingress-name", &self.ingress);
+        set("x-service-name", &self.service);
+        set("x-service-port", &self.port);
+        set("x-request-id", &self.request_id);
+        if original_uri {
+            set("x-original-uri", &self.original_uri);
+        }
+        // The client's Accept, or nothing, as nginx's empty $http_accept sends nothing.
+        match &self.accept {
+            Some(accept) => headers.insert("x-format", accept.clone()),
+            None => headers.remove("x-format"),
+        };
+    }
+
+    /// The request for the default backend's answer to an intercepted `code`: a GET of
+    /// `/` without a body, as ingress-nginx's `rewrite (.*) / break` sends (it keeps
+    /// the method and resends a buffered body; request bodies here are streamed to the
+    /// first backend and cannot be sent twice).
+    fn request(&self, mut headers: http::HeaderMap, code: StatusCode) -> Outgoing {
+        for name in [
+            header::CONTENT_LENGTH,
+            header::CONTENT_TYPE,
+            header::CONNECTION,
+            header::UPGRADE,
+            header::EXPECT,
+        ] {
+            headers.remove(name);
+        }
+        // Identity assertions are addressed to the route's Service, not this one.
+        headers.remove("x-portcullis-assertion");
+        self.set_headers(&mut headers, code, true);
+        Outgoing {
+            method: Method::GET,
+            path_and_query: "/".to_string(),
+            headers,
+            body: Some(proxy::empty()),
+            bodiless: true,
+        }
+    }
 }
 
 /// The request to send upstream, before an endpoint is chosen.

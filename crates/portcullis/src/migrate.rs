@@ -56,7 +56,7 @@ pub enum Status {
     Supported,
     Differs,
     Rejected,
-    /// A rejected annotation set to its off value (e.g. `ssl-passthrough: "false"`),
+    /// A rejected annotation set to its off value (e.g. `enable-modsecurity: "false"`),
     /// which asks for nothing: the compilation does not reject the Ingress for it.
     Off,
     Ignored,
@@ -588,7 +588,7 @@ mod tests {
                         (&p("rewrite-target"), "/$1"),
                         (&p("server-alias"), "www.example.com"),
                         (&p("no-such-thing"), "1"),
-                        (&p("ssl-passthrough"), "false"),
+                        (&p("enable-modsecurity"), "false"),
                     ],
                 ),
                 ingress("rejected", Some("nginx"), &[(&p("satisfy"), "any")]),
@@ -604,7 +604,7 @@ mod tests {
         assert_eq!(s[&p("rewrite-target")], Status::Differs);
         assert_eq!(s[&p("server-alias")], Status::Ignored);
         assert_eq!(s[&p("no-such-thing")], Status::Unknown);
-        assert_eq!(s[&p("ssl-passthrough")], Status::Off);
+        assert_eq!(s[&p("enable-modsecurity")], Status::Off);
         assert_eq!(s[&p("satisfy")], Status::Rejected);
         assert_eq!(s[&p("configuration-snippet")], Status::Refused);
         assert_eq!(only(&r, "differs").verdict, Verdict::ServedWithWarnings);
@@ -623,7 +623,7 @@ mod tests {
                 "server-alias: www.example.com",
             ),
             ("not supported: the Ingress is not served", "satisfy: any"),
-            ("not supported, but off: no effect", "ssl-passthrough: false"),
+            ("not supported, but off: no effect", "enable-modsecurity: false"),
             (
                 "refused: snippet",
                 "configuration-snippet: more_set_headers \"X: y\";",

@@ -519,7 +519,7 @@ fn ingress_nginx_access_annotations_fail_closed() {
     );
     let rewritten = ingress(
         "rewritten",
-        "  annotations: {nginx.ingress.kubernetes.io/custom-http-errors: \"404\", nginx.ingress.kubernetes.io/proxy-buffering: \"on\"}\n",
+        "  annotations: {nginx.ingress.kubernetes.io/custom-headers: ns/headers, nginx.ingress.kubernetes.io/proxy-buffering: \"on\"}\n",
         &format!("  rules:\n{}", rule("b.com", "/", "Prefix", "web")),
     );
     let c = compile_text(&format!("{}{guarded}{rewritten}", service("web")));
@@ -530,7 +530,7 @@ fn ingress_nginx_access_annotations_fail_closed() {
     assert!(c.snapshot.lookup("b.com", "/").is_some());
     let m = messages(&c).join("\n");
     assert!(m.contains("error: Ingress ns/guarded metadata.annotations[\"nginx.ingress.kubernetes.io/auth-tls-secret\"]: client certificate authentication is not supported yet"), "{m}");
-    assert!(m.contains("warning: Ingress ns/rewritten metadata.annotations[\"nginx.ingress.kubernetes.io/custom-http-errors\"]: not supported"), "{m}");
+    assert!(m.contains("warning: Ingress ns/rewritten metadata.annotations[\"nginx.ingress.kubernetes.io/custom-headers\"]: not supported"), "{m}");
     assert!(
         !m.contains("proxy-buffering"),
         "supported with a documented difference: {m}"
@@ -636,4 +636,35 @@ fn proxy_ssl_secret_resolves_in_the_ingress_namespace_and_fails_closed() {
         )),
         "{m}"
     );
+}
+
+#[test]
+fn default_backend_is_the_first_port_of_a_service_in_the_namespace() {
+    let errors_service = "---\napiVersion: v1\nkind: Service\nmetadata: {name: errors, namespace: ns}\nspec:\n  ports: [{name: page, port: 8080}, {name: other, port: 9090}]\n";
+    let annotated = |name: &str, backend: &str, host: &str| {
+        ingress(
+            name,
+            &format!("  annotations: {{nginx.ingress.kubernetes.io/default-backend: {backend}, nginx.ingress.kubernetes.io/custom-http-errors: \"404,503\"}}\n"),
+            &format!("  rules:\n{}", rule(host, "/", "Prefix", "web")),
+        )
+    };
+    let c = compile_text(&format!(
+        "{}{errors_service}{}{}",
+        service("web"),
+        annotated("good", "errors", "a.com"),
+        annotated("missing", "nowhere", "b.com")
+    ));
+    let route = c.snapshot.routes.route(c.snapshot.lookup("a.com", "/").unwrap());
+    let fallback = c.snapshot.backend(route.fallback.expect("resolved"));
+    assert_eq!(
+        (fallback.service.as_str(), fallback.port.as_str()),
+        ("errors", "8080")
+    );
+    assert_eq!(route.options.custom_http_errors, vec![404, 503]);
+    // A missing default backend is an error, but the routes are still served.
+    let route = c.snapshot.routes.route(c.snapshot.lookup("b.com", "/").unwrap());
+    assert!(route.fallback.is_none());
+    let m = messages(&c).join("\n");
+    assert!(m.contains("error: Ingress ns/missing metadata.annotations[\"nginx.ingress.kubernetes.io/default-backend\"]: Service ns/nowhere not found"), "{m}");
+    assert!(m.contains("Service ns/errors has no ready endpoints"), "{m}");
 }

@@ -7,6 +7,7 @@ mod affinity;
 mod backend_tls;
 mod canary;
 mod compare;
+mod errors;
 mod migrate;
 
 use std::time::Duration;
@@ -460,7 +461,7 @@ async fn ingress_nginx_snippets_are_refused_and_unknown_annotations_warned() {
             nginx_ingress(
                 "ignored",
                 false,
-                &[("custom-http-errors", "404"), ("made-up-annotation", "1")],
+                &[("custom-headers", "ns/headers"), ("made-up-annotation", "1")],
                 "ignored.test",
                 &[("/", "web")],
             ),
@@ -488,7 +489,7 @@ async fn ingress_nginx_snippets_are_refused_and_unknown_annotations_warned() {
         "{out}"
     );
     assert!(out.contains("warning: Ingress ns/ignored metadata.annotations[\"nginx.ingress.kubernetes.io/made-up-annotation\"]: is not an ingress-nginx annotation Portcullis knows"), "{out}");
-    assert!(out.contains("warning: Ingress ns/ignored metadata.annotations[\"nginx.ingress.kubernetes.io/custom-http-errors\"]: not supported"), "{out}");
+    assert!(out.contains("warning: Ingress ns/ignored metadata.annotations[\"nginx.ingress.kubernetes.io/custom-headers\"]: not supported"), "{out}");
 }
 
 /// An oauth2-proxy stand-in: `session=good` passes with the user's identity in
