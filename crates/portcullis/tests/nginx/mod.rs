@@ -8,6 +8,7 @@ mod backend_tls;
 mod canary;
 mod compare;
 mod migrate;
+mod mtls;
 
 use std::time::Duration;
 
