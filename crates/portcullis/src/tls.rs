@@ -101,9 +101,18 @@ pub fn generate_default_certificate() -> Result<Arc<CertifiedKey>, String> {
 pub struct Configs {
     gateway: Arc<Gateway>,
     base: Arc<ServerConfig>,
-    /// (snapshot generation, configurations keyed by the matching routes' host
-    /// patterns): bounded by the number of hosts in the snapshot, not by client SNIs.
-    cache: Mutex<(u64, HashMap<String, Arc<ServerConfig>>)>,
+    cache: Mutex<Cache>,
+}
+
+/// What handshakes need from one snapshot, worked out once per generation so that a
+/// handshake for a host without client certificates costs a look at a short list.
+struct Cache {
+    generation: u64,
+    /// The routes with `auth-tls-secret`: their hosts and CAs.
+    routes: Vec<(HostMatch, Vec<CertificateDer<'static>>)>,
+    /// Keyed by the matching routes' host patterns: bounded by the snapshot's hosts,
+    /// not by the SNI names clients make up.
+    configs: HashMap<String, Arc<ServerConfig>>,
 }
 
 impl Configs {
@@ -111,27 +120,50 @@ impl Configs {
         Ok(Configs {
             base: build(gateway.clone(), None)?,
             gateway,
-            cache: Mutex::new((u64::MAX, HashMap::new())),
+            cache: Mutex::new(Cache {
+                generation: u64::MAX,
+                routes: Vec::new(),
+                configs: HashMap::new(),
+            }),
         })
     }
 
     /// The configuration for a handshake with this SNI name (lowercase).
     pub fn for_server_name(&self, name: Option<&str>) -> Arc<ServerConfig> {
         let runtime = self.gateway.runtime();
-        let mut hosts = Vec::new();
-        let mut cas = Vec::new();
-        for (_, route) in runtime.snapshot.routes.routes() {
-            let Some(auth) = &route.options.client_auth else {
-                continue;
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.generation != runtime.generation {
+            let routes = runtime
+                .snapshot
+                .routes
+                .routes()
+                .filter_map(|(_, r)| Some((r.host.clone(), r.options.client_auth.as_ref()?.ca.clone())))
+                .collect();
+            *cache = Cache {
+                generation: runtime.generation,
+                routes,
+                configs: HashMap::new(),
             };
+        }
+        let mut hosts = Vec::new();
+        let mut cas: Vec<CertificateDer<'static>> = Vec::new();
+        for (host, ca) in &cache.routes {
             // Without SNI only catch-all routes can be meant.
             let matches = match name {
-                Some(name) => route.host.matches(name),
-                None => route.host == HostMatch::Any,
+                Some(name) => host.matches(name),
+                None => *host == HostMatch::Any,
             };
             if matches {
-                hosts.push(route.host.to_string());
-                cas.extend(auth.ca.iter().cloned());
+                hosts.push(host.to_string());
+                cas.extend(
+                    ca.iter()
+                        .filter(|c| !cas.contains(c))
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                );
             }
         }
         if hosts.is_empty() {
@@ -140,14 +172,7 @@ impl Configs {
         hosts.sort_unstable();
         hosts.dedup();
         let key = hosts.join(" ");
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cache.0 != runtime.generation {
-            *cache = (runtime.generation, HashMap::new());
-        }
-        if let Some(config) = cache.1.get(&key) {
+        if let Some(config) = cache.configs.get(&key) {
             return config.clone();
         }
         let config = match client_auth_config(self.gateway.clone(), cas) {
@@ -159,7 +184,7 @@ impl Configs {
                 self.base.clone()
             }
         };
-        cache.1.insert(key, config.clone());
+        cache.configs.insert(key, config.clone());
         config
     }
 }
