@@ -399,11 +399,11 @@ mod tests {
         .unwrap();
         assert_eq!(o.max_body_size, Some(2 << 20));
         assert_eq!(o.read_timeout, Duration::from_secs(5));
-        let problems = parse(&[("nginx.ingress.kubernetes.io/auth-tls-secret", "ns/ca")]).unwrap_err();
+        let problems = parse(&[("nginx.ingress.kubernetes.io/enable-modsecurity", "true")]).unwrap_err();
         assert!(
             problems[0]
                 .field
-                .contains("nginx.ingress.kubernetes.io/auth-tls-secret"),
+                .contains("nginx.ingress.kubernetes.io/enable-modsecurity"),
             "{problems:?}"
         );
     }

@@ -336,6 +336,16 @@ impl<'a> Compiler<'a> {
                     }
                 }
             }
+            if let Some(auth) = &mut o.client_auth {
+                let field = format!(
+                    "metadata.annotations[\"{}auth-tls-secret\"]",
+                    crate::nginx::PREFIX
+                );
+                if let Err(message) = self.client_auth_ca(object.namespace(), Arc::make_mut(auth)) {
+                    problems.push(Problem::error(Some(oref.clone()), field, message));
+                    return None;
+                }
+            }
             Some(Arc::new(o))
         });
         let regex_paths = match &options {
@@ -531,6 +541,23 @@ impl<'a> Compiler<'a> {
         })?;
         let data = crate::tls::secret_data(&secret.value);
         crate::backend_tls::load(&format!("{namespace}/{name}"), &data, tls)
+    }
+
+    /// The CA of `auth-tls-secret`, from a Secret of the Ingress's namespace only, as
+    /// [`Self::backend_tls_material`] does.
+    fn client_auth_ca(
+        &self,
+        namespace: &str,
+        auth: &mut crate::client_auth::ClientAuth,
+    ) -> Result<(), String> {
+        let name = crate::backend_tls::secret_name(namespace, &auth.secret)?;
+        let secret = self.secrets.get(&(namespace, name)).ok_or_else(|| {
+            format!(
+                "Secret {namespace}/{name} not found (in controller mode the gateway reads only Secrets of type kubernetes.io/tls): the Ingress is rejected rather than served without client certificate checks"
+            )
+        })?;
+        let data = crate::tls::secret_data(&secret.value);
+        crate::client_auth::load(&format!("{namespace}/{name}"), &data, auth)
     }
 
     fn problem(&mut self, plan: &IngressPlan, problem: Problem) {

@@ -7,6 +7,7 @@ pub mod affinity;
 pub mod annotations;
 pub mod backend_tls;
 pub mod canary;
+pub mod client_auth;
 pub mod compile;
 pub mod cors;
 pub mod external_auth;

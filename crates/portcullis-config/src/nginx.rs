@@ -60,7 +60,10 @@ const STREAMS: Support = Differs("Portcullis streams request and response bodies
 const EXTERNAL: Support = Exact;
 const EXTERNAL_CACHE: Support = Differs("every request is checked with the auth service: answers are not cached and connections to it are pooled by the gateway");
 const EXTERNAL_SAFER: Support = Differs("the gateway writes the redirect parameter itself: nginx variables in the value are not expanded, $escaped_request_uri and similar become the request's URL; the certificate of an https auth-url is verified");
-const MTLS: Support = Rejected("client certificate authentication is not supported yet");
+const MTLS: Support = Differs("applies to this Ingress's routes only, not to the whole host as in ingress-nginx (another Ingress on the same host is not asked for a certificate, and a certificate from another Ingress's CA does not pass); the Secret must be in the Ingress's namespace and hold ca.crt (in controller mode the gateway reads only Secrets of type kubernetes.io/tls, so ca.crt must sit beside tls.crt and tls.key); a request whose Host is such a route but whose TLS server name (SNI) differs is answered 421, so a reused HTTP/2 connection cannot skip the check");
+const MTLS_VERIFY: Support = Differs("on (the default), off and optional as in ingress-nginx; optional_no_ca acts as optional: a certificate not issued by the CA in auth-tls-secret is refused (400), never passed on unverified");
+const MTLS_DEPTH: Support = Differs("validated (a whole number above zero) but not enforced: any chain up to the CA in auth-tls-secret is accepted");
+const MTLS_CN: Support = Differs("a regular expression (Rust regex syntax, no look-around) matched against the subject DN in RFC 2253 form (e.g. CN=client1,O=Org), as ingress-nginx matches $ssl_client_s_dn; no match answers 403");
 const COOKIE_VALUE: Support = Differs("the cookie value is a keyed hash (HMAC-SHA256) of the backend and endpoint, not ingress-nginx's random key, so a session stays on its endpoint while that endpoint is ready: scaling up does not move existing sessions; a cookie set by ingress-nginx is not recognised and is replaced on the first request; the HMAC key is derived from the first oidc.sessionKeys entry when set, so every replica recognises the cookie, otherwise it is random per process and a client switching replicas (or after a restart) is pinned anew");
 const WAF: Support = Rejected(
     "ModSecurity is not part of Portcullis: an Ingress that relies on a WAF is not served without one",
@@ -80,11 +83,11 @@ pub const ANNOTATIONS: &[Annotation] = &[
     a("auth-secret-type", Exact, None),
     a("auth-type", Differs("basic only; digest is not supported (the Ingress is rejected)"), Some("portcullis.dev/auth")),
     a("auth-tls-secret", MTLS, None),
-    a("auth-tls-verify-depth", MTLS, None),
-    a("auth-tls-verify-client", MTLS, None),
-    a("auth-tls-error-page", MTLS, None),
-    a("auth-tls-pass-certificate-to-upstream", MTLS, None),
-    a("auth-tls-match-cn", MTLS, None),
+    a("auth-tls-verify-depth", MTLS_DEPTH, None),
+    a("auth-tls-verify-client", MTLS_VERIFY, None),
+    a("auth-tls-error-page", Exact, None),
+    a("auth-tls-pass-certificate-to-upstream", Exact, None),
+    a("auth-tls-match-cn", MTLS_CN, None),
     a("auth-url", EXTERNAL, Some("portcullis.dev/auth: oidc")),
     a("auth-cache-key", EXTERNAL_CACHE, None),
     a("auth-cache-duration", EXTERNAL_CACHE, None),
@@ -331,6 +334,14 @@ pub fn apply(annotations: &BTreeMap<String, String>, options: &mut RouteOptions)
         Err((name, e)) => error(name, e),
     }
 
+    match crate::client_auth::from_annotations(&get) {
+        Ok((auth, found)) => {
+            options.client_auth = auth.map(std::sync::Arc::new);
+            warnings.extend(found.into_iter().map(|(n, m)| (n.to_string(), m)));
+        }
+        Err((name, e)) => error(name, e),
+    }
+
     // Snippets and the other refused names are already reported from the table.
     let external = |name: &str| {
         get(name).filter(|_| !matches!(annotation(name).map(|a| a.support), Some(Refused | Rejected(_))))
@@ -452,12 +463,10 @@ fn bool_value(v: &str) -> Result<bool, String> {
 /// Whether a rejected annotation is set to its off value, which asks for nothing.
 fn is_off(name: &str, value: &str) -> bool {
     match name {
-        "ssl-passthrough"
-        | "enable-modsecurity"
-        | "enable-owasp-core-rules"
-        | "auth-tls-pass-certificate-to-upstream" => parse_bool(value) == Some(false),
+        "ssl-passthrough" | "enable-modsecurity" | "enable-owasp-core-rules" => {
+            parse_bool(value) == Some(false)
+        }
         "proxy-ssl-verify" => value.eq_ignore_ascii_case("off"),
-        "auth-tls-verify-client" => value.eq_ignore_ascii_case("off"),
         _ => false,
     }
 }
@@ -777,11 +786,11 @@ mod tests {
     #[test]
     fn unsupported_restrictions_reject_and_the_rest_warn() {
         let (_, f) = run(&[
-            ("auth-tls-secret", "ns/ca"),
+            ("enable-modsecurity", "true"),
             ("custom-headers", "ns/headers"),
             ("no-such-thing", "1"),
         ]);
-        assert_eq!(errors(&f), vec!["auth-tls-secret"]);
+        assert_eq!(errors(&f), vec!["enable-modsecurity"]);
         let warned: Vec<&str> = f
             .iter()
             .filter(|(_, s, _)| *s == Severity::Warning)

@@ -170,6 +170,9 @@ pub struct RouteOptions {
     /// Verification of, and client certificates towards, an HTTPS or GRPCS backend
     /// (`proxy-ssl-secret` and the other `proxy-ssl-*` annotations).
     pub backend_tls: Option<Arc<BackendTls>>,
+    /// Client certificate authentication on this Ingress's routes (`auth-tls-secret`
+    /// and the other `auth-tls-*` annotations).
+    pub client_auth: Option<Arc<crate::client_auth::ClientAuth>>,
     /// This Ingress is a canary (`canary: "true"`): it serves no routes of its own but
     /// lends its backends to the main Ingress's routes with the same host and path.
     pub canary: Option<CanaryRules>,
@@ -492,6 +495,7 @@ impl Default for RouteOptions {
             www_redirect: false,
             host_redirect: None,
             backend_tls: None,
+            client_auth: None,
             canary: None,
             affinity: None,
             default_backend: None,

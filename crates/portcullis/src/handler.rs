@@ -12,8 +12,9 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use portcullis_config::client_auth::{escaped_pem, CertNames, VerifyClient};
 use portcullis_config::path;
-use portcullis_config::routes::{normalize_host, Route};
+use portcullis_config::routes::{normalize_host, HostMatch, Route};
 use portcullis_config::snapshot::{Affinity, AffinityMode, AuthMode, BackendProtocol};
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +39,12 @@ pub struct ClientConn {
     pub tls: bool,
     /// Held by everything that must finish before shutdown completes.
     pub drain: tokio::sync::mpsc::Sender<()>,
+    /// The TLS server name (SNI) the client asked for, lowercase.
+    pub server_name: Option<String>,
+    /// The certificate chain the client presented, leaf first. NOT verified against
+    /// any CA at the handshake (only the client's possession of the key is): every
+    /// route that uses it verifies it against its own CA.
+    pub client_chain: Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>,
 }
 
 /// Shared by every request.
@@ -444,6 +451,13 @@ async fn serve(
         });
     }
 
+    // Client certificates (auth-tls-*) first, as ingress-nginx checks them for the
+    // server before any location; on plain HTTP after the redirect to HTTPS below.
+    let mut client_cert = None;
+    if let (true, Some(route)) = (conn.tls, route) {
+        client_cert = check_client_cert(conn, route, &host, record)?;
+    }
+
     // Answers ingress-nginx gives before any access check (its rewrite phase).
     if let Some(route) = route {
         if let Some(response) = answer_early(conn, route, &req, &authority, &matched) {
@@ -457,6 +471,9 @@ async fn serve(
     }
     let route =
         route.ok_or_else(|| Refusal::new(StatusCode::NOT_FOUND, "no route for this host and path"))?;
+    if !conn.tls {
+        client_cert = check_client_cert(conn, route, &host, record)?;
+    }
     let upstream_target = match (&route.options.rewrite_target, &route.regex) {
         (Some(rewrite), Some(regex)) => rewritten(rewrite, regex, &matched, req.uri().query())?,
         _ => target.clone(),
@@ -684,6 +701,10 @@ async fn serve(
         _ => None,
     };
 
+    if let Some(facts) = &client_cert {
+        facts.set_headers(&mut outgoing.headers);
+    }
+
     let (response, upstream, new_cookie) = forward(proxy, runtime, route, outgoing, &balance, record).await?;
     record.upstream = Some(upstream.to_string());
     let response = match intercept {
@@ -755,6 +776,135 @@ async fn serve(
         }
     }
     Ok(response)
+}
+
+/// What the backend is told about the client certificate of a route with
+/// `auth-tls-secret`, in ingress-nginx's headers.
+struct ClientCertFacts {
+    /// `SUCCESS` or `NONE` (a failed verification never reaches the backend).
+    verify: &'static str,
+    subject: Option<String>,
+    issuer: Option<String>,
+    /// URL-escaped PEM, with `auth-tls-pass-certificate-to-upstream`.
+    cert: Option<String>,
+}
+
+impl ClientCertFacts {
+    fn set_headers(&self, headers: &mut http::HeaderMap) {
+        headers.insert("ssl-client-verify", HeaderValue::from_static(self.verify));
+        for (name, value) in [
+            ("ssl-client-subject-dn", &self.subject),
+            ("ssl-client-issuer-dn", &self.issuer),
+            ("ssl-client-cert", &self.cert),
+        ] {
+            if let Some(v) = value.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+                headers.insert(name, v);
+            }
+        }
+    }
+}
+
+/// ingress-nginx's client certificate authentication (`auth-tls-*`), for this route
+/// only: the chain is verified against the route's own CA, not the union the
+/// handshake asked with, so another Ingress's CA on the same host does not pass.
+fn check_client_cert(
+    conn: &ClientConn,
+    route: &Route,
+    host: &str,
+    record: &mut Record,
+) -> Result<Option<ClientCertFacts>, Refusal> {
+    let Some(auth) = &route.options.client_auth else {
+        return Ok(None);
+    };
+    // The handshake asked for a certificate only if its SNI named a host with such
+    // routes; a connection opened for another host (HTTP/2 reuses connections across
+    // hosts sharing a certificate) must not skip the check. Catch-all routes are asked
+    // for on every handshake.
+    if conn.tls && route.host != HostMatch::Any && conn.server_name.as_deref() != Some(host) {
+        let mut refusal = Refusal::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("this host requires a client certificate: open a new connection with the TLS server name (SNI) {host}"),
+        );
+        refusal.reason = "misdirected";
+        record.decision = Some(("deny", "misdirected"));
+        return Err(refusal);
+    }
+    let fail = |record: &mut Record, status: StatusCode, message: &str, detail: String| {
+        record.decision = Some(("deny", "client_certificate"));
+        record.detail = Some(detail);
+        let mut refusal = Refusal::new(status, message);
+        refusal.reason = "client_certificate";
+        if let Some(page) = auth
+            .error_page
+            .as_ref()
+            .filter(|_| status == StatusCode::BAD_REQUEST)
+        {
+            refusal.status = StatusCode::FOUND;
+            refusal.location = Some(page.clone());
+        }
+        refusal
+    };
+    let chain = conn.client_chain.as_deref().filter(|c| !c.is_empty());
+    let Some(chain) = chain else {
+        if auth.verify == VerifyClient::On {
+            return Err(fail(
+                record,
+                StatusCode::BAD_REQUEST,
+                "No required SSL certificate was sent",
+                "no client certificate".to_string(),
+            ));
+        }
+        return Ok(Some(ClientCertFacts {
+            verify: "NONE",
+            subject: None,
+            issuer: None,
+            cert: None,
+        }));
+    };
+    if let Err(reason) = crate::tls::verify_for_route(chain, &auth.ca) {
+        return Err(fail(
+            record,
+            StatusCode::BAD_REQUEST,
+            "The SSL certificate error",
+            format!("client certificate not verified: {reason}"),
+        ));
+    }
+    let leaf = &chain[0];
+    let Some(names) = CertNames::of(leaf.as_ref()) else {
+        return Err(fail(
+            record,
+            StatusCode::BAD_REQUEST,
+            "The SSL certificate error",
+            "client certificate names cannot be read".to_string(),
+        ));
+    };
+    if let Some(pattern) = &auth.match_cn {
+        if !pattern.is_match(&names.subject) {
+            return Err(fail(
+                record,
+                StatusCode::FORBIDDEN,
+                "client certificate unauthorized",
+                format!("subject {} does not match auth-tls-match-cn", names.subject),
+            ));
+        }
+    }
+    record.identity = Some(AuditIdentity {
+        subject: names.subject.clone(),
+        email: None,
+        groups: Vec::new(),
+        method: "client_certificate",
+        provider: format!(
+            "secret {}/{}",
+            route.ingress.namespace,
+            auth.secret.rsplit('/').next().unwrap_or_default()
+        ),
+    });
+    Ok(Some(ClientCertFacts {
+        verify: "SUCCESS",
+        cert: auth.pass_certificate.then(|| escaped_pem(leaf.as_ref())),
+        subject: Some(names.subject),
+        issuer: Some(names.issuer),
+    }))
 }
 
 /// The redirects and CORS preflight answers of ingress-nginx's annotations, which it

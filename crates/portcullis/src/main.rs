@@ -643,7 +643,8 @@ async fn serve(settings: Settings, config_source: ConfigSource) -> anyhow::Resul
         tracing::info!(listener = name, addr = %l.local_addr()?, "listening");
     }
 
-    let tls_config = tls::server_config(gateway.clone()).context("cannot build the TLS configuration")?;
+    let tls_configs =
+        Arc::new(tls::Configs::new(gateway.clone()).context("cannot build the TLS configuration")?);
     let auth = portcullis::auth::Auth::new(&settings, &gateway.runtime().snapshot)
         .context("cannot set up authentication")?;
     auth.warm_up().await;
@@ -673,7 +674,7 @@ async fn serve(settings: Settings, config_source: ConfigSource) -> anyhow::Resul
         Listener {
             name: "https",
             listener: https,
-            tls: Some(tokio_rustls::TlsAcceptor::from(tls_config)),
+            tls: Some(tls_configs),
             proxy_protocol: settings.listen.proxy_protocol.https,
         },
     ];

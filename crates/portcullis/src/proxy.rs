@@ -286,6 +286,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// Identity headers only the gateway may set; whatever a client sends under these
 /// names (in any case, with `_` or `-`) is dropped.
 const IDENTITY_PREFIXES: &[&str] = &[
+    // ingress-nginx's client certificate headers (auth-tls-*): a backend may trust
+    // them on any route, so a client never gets to send its own.
+    "ssl-client-",
     "x-portcullis-",
     "x-auth-request-",
     "x-forwarded-user",

@@ -11,7 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 
 use crate::handler::{self, ClientConn, Proxy};
 use crate::metrics::ListenerLabel;
@@ -61,7 +61,8 @@ impl Drain {
 pub struct Listener {
     pub name: &'static str,
     pub listener: TcpListener,
-    pub tls: Option<TlsAcceptor>,
+    /// HTTPS: the configuration is chosen per handshake from the ClientHello's SNI.
+    pub tls: Option<Arc<crate::tls::Configs>>,
     /// Every connection starts with a PROXY protocol header from a trusted proxy.
     pub proxy_protocol: bool,
 }
@@ -146,6 +147,8 @@ pub async fn serve(proxy: Arc<Proxy>, listener: Listener, mut shutdown: Shutdown
             peer,
             tls: listener.tls.is_some(),
             drain: drain.clone(),
+            server_name: None,
+            client_chain: None,
         });
         let task = connection(
             proxy.clone(),
@@ -167,7 +170,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: Listener, mut shutdown: Shutdown
 async fn connection(
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<crate::tls::Configs>>,
     mut stream: TcpStream,
     mut conn: Arc<ClientConn>,
     shutdown: Shutdown,
@@ -195,6 +198,8 @@ async fn connection(
                     peer: client,
                     tls: conn.tls,
                     drain: conn.drain.clone(),
+                    server_name: None,
+                    client_chain: None,
                 })
             }
             Ok(None) => {}
@@ -226,8 +231,17 @@ async fn connection(
     }
     match tls {
         None => serve_http(proxy, &builder, TokioIo::new(stream), conn, shutdown).await,
-        Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => serve_http(proxy, &builder, TokioIo::new(stream), conn, shutdown).await,
+        Some(configs) => match tokio::time::timeout(handshake_timeout, handshake(&configs, stream)).await {
+            Ok(Ok((stream, server_name, client_chain))) => {
+                let conn = Arc::new(ClientConn {
+                    peer: conn.peer,
+                    tls: true,
+                    drain: conn.drain.clone(),
+                    server_name,
+                    client_chain,
+                });
+                serve_http(proxy, &builder, TokioIo::new(stream), conn, shutdown).await
+            }
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
         },
@@ -316,6 +330,29 @@ async fn relay(
         }
         Err(e) => tracing::debug!(%peer, sni, %upstream, error = %e, "ssl-passthrough connection ended"),
     }
+}
+
+type Handshake = (
+    tokio_rustls::server::TlsStream<TcpStream>,
+    Option<String>,
+    Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>,
+);
+
+/// Reads the ClientHello first, so that the SNI name chooses the configuration (and so
+/// whether a client certificate is asked for), then completes the handshake. Returns
+/// the SNI name (lowercase) and the client's certificate chain, if it sent one.
+async fn handshake(configs: &crate::tls::Configs, stream: TcpStream) -> std::io::Result<Handshake> {
+    let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
+    let server_name = start.client_hello().server_name().map(str::to_ascii_lowercase);
+    let config = configs.for_server_name(server_name.as_deref());
+    let stream = start.into_stream(config).await?;
+    let client_chain = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .filter(|c| !c.is_empty())
+        .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()));
+    Ok((stream, server_name, client_chain))
 }
 
 async fn serve_http<I>(

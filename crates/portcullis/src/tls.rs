@@ -1,13 +1,21 @@
 //! The HTTPS listener's TLS: rustls with the ring provider only, TLS 1.2 and 1.3 with
 //! forward-secret AEAD suites, ALPN h2 and http/1.1, and certificates chosen by SNI
 //! from the current snapshot on every handshake (so certificates rotate on reload
-//! without a restart).
+//! without a restart). A host with routes that ask for client certificates
+//! (`auth-tls-secret`) gets a configuration that requests one, trusting the union of
+//! those routes' CAs; every other host is never asked (no CertificateRequest).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
+use portcullis_config::routes::HostMatch;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::UnixTime;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use portcullis_config::settings::TlsVersion;
@@ -39,17 +47,23 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Builds the HTTPS listener's configuration.
-pub fn server_config(gateway: Arc<Gateway>) -> Result<Arc<ServerConfig>, rustls::Error> {
+/// Builds an HTTPS listener configuration, asking for client certificates with
+/// `client_auth`.
+fn build(
+    gateway: Arc<Gateway>,
+    client_auth: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let versions: &[&rustls::SupportedProtocolVersion] = match gateway.settings.tls.min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
     };
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { gateway }));
+    let builder = ServerConfig::builder_with_provider(provider).with_protocol_versions(versions)?;
+    let builder = match client_auth {
+        None => builder.with_no_client_auth(),
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SniResolver { gateway }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // rustls' cipher suite order (AES-256-GCM, ChaCha20, AES-128-GCM), not the client's: every suite on
     // offer is strong, but a server order is what auditors (and testssl.sh) expect.
@@ -80,4 +94,193 @@ pub fn generate_default_certificate() -> Result<Arc<CertifiedKey>, String> {
         vec![CertificateDer::from(cert.der().to_vec())],
         signing_key,
     )))
+}
+
+/// The HTTPS listener's configurations: the shared one, and per set of client
+/// certificate routes one that asks for a certificate, built once per snapshot.
+pub struct Configs {
+    gateway: Arc<Gateway>,
+    base: Arc<ServerConfig>,
+    cache: Mutex<Cache>,
+}
+
+/// What handshakes need from one snapshot, worked out once per generation so that a
+/// handshake for a host without client certificates costs a look at a short list.
+struct Cache {
+    generation: u64,
+    /// The routes with `auth-tls-secret`: their hosts and CAs.
+    routes: Vec<(HostMatch, Vec<CertificateDer<'static>>)>,
+    /// Keyed by the matching routes' host patterns: bounded by the snapshot's hosts,
+    /// not by the SNI names clients make up.
+    configs: HashMap<String, Arc<ServerConfig>>,
+}
+
+impl Configs {
+    pub fn new(gateway: Arc<Gateway>) -> Result<Configs, rustls::Error> {
+        Ok(Configs {
+            base: build(gateway.clone(), None)?,
+            gateway,
+            cache: Mutex::new(Cache {
+                generation: u64::MAX,
+                routes: Vec::new(),
+                configs: HashMap::new(),
+            }),
+        })
+    }
+
+    /// The configuration for a handshake with this SNI name (lowercase).
+    pub fn for_server_name(&self, name: Option<&str>) -> Arc<ServerConfig> {
+        let runtime = self.gateway.runtime();
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.generation != runtime.generation {
+            let routes = runtime
+                .snapshot
+                .routes
+                .routes()
+                .filter_map(|(_, r)| Some((r.host.clone(), r.options.client_auth.as_ref()?.ca.clone())))
+                .collect();
+            *cache = Cache {
+                generation: runtime.generation,
+                routes,
+                configs: HashMap::new(),
+            };
+        }
+        let mut hosts = Vec::new();
+        let mut cas: Vec<CertificateDer<'static>> = Vec::new();
+        for (host, ca) in &cache.routes {
+            // Without SNI only catch-all routes can be meant.
+            let matches = match name {
+                Some(name) => host.matches(name),
+                None => *host == HostMatch::Any,
+            };
+            if matches {
+                hosts.push(host.to_string());
+                cas.extend(
+                    ca.iter()
+                        .filter(|c| !cas.contains(c))
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                );
+            }
+        }
+        if hosts.is_empty() {
+            return self.base.clone();
+        }
+        hosts.sort_unstable();
+        hosts.dedup();
+        let key = hosts.join(" ");
+        if let Some(config) = cache.configs.get(&key) {
+            return config.clone();
+        }
+        let config = match client_auth_config(self.gateway.clone(), cas) {
+            Ok(config) => config,
+            Err(e) => {
+                // The CAs were checked when the snapshot was compiled, so this is not
+                // expected; the routes still refuse clients without a certificate.
+                tracing::warn!(hosts = %key, error = %e, "cannot build the client certificate TLS configuration: no certificate is asked for");
+                self.base.clone()
+            }
+        };
+        cache.configs.insert(key, config.clone());
+        config
+    }
+}
+
+fn client_auth_config(
+    gateway: Arc<Gateway>,
+    cas: Vec<CertificateDer<'static>>,
+) -> Result<Arc<ServerConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca).map_err(|e| e.to_string())?;
+    }
+    let inner = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| e.to_string())?;
+    build(gateway, Some(Arc::new(AnyChain { inner }))).map_err(|e| e.to_string())
+}
+
+/// Asks for a client certificate naming the CAs of the host's routes, and checks that
+/// the client holds the certificate's key, but accepts any chain: each route verifies
+/// the chain against its own CA (see [`verify_for_route`]), so a certificate from one
+/// Ingress's CA does not pass on another's route, and a wrong certificate is answered
+/// with ingress-nginx's 400 instead of a failed handshake.
+#[derive(Debug)]
+struct AnyChain {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for AnyChain {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Verifies a client's chain (leaf first) against one route's CA. The error is the
+/// reason nginx would give in `ssl-client-verify: FAILED:reason`.
+pub fn verify_for_route(
+    chain: &[CertificateDer<'static>],
+    ca: &[CertificateDer<'static>],
+) -> Result<(), String> {
+    let (leaf, intermediates) = chain.split_first().ok_or("no certificate")?;
+    let mut roots = RootCertStore::empty();
+    for cert in ca {
+        roots.add(cert.clone()).map_err(|e| e.to_string())?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .map_err(|e| e.to_string())?;
+    verifier
+        .verify_client_cert(leaf, intermediates, UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

@@ -529,7 +529,7 @@ fn ingress_nginx_access_annotations_fail_closed() {
     );
     assert!(c.snapshot.lookup("b.com", "/").is_some());
     let m = messages(&c).join("\n");
-    assert!(m.contains("error: Ingress ns/guarded metadata.annotations[\"nginx.ingress.kubernetes.io/auth-tls-secret\"]: client certificate authentication is not supported yet"), "{m}");
+    assert!(m.contains("error: Ingress ns/guarded metadata.annotations[\"nginx.ingress.kubernetes.io/auth-tls-secret\"]: Secret ns/ca not found"), "{m}");
     assert!(m.contains("warning: Ingress ns/rewritten metadata.annotations[\"nginx.ingress.kubernetes.io/custom-headers\"]: not supported"), "{m}");
     assert!(
         !m.contains("proxy-buffering"),

@@ -9,6 +9,7 @@ mod canary;
 mod compare;
 mod errors;
 mod migrate;
+mod mtls;
 
 use std::time::Duration;
 
@@ -452,9 +453,9 @@ async fn ingress_nginx_snippets_are_refused_and_unknown_annotations_warned() {
                 &[("/", "web")],
             ),
             nginx_ingress(
-                "mtls",
+                "waf",
                 false,
-                &[("auth-tls-secret", "ns/ca"), ("auth-tls-verify-client", "on")],
+                &[("enable-modsecurity", "true")],
                 "mtls.test",
                 &[("/", "web")],
             ),
@@ -485,7 +486,7 @@ async fn ingress_nginx_snippets_are_refused_and_unknown_annotations_warned() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("Ingress ns/snippet metadata.annotations[\"nginx.ingress.kubernetes.io/configuration-snippet\"]: snippets are raw nginx configuration"), "{out}");
     assert!(
-        out.contains("Ingress ns/mtls metadata.annotations[\"nginx.ingress.kubernetes.io/auth-tls-secret\"]: client certificate authentication is not supported yet"),
+        out.contains("Ingress ns/waf metadata.annotations[\"nginx.ingress.kubernetes.io/enable-modsecurity\"]: ModSecurity is not part of Portcullis"),
         "{out}"
     );
     assert!(out.contains("warning: Ingress ns/ignored metadata.annotations[\"nginx.ingress.kubernetes.io/made-up-annotation\"]: is not an ingress-nginx annotation Portcullis knows"), "{out}");

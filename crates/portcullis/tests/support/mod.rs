@@ -51,6 +51,28 @@ impl Pki {
         )
     }
 
+    /// (certificate chain PEM, key PEM) of a client certificate with this common name,
+    /// signed by the CA.
+    pub fn client(&self, common_name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (
+            format!("{}{}", cert.pem(), self.issuer.pem()),
+            key.serialize_pem(),
+        )
+    }
+
+    /// The CA certificate as PEM.
+    pub fn ca_pem(&self) -> String {
+        self.issuer.pem()
+    }
+
     /// A `kubernetes.io/tls` Secret holding a fresh leaf certificate.
     pub fn tls_secret(&self, namespace: &str, name: &str, names: &[&str]) -> String {
         let (crt, key) = self.leaf(names);
