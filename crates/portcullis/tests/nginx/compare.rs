@@ -373,3 +373,93 @@ async fn basic_auth_matches_nginx_auth_basic() {
     }
     assert!(differences.is_empty(), "{}", differences.join("\n"));
 }
+
+/// Canary precedence (header, then cookie, then weight) against nginx configured with
+/// the rules of ingress-nginx's balancer written as `map`s: the same requests must
+/// reach the same backend. Weights 0 and 100 keep it deterministic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_precedence_matches_nginx() {
+    let stable = crate::support::backend::Backend::named("stable").await;
+    let preview = crate::support::backend::Backend::named("preview").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "stable", &[stable.addr]),
+            service("ns", "preview", &[preview.addr]),
+            nginx_ingress("main", false, &[], "one.test", &[("/", "stable")]),
+            nginx_ingress(
+                "one-canary",
+                false,
+                &[
+                    ("canary", "true"),
+                    ("canary-by-header", "X-Canary"),
+                    ("canary-by-cookie", "canary"),
+                    ("canary-weight", "0"),
+                ],
+                "one.test",
+                &[("/", "preview")],
+            ),
+            nginx_ingress("main2", false, &[], "two.test", &[("/", "stable")]),
+            nginx_ingress(
+                "two-canary",
+                false,
+                &[
+                    ("canary", "true"),
+                    ("canary-by-header", "X-Version"),
+                    ("canary-by-header-value", "v2"),
+                    ("canary-by-cookie", "beta"),
+                    ("canary-weight", "100"),
+                ],
+                "two.test",
+                &[("/", "preview")],
+            ),
+        ]),
+        "ingressClass: nginx\n",
+    );
+    let (s, p) = (stable.addr, preview.addr);
+    let nginx = Nginx::start(&format!(
+        r#"
+  upstream stable {{ server {s}; }}
+  upstream preview {{ server {p}; }}
+  # one.test: canary-by-header X-Canary (always/never), canary-by-cookie canary, weight 0.
+  map $http_x_canary $one_header {{ always preview; never stable; default ""; }}
+  map $cookie_canary $one_cookie {{ always preview; never stable; default ""; }}
+  map "$one_header|$one_cookie" $one {{ ~^preview preview; ~^stable stable; "~^\|preview" preview; default stable; }}
+  # two.test: canary-by-header X-Version with value v2 (other values fall through),
+  # canary-by-cookie beta, weight 100.
+  map $http_x_version $two_header {{ v2 preview; default ""; }}
+  map $cookie_beta $two_cookie {{ always preview; never stable; default ""; }}
+  map "$two_header|$two_cookie" $two {{ ~^preview preview; "~^\|stable" stable; default preview; }}
+  server {{ LISTEN; server_name one.test; location / {{ proxy_pass http://$one; }} }}
+  server {{ LISTEN; server_name two.test; location / {{ proxy_pass http://$two; }} }}
+"#
+    ));
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        ("one.test", &[]),
+        ("one.test", &[("x-canary", "always")]),
+        ("one.test", &[("x-canary", "never")]),
+        ("one.test", &[("x-canary", "other")]),
+        ("one.test", &[("cookie", "canary=always")]),
+        ("one.test", &[("cookie", "canary=never")]),
+        ("one.test", &[("x-canary", "never"), ("cookie", "canary=always")]),
+        ("one.test", &[("x-canary", "other"), ("cookie", "canary=always")]),
+        ("one.test", &[("x-canary", "always"), ("cookie", "canary=never")]),
+        ("two.test", &[]),
+        ("two.test", &[("x-version", "v2")]),
+        ("two.test", &[("x-version", "v1"), ("cookie", "beta=never")]),
+        ("two.test", &[("x-version", "never")]),
+        ("two.test", &[("cookie", "beta=never")]),
+        ("two.test", &[("x-version", "v2"), ("cookie", "beta=never")]),
+        ("two.test", &[("cookie", "other=1; beta=always")]),
+    ];
+    let mut differences = Vec::new();
+    for (host, headers) in cases {
+        let ours = answer_with(gw.http, host, "/p", headers).await;
+        let theirs = answer_with(nginx.addr, host, "/p", headers).await;
+        if ours != theirs {
+            differences.push(format!(
+                "{host} {headers:?}: portcullis {ours:?}, nginx {theirs:?}"
+            ));
+        }
+    }
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
+}
