@@ -103,18 +103,7 @@ pub fn from_annotations<'a>(
         }
         return Ok((None, warnings));
     };
-    let secret_ok = !secret.is_empty()
-        && secret.len() <= 253 + 64
-        && secret
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'/'))
-        && secret.matches('/').count() <= 1;
-    if !secret_ok {
-        return Err((
-            "auth-tls-secret",
-            format!("{secret:?} is not a Secret name (NAMESPACE/NAME, in the Ingress's namespace)"),
-        ));
-    }
+    crate::nginx::secret_name(secret).map_err(|e| ("auth-tls-secret", e))?;
     let verify_depth = match get("auth-tls-verify-depth") {
         None => 1,
         Some(v) => match v.parse::<u32>() {

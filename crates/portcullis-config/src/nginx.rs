@@ -447,6 +447,23 @@ pub fn apply(annotations: &BTreeMap<String, String>, options: &mut RouteOptions)
     findings
 }
 
+/// A Secret named by an annotation: `NAME` or `NAMESPACE/NAME` as DNS names allow.
+pub(crate) fn secret_name(secret: &str) -> Result<(), String> {
+    let ok = !secret.is_empty()
+        && secret.len() <= 253 + 64
+        && secret
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.' | b'/'))
+        && secret.matches('/').count() <= 1;
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{secret:?} is not a Secret name (NAMESPACE/NAME, in the Ingress's namespace)"
+        ))
+    }
+}
+
 /// ingress-nginx reads booleans with Go's `strconv.ParseBool`.
 pub fn parse_bool(v: &str) -> Option<bool> {
     match v {
