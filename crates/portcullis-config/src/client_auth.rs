@@ -126,13 +126,7 @@ pub fn from_annotations<'a>(
     let error_page = match get("auth-tls-error-page").filter(|v| !v.is_empty()) {
         None => None,
         Some(url) => {
-            let valid = url
-                .parse::<http::Uri>()
-                .ok()
-                .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some())
-                .is_some()
-                && !url.contains('$')
-                && url.bytes().all(|b| b.is_ascii_graphic());
+            let valid = crate::nginx::absolute_http_url(url);
             if !valid {
                 return Err((
                     "auth-tls-error-page",

@@ -705,6 +705,16 @@ fn is_dns_label(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
+/// An absolute http(s) URL with a host, printable, and without nginx variables.
+pub(crate) fn absolute_http_url(url: &str) -> bool {
+    url.parse::<http::Uri>()
+        .ok()
+        .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some())
+        .is_some()
+        && !url.contains('$')
+        && url.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// `(url, code)` of a redirect annotation pair. An out-of-range code falls back to the
 /// default, as ingress-nginx does, with a warning.
 #[allow(clippy::type_complexity)]
@@ -718,13 +728,7 @@ fn redirect(
     let Some(url) = url.filter(|u| !u.is_empty()) else {
         return Ok(None);
     };
-    let valid = url
-        .parse::<http::Uri>()
-        .ok()
-        .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some())
-        .is_some()
-        && !url.contains('$')
-        && url.bytes().all(|b| b.is_ascii_graphic());
+    let valid = absolute_http_url(url);
     if !valid {
         return Err((name, format!("{url:?} is not an absolute http or https URL")));
     }
