@@ -8,6 +8,7 @@ mod backend_tls;
 mod canary;
 mod compare;
 mod errors;
+mod headers;
 mod migrate;
 mod mtls;
 

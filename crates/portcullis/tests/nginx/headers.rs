@@ -1,0 +1,102 @@
+//! `custom-headers`: the response headers of a ConfigMap in the Ingress's namespace
+//! are set on every proxied response of its routes, replacing the backend's; a
+//! missing, foreign or invalid ConfigMap rejects the Ingress.
+
+use http::StatusCode;
+
+use super::{concat, get_with, nginx_ingress};
+use crate::support::backend::Backend;
+use crate::support::{service, Gateway};
+
+fn config_map(namespace: &str, name: &str, data: &[(&str, &str)]) -> String {
+    let mut y = format!(
+        "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {namespace}}}\ndata:\n"
+    );
+    for (k, v) in data {
+        y.push_str(&format!("  {k}: \"{v}\"\n"));
+    }
+    y
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_nginx_custom_headers() {
+    let web = Backend::named("web").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            config_map(
+                "ns",
+                "security",
+                &[
+                    ("Content-Security-Policy", "default-src 'self'"),
+                    ("X-Backend", "overridden"),
+                ],
+            ),
+            config_map("ns", "cookies", &[("Set-Cookie", "a=b")]),
+            config_map("other", "security", &[("X-A", "b")]),
+            nginx_ingress(
+                "headers",
+                false,
+                &[("custom-headers", "ns/security")],
+                "h.test",
+                &[("/", "web")],
+            ),
+            nginx_ingress("plain", false, &[], "plain.test", &[("/", "web")]),
+            nginx_ingress(
+                "missing",
+                false,
+                &[("custom-headers", "nope")],
+                "missing.test",
+                &[("/", "web")],
+            ),
+            nginx_ingress(
+                "cookies",
+                false,
+                &[("custom-headers", "cookies")],
+                "cookies.test",
+                &[("/", "web")],
+            ),
+            nginx_ingress(
+                "foreign",
+                false,
+                &[("custom-headers", "other/security")],
+                "foreign.test",
+                &[("/", "web")],
+            ),
+        ]),
+        "ingressClass: nginx\n",
+    );
+    let r = get_with(&gw, "h.test", "GET", "/x", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.text(), "web /x");
+    assert_eq!(r.header("content-security-policy"), "default-src 'self'");
+    assert_eq!(
+        r.header("x-backend"),
+        "overridden",
+        "the Ingress's value replaces the backend's"
+    );
+
+    let r = get_with(&gw, "plain.test", "GET", "/", &[]).await;
+    assert_eq!(r.header("x-backend"), "web");
+    assert_eq!(r.header("content-security-policy"), "");
+
+    for host in ["missing.test", "cookies.test", "foreign.test"] {
+        let r = get_with(&gw, host, "GET", "/", &[]).await;
+        assert_eq!(
+            r.status,
+            StatusCode::NOT_FOUND,
+            "{host} is not served without its headers"
+        );
+    }
+    let (_, out) = crate::support::check_with(&gw.manifests_dir(), &["--ingress-class", "nginx"]);
+    let field = "metadata.annotations[\"nginx.ingress.kubernetes.io/custom-headers\"]";
+    for want in [
+        format!("Ingress ns/missing {field}: ConfigMap ns/nope not found"),
+        format!(
+            "Ingress ns/cookies {field}: ConfigMap ns/cookies: Set-Cookie may not be set by custom-headers"
+        ),
+        format!("Ingress ns/foreign {field}: ConfigMap other/security is not in the Ingress's namespace"),
+    ] {
+        assert!(out.contains(&want), "{want}\n{out}");
+    }
+}
