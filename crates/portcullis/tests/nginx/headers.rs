@@ -100,3 +100,88 @@ async fn ingress_nginx_custom_headers() {
         assert!(out.contains(&want), "{want}\n{out}");
     }
 }
+
+/// In controller mode the gateway reads a custom-headers ConfigMap only when its owner
+/// labelled it `portcullis.dev/custom-headers: "true"`; an Ingress naming another
+/// ConfigMap is not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_reads_only_labelled_custom_headers_config_maps() {
+    use serde_json::json;
+    let web = Backend::named("web").await;
+    let ingress = |name: &str, host: &str, config_map: &str| {
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": name, "namespace": "ns", "resourceVersion": "2", "annotations": {
+                "nginx.ingress.kubernetes.io/custom-headers": config_map}},
+            "spec": {"ingressClassName": "nginx", "rules": [{"host": host, "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}})
+    };
+    let config_map = |name: &str, labelled: bool| {
+        let labels = if labelled {
+            json!({"portcullis.dev/custom-headers": "true"})
+        } else {
+            json!({})
+        };
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "ns", "labels": labels},
+            "data": {"X-Frame-Options": "DENY"}})
+    };
+    let api = crate::support::kube_api::KubeApi::start(vec![
+        (
+            "/apis/networking.k8s.io/v1/ingresses",
+            "IngressList",
+            vec![ingress("labelled", "a.test", "opted-in"), ingress("other", "b.test", "private")],
+        ),
+        (
+            "/api/v1/services",
+            "ServiceList",
+            vec![json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "ns"},
+                "spec": {"ports": [{"name": "http", "port": 80, "targetPort": web.addr.port()}]}})],
+        ),
+        (
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            "EndpointSliceList",
+            vec![json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "web-1", "namespace": "ns", "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": web.addr.port()}],
+                "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]})],
+        ),
+        ("/api/v1/secrets", "SecretList", vec![]),
+        (
+            "/api/v1/configmaps",
+            "ConfigMapList",
+            vec![config_map("opted-in", true), config_map("private", false)],
+        ),
+        ("/apis/networking.k8s.io/v1/ingressclasses", "IngressClassList", vec![]),
+    ])
+    .await;
+    let kubeconfig = api.kubeconfig.path().to_path_buf();
+    let gw = tokio::task::spawn_blocking(move || {
+        Gateway::controller(
+            "ingressClass: nginx\n",
+            &kubeconfig,
+            &["--publish-status-address", "203.0.113.7"],
+        )
+    })
+    .await
+    .unwrap();
+    let r = get_with(&gw, "a.test", "GET", "/", &[]).await;
+    assert_eq!(r.text(), "web /");
+    assert_eq!(r.header("x-frame-options"), "DENY");
+    assert_eq!(
+        get_with(&gw, "b.test", "GET", "/", &[]).await.status,
+        StatusCode::NOT_FOUND,
+        "the unlabelled ConfigMap was never read"
+    );
+    assert!(
+        gw.logs().contains("ConfigMap ns/private not found"),
+        "{}",
+        gw.logs()
+    );
+    let requested = api.requested.lock().unwrap().clone();
+    assert!(
+        requested
+            .iter()
+            .all(|p| !p.contains("configmaps") || p.starts_with("/api/v1/configmaps")),
+        "{requested:?}"
+    );
+}

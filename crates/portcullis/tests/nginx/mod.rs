@@ -757,6 +757,7 @@ async fn controller_reads_only_labelled_basic_auth_secrets() {
                 "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]})],
         ),
         ("/api/v1/secrets", "SecretList", vec![secret("opted-in", true), secret("private", false)]),
+        ("/api/v1/configmaps", "ConfigMapList", vec![]),
         ("/apis/networking.k8s.io/v1/ingressclasses", "IngressClassList", vec![]),
     ])
     .await;
