@@ -463,7 +463,7 @@ async fn ingress_nginx_snippets_are_refused_and_unknown_annotations_warned() {
             nginx_ingress(
                 "ignored",
                 false,
-                &[("custom-headers", "ns/headers"), ("made-up-annotation", "1")],
+                &[("server-alias", "alias.test"), ("made-up-annotation", "1")],
                 "ignored.test",
                 &[("/", "web")],
             ),
@@ -491,7 +491,7 @@ async fn ingress_nginx_snippets_are_refused_and_unknown_annotations_warned() {
         "{out}"
     );
     assert!(out.contains("warning: Ingress ns/ignored metadata.annotations[\"nginx.ingress.kubernetes.io/made-up-annotation\"]: is not an ingress-nginx annotation Portcullis knows"), "{out}");
-    assert!(out.contains("warning: Ingress ns/ignored metadata.annotations[\"nginx.ingress.kubernetes.io/custom-headers\"]: not supported"), "{out}");
+    assert!(out.contains("warning: Ingress ns/ignored metadata.annotations[\"nginx.ingress.kubernetes.io/server-alias\"]: not supported"), "{out}");
 }
 
 /// An oauth2-proxy stand-in: `session=good` passes with the user's identity in
