@@ -135,6 +135,7 @@ struct Compiler<'a> {
     services: HashMap<(&'a str, &'a str), &'a Object<Service>>,
     slices: HashMap<(&'a str, &'a str), Vec<&'a Object<EndpointSlice>>>,
     secrets: HashMap<(&'a str, &'a str), &'a Object<Secret>>,
+    config_maps: HashMap<(&'a str, &'a str), &'a Object<k8s_openapi::api::core::v1::ConfigMap>>,
     backends: Vec<Backend>,
     /// By namespace, Service, port, and whether the cluster IP is used (`service-upstream`).
     backend_ids: HashMap<(String, String, PortRef, bool), BackendId>,
@@ -175,6 +176,10 @@ impl<'a> Compiler<'a> {
         for s in &m.secrets {
             secrets.insert((s.namespace(), s.name()), s);
         }
+        let mut config_maps = HashMap::new();
+        for c in &m.config_maps {
+            config_maps.insert((c.namespace(), c.name()), c);
+        }
         Compiler {
             m,
             settings,
@@ -183,6 +188,7 @@ impl<'a> Compiler<'a> {
             services,
             slices,
             secrets,
+            config_maps,
             backends: Vec::new(),
             backend_ids: HashMap::new(),
             warned_backends: HashSet::new(),
@@ -342,6 +348,13 @@ impl<'a> Compiler<'a> {
                     crate::nginx::PREFIX
                 );
                 if let Err(message) = self.client_auth_ca(object.namespace(), Arc::make_mut(auth)) {
+                    problems.push(Problem::error(Some(oref.clone()), field, message));
+                    return None;
+                }
+            }
+            if let Some(headers) = &mut o.custom_headers {
+                let field = format!("metadata.annotations[\"{}custom-headers\"]", crate::nginx::PREFIX);
+                if let Err(message) = self.custom_headers(object.namespace(), Arc::make_mut(headers)) {
                     problems.push(Problem::error(Some(oref.clone()), field, message));
                     return None;
                 }
@@ -558,6 +571,24 @@ impl<'a> Compiler<'a> {
         })?;
         let data = crate::tls::secret_data(&secret.value);
         crate::client_auth::load(&format!("{namespace}/{name}"), &data, auth)
+    }
+
+    /// The headers of a `custom-headers` ConfigMap in the Ingress's namespace. A
+    /// missing ConfigMap rejects the Ingress: its headers are often security headers
+    /// (Content-Security-Policy, Strict-Transport-Security), so it is not served
+    /// without them.
+    fn custom_headers(
+        &self,
+        namespace: &str,
+        headers: &mut crate::custom_headers::CustomHeaders,
+    ) -> Result<(), String> {
+        let name = headers.config_map_name(namespace)?.to_string();
+        let config_map = self.config_maps.get(&(namespace, name.as_str())).ok_or_else(|| {
+            format!(
+                "ConfigMap {namespace}/{name} not found (in controller mode the gateway only reads ConfigMaps labelled portcullis.dev/custom-headers: \"true\"): the Ingress is rejected rather than served without its response headers"
+            )
+        })?;
+        headers.load(&format!("{namespace}/{name}"), &config_map.value)
     }
 
     fn problem(&mut self, plan: &IngressPlan, problem: Problem) {

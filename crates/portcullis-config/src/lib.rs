@@ -10,6 +10,7 @@ pub mod canary;
 pub mod client_auth;
 pub mod compile;
 pub mod cors;
+pub mod custom_headers;
 pub mod external_auth;
 pub mod htpasswd;
 pub mod manifest;

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -55,6 +55,8 @@ pub struct Manifests {
     pub services: Vec<Object<Service>>,
     pub endpoint_slices: Vec<Object<EndpointSlice>>,
     pub secrets: Vec<Object<Secret>>,
+    /// Read for `nginx.ingress.kubernetes.io/custom-headers`, whose headers live in one.
+    pub config_maps: Vec<Object<ConfigMap>>,
     /// Documents of other kinds, by `apiVersion kind`: counted, never an error.
     pub ignored: BTreeMap<String, usize>,
     /// Documents that could not be read.
@@ -202,6 +204,11 @@ impl Manifests {
                     self.secrets.push(o)
                 }
             }
+            ("v1", "ConfigMap") => {
+                if let Some(o) = self.typed(value, origin) {
+                    self.config_maps.push(o)
+                }
+            }
             ("discovery.k8s.io/v1", "EndpointSlice") => {
                 if let Some(o) = self.typed(value, origin) {
                     self.endpoint_slices.push(o)
@@ -295,6 +302,7 @@ impl Manifests {
         keep_new(seen, problems, &mut self.services, other.services);
         keep_new(seen, problems, &mut self.endpoint_slices, other.endpoint_slices);
         keep_new(seen, problems, &mut self.secrets, other.secrets);
+        keep_new(seen, problems, &mut self.config_maps, other.config_maps);
     }
 
     /// How many documents were read into typed objects.
@@ -304,6 +312,7 @@ impl Manifests {
             + self.services.len()
             + self.endpoint_slices.len()
             + self.secrets.len()
+            + self.config_maps.len()
     }
 }
 
@@ -469,5 +478,34 @@ mod tests {
                 .map(String::as_str),
             Some("world")
         );
+    }
+
+    #[test]
+    fn config_maps_are_read_and_merged_like_secrets() {
+        let mut m = Manifests::default();
+        m.add_text(
+            "c.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: hdrs, namespace: shop}\ndata: {X-Frame-Options: DENY}\n",
+        );
+        assert!(m.problems.is_empty(), "{:?}", m.problems);
+        assert_eq!(m.object_count(), 1);
+        let c = &m.config_maps[0];
+        assert_eq!((c.namespace(), c.name()), ("shop", "hdrs"));
+        assert_eq!(
+            c.value
+                .data
+                .as_ref()
+                .and_then(|d| d.get("X-Frame-Options"))
+                .map(String::as_str),
+            Some("DENY")
+        );
+        let mut again = Manifests::default();
+        again.add_text(
+            "d.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: hdrs, namespace: shop}\n",
+        );
+        m.merge(again);
+        assert_eq!(m.config_maps.len(), 1);
+        assert_eq!(m.problems.len(), 1, "{:?}", m.problems);
     }
 }

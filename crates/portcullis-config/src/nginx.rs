@@ -72,6 +72,10 @@ const BACKEND_TLS: Support = Differs(
     "applies only with proxy-ssl-secret and backend-protocol HTTPS or GRPCS; the Secret must be in the Ingress's namespace and hold ca.crt (in controller mode the gateway reads only Secrets of type kubernetes.io/tls, so ca.crt must sit beside tls.crt and tls.key); with proxy-ssl-verify off (the default, as ingress-nginx) the backend's certificate is not verified but the client certificate in tls.crt/tls.key is still presented; proxy-ssl-verify: on without proxy-ssl-secret rejects the Ingress; a failed verification answers 502",
 );
 
+const CUSTOM_HEADERS: Support = Differs(
+    "the ConfigMap must be in the Ingress's namespace (in controller mode the gateway reads only ConfigMaps labelled portcullis.dev/custom-headers: \"true\"); there is no global-allowed-response-headers list: every entry must be a valid HTTP header, and hop-by-hop and framing headers (Connection, Keep-Alive, TE, Trailer, Upgrade, Transfer-Encoding, Content-Length, Content-Encoding) and Set-Cookie are refused; the headers replace the backend's on proxied responses; a missing or invalid ConfigMap rejects the Ingress rather than serving it without its (often security) headers",
+);
+
 /// Every annotation ingress-nginx documents, in the order of its documentation.
 pub const ANNOTATIONS: &[Annotation] = &[
     a("app-root", Exact, None),
@@ -115,7 +119,7 @@ pub const ANNOTATIONS: &[Annotation] = &[
     a("client-body-buffer-size", STREAMS, None),
     a("configuration-snippet", Refused, None),
     a("custom-http-errors", Differs("applies only with default-backend (there is no global default backend; without it a warning says error responses are passed unchanged); the intercepted response's body is discarded and the default backend gets GET / without a body over plain HTTP, as ingress-nginx's error location sends it (ingress-nginx keeps the request's method and resends a buffered body) with X-Code, X-Format, X-Original-URI, X-Namespace, X-Ingress-Name, X-Service-Name, X-Service-Port and X-Request-ID; the client gets the default backend's status, headers and body"), None),
-    a("custom-headers", Ignored("response headers from a ConfigMap are not added"), None),
+    a("custom-headers", CUSTOM_HEADERS, None),
     a("default-backend", Differs("the Service must be in the Ingress's namespace and its first port is used, as ingress-nginx does; it serves the route's requests (unchanged, with X-Code: 503 and the other X- headers) while the route's Service has no ready endpoints, or is missing; a Service that does not exist or has no ports is an error and the route answers 503 instead"), None),
     a("enable-cors", Exact, None),
     a("cors-allow-origin", Exact, None),
@@ -318,6 +322,13 @@ pub fn apply(annotations: &BTreeMap<String, String>, options: &mut RouteOptions)
         match severity {
             Severity::Error => error(name, message),
             _ => warnings.push((name.to_string(), message)),
+        }
+    }
+
+    if let Some(v) = get("custom-headers") {
+        match crate::custom_headers::CustomHeaders::parse(v) {
+            Ok(h) => options.custom_headers = Some(std::sync::Arc::new(h)),
+            Err(e) => error("custom-headers", e),
         }
     }
 
@@ -808,7 +819,7 @@ mod tests {
     fn unsupported_restrictions_reject_and_the_rest_warn() {
         let (_, f) = run(&[
             ("enable-modsecurity", "true"),
-            ("custom-headers", "ns/headers"),
+            ("limit-rate", "100k"),
             ("no-such-thing", "1"),
         ]);
         assert_eq!(errors(&f), vec!["enable-modsecurity"]);
@@ -817,7 +828,7 @@ mod tests {
             .filter(|(_, s, _)| *s == Severity::Warning)
             .map(|(n, _, _)| n.as_str())
             .collect();
-        assert_eq!(warned, vec!["custom-headers", "no-such-thing"]);
+        assert_eq!(warned, vec!["limit-rate", "no-such-thing"]);
         // Off values ask for nothing.
         let (_, f) = run(&[
             ("ssl-passthrough", "false"),

@@ -173,6 +173,9 @@ pub struct RouteOptions {
     /// Client certificate authentication on this Ingress's routes (`auth-tls-secret`
     /// and the other `auth-tls-*` annotations).
     pub client_auth: Option<Arc<crate::client_auth::ClientAuth>>,
+    /// Response headers set on every proxied response, replacing the backend's
+    /// (`custom-headers`, read from a ConfigMap by the compiler). Default none.
+    pub custom_headers: Option<Arc<crate::custom_headers::CustomHeaders>>,
     /// This Ingress is a canary (`canary: "true"`): it serves no routes of its own but
     /// lends its backends to the main Ingress's routes with the same host and path.
     pub canary: Option<CanaryRules>,
@@ -496,6 +499,7 @@ impl Default for RouteOptions {
             host_redirect: None,
             backend_tls: None,
             client_auth: None,
+            custom_headers: None,
             canary: None,
             affinity: None,
             default_backend: None,

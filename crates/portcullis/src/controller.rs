@@ -1,6 +1,6 @@
 //! Kubernetes mode's source of configuration: watches Ingresses, IngressClasses,
-//! Services, EndpointSlices and `kubernetes.io/tls` Secrets (in the watched namespaces,
-//! or all), keeps the latest version of each object, and compiles them with the same
+//! Services, EndpointSlices, `kubernetes.io/tls` Secrets and the opted-in basic-auth
+//! Secrets and custom-headers ConfigMaps (in the watched namespaces, or all), keeps the latest version of each object, and compiles them with the same
 //! compiler as file mode, so the two can never disagree. The first snapshot is
 //! published only once every initial list has completed (readiness stays false until
 //! then); afterwards every change recompiles, debounced, and swaps atomically. Watches
@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::watcher::{self, Event};
@@ -95,6 +95,21 @@ pub async fn start(
             &stores,
             &changed,
         );
+        // Only the ConfigMaps of ingress-nginx's custom-headers that their owners opted
+        // in by label, as for basic auth: other ConfigMaps may hold anything.
+        let custom_headers = watcher::Config::default().labels(&format!("{CUSTOM_HEADERS_LABEL}=true"));
+        let api: Api<ConfigMap> = match ns.as_deref() {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        run_watch(
+            api,
+            custom_headers,
+            "ConfigMap (custom headers)",
+            ns.as_deref().unwrap_or("*"),
+            &stores,
+            &changed,
+        );
     }
     // Cluster-scoped.
     let classes: Api<IngressClass> = Api::all(client.clone());
@@ -135,6 +150,10 @@ pub async fn start(
 
 /// The label that lets the controller read an htpasswd Secret (`auth-type: basic`).
 pub const BASIC_AUTH_LABEL: &str = "portcullis.dev/basic-auth";
+
+/// The label that lets the controller read a ConfigMap of response headers
+/// (`custom-headers`).
+pub const CUSTOM_HEADERS_LABEL: &str = "portcullis.dev/custom-headers";
 
 fn key(namespace: Option<&str>, name: &str) -> String {
     format!("{}/{name}", namespace.unwrap_or(""))

@@ -767,6 +767,11 @@ async fn serve(
     if let (Some(cors), Some(origin)) = (&route.options.cors, &cors_origin) {
         set_cors_headers(response.headers_mut(), cors, origin);
     }
+    // `insert`, as ingress-nginx's `more_set_headers`: the Ingress's value replaces
+    // the backend's, so a backend cannot weaken e.g. a Content-Security-Policy.
+    for (name, value) in route.options.custom_headers.iter().flat_map(|c| &c.headers) {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
     for cookie in grant.iter().flat_map(|g| g.set_cookies()) {
         response.headers_mut().append(header::SET_COOKIE, cookie.clone());
     }

@@ -1268,6 +1268,7 @@ async fn controller_serves_what_the_api_server_says() {
                 vec![slice],
             ),
             ("/api/v1/secrets", "SecretList", vec![]),
+            ("/api/v1/configmaps", "ConfigMapList", vec![]),
             (
                 "/apis/networking.k8s.io/v1/ingressclasses",
                 "IngressClassList",
@@ -1418,6 +1419,7 @@ async fn controller_rolling_update_and_watch_expiry_lose_no_request() {
         ("/api/v1/services", "ServiceList", vec![service]),
         (slices, "EndpointSliceList", vec![initial.clone()]),
         ("/api/v1/secrets", "SecretList", vec![]),
+        ("/api/v1/configmaps", "ConfigMapList", vec![]),
         (
             "/apis/networking.k8s.io/v1/ingressclasses",
             "IngressClassList",
@@ -1689,6 +1691,7 @@ async fn a_follower_serves_but_never_writes_status() {
             vec![slice],
         ),
         ("/api/v1/secrets", "SecretList", vec![]),
+        ("/api/v1/configmaps", "ConfigMapList", vec![]),
         (
             "/apis/networking.k8s.io/v1/ingressclasses",
             "IngressClassList",
@@ -1765,6 +1768,7 @@ async fn lease_handover_between_two_controllers() {
             vec![],
         ),
         ("/api/v1/secrets", "SecretList", vec![]),
+        ("/api/v1/configmaps", "ConfigMapList", vec![]),
         (
             "/apis/networking.k8s.io/v1/ingressclasses",
             "IngressClassList",

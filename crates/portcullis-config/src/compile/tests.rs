@@ -519,7 +519,7 @@ fn ingress_nginx_access_annotations_fail_closed() {
     );
     let rewritten = ingress(
         "rewritten",
-        "  annotations: {nginx.ingress.kubernetes.io/custom-headers: ns/headers, nginx.ingress.kubernetes.io/proxy-buffering: \"on\"}\n",
+        "  annotations: {nginx.ingress.kubernetes.io/limit-rate: \"100\", nginx.ingress.kubernetes.io/proxy-buffering: \"on\"}\n",
         &format!("  rules:\n{}", rule("b.com", "/", "Prefix", "web")),
     );
     let c = compile_text(&format!("{}{guarded}{rewritten}", service("web")));
@@ -530,7 +530,7 @@ fn ingress_nginx_access_annotations_fail_closed() {
     assert!(c.snapshot.lookup("b.com", "/").is_some());
     let m = messages(&c).join("\n");
     assert!(m.contains("error: Ingress ns/guarded metadata.annotations[\"nginx.ingress.kubernetes.io/auth-tls-secret\"]: Secret ns/ca not found"), "{m}");
-    assert!(m.contains("warning: Ingress ns/rewritten metadata.annotations[\"nginx.ingress.kubernetes.io/custom-headers\"]: not supported"), "{m}");
+    assert!(m.contains("warning: Ingress ns/rewritten metadata.annotations[\"nginx.ingress.kubernetes.io/limit-rate\"]: not supported"), "{m}");
     assert!(
         !m.contains("proxy-buffering"),
         "supported with a documented difference: {m}"
@@ -667,4 +667,62 @@ fn default_backend_is_the_first_port_of_a_service_in_the_namespace() {
     let m = messages(&c).join("\n");
     assert!(m.contains("error: Ingress ns/missing metadata.annotations[\"nginx.ingress.kubernetes.io/default-backend\"]: Service ns/nowhere not found"), "{m}");
     assert!(m.contains("Service ns/errors has no ready endpoints"), "{m}");
+}
+
+#[test]
+fn custom_headers_come_from_a_configmap_of_the_ingress_namespace_or_reject() {
+    let with = |name: &str, host: &str, reference: &str| {
+        ingress(
+            name,
+            &format!("  annotations: {{nginx.ingress.kubernetes.io/custom-headers: {reference}}}\n"),
+            &format!("  rules:\n{}", rule(host, "/", "Prefix", "web")),
+        )
+    };
+    let config_maps = "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: hdrs, namespace: ns}\ndata: {X-Frame-Options: DENY}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: bad, namespace: ns}\ndata: {Set-Cookie: a=b}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: hdrs, namespace: other}\ndata: {X-A: b}\n";
+    let c = compile_text(&format!(
+        "{}{}{}{}{}{config_maps}",
+        service("web"),
+        with("good", "a.com", "ns/hdrs"),
+        with("missing", "b.com", "ns/nope"),
+        with("bad", "c.com", "bad"),
+        with("elsewhere", "d.com", "other/hdrs"),
+    ));
+    let id = c.snapshot.lookup("a.com", "/").unwrap();
+    let headers = c
+        .snapshot
+        .routes
+        .route(id)
+        .options
+        .custom_headers
+        .clone()
+        .unwrap();
+    assert_eq!(headers.headers.len(), 1);
+    assert_eq!(headers.headers[0].0, "x-frame-options");
+    assert_eq!(headers.headers[0].1, "DENY");
+    for host in ["b.com", "c.com", "d.com"] {
+        assert!(
+            c.snapshot.lookup(host, "/").is_none(),
+            "{host} is never served without its headers"
+        );
+    }
+    let m = messages(&c).join("\n");
+    let field = "metadata.annotations[\"nginx.ingress.kubernetes.io/custom-headers\"]";
+    assert!(
+        m.contains(&format!(
+            "error: Ingress ns/missing {field}: ConfigMap ns/nope not found"
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "error: Ingress ns/bad {field}: ConfigMap ns/bad: Set-Cookie may not be set"
+        )),
+        "{m}"
+    );
+    assert!(
+        m.contains(&format!(
+            "error: Ingress ns/elsewhere {field}: ConfigMap other/hdrs is not in the Ingress's namespace"
+        )),
+        "{m}"
+    );
 }

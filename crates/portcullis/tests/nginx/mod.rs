@@ -8,6 +8,7 @@ mod backend_tls;
 mod canary;
 mod compare;
 mod errors;
+mod headers;
 mod migrate;
 mod mtls;
 
@@ -462,7 +463,7 @@ async fn ingress_nginx_snippets_are_refused_and_unknown_annotations_warned() {
             nginx_ingress(
                 "ignored",
                 false,
-                &[("custom-headers", "ns/headers"), ("made-up-annotation", "1")],
+                &[("server-alias", "alias.test"), ("made-up-annotation", "1")],
                 "ignored.test",
                 &[("/", "web")],
             ),
@@ -490,7 +491,7 @@ async fn ingress_nginx_snippets_are_refused_and_unknown_annotations_warned() {
         "{out}"
     );
     assert!(out.contains("warning: Ingress ns/ignored metadata.annotations[\"nginx.ingress.kubernetes.io/made-up-annotation\"]: is not an ingress-nginx annotation Portcullis knows"), "{out}");
-    assert!(out.contains("warning: Ingress ns/ignored metadata.annotations[\"nginx.ingress.kubernetes.io/custom-headers\"]: not supported"), "{out}");
+    assert!(out.contains("warning: Ingress ns/ignored metadata.annotations[\"nginx.ingress.kubernetes.io/server-alias\"]: not supported"), "{out}");
 }
 
 /// An oauth2-proxy stand-in: `session=good` passes with the user's identity in
@@ -756,6 +757,7 @@ async fn controller_reads_only_labelled_basic_auth_secrets() {
                 "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]})],
         ),
         ("/api/v1/secrets", "SecretList", vec![secret("opted-in", true), secret("private", false)]),
+        ("/api/v1/configmaps", "ConfigMapList", vec![]),
         ("/apis/networking.k8s.io/v1/ingressclasses", "IngressClassList", vec![]),
     ])
     .await;
