@@ -330,6 +330,11 @@ async fn ingress_nginx_limits_timeouts_and_source_ranges() {
                     ("proxy-body-size", "1k"),
                     ("proxy-buffering", "off"),
                     ("client-body-buffer-size", "16k"),
+                    // Accepted with their stated differences: the route is served.
+                    ("proxy-connect-timeout", "5"),
+                    ("proxy-send-timeout", "60"),
+                    ("load-balance", "ewma"),
+                    ("backend-protocol", "HTTP"),
                 ],
                 "body.test",
                 &[("/", "web")],
@@ -565,6 +570,7 @@ async fn ingress_nginx_external_auth() {
                         "auth-response-headers",
                         "X-Auth-Request-User, X-Auth-Request-Email",
                     ),
+                    ("auth-method", "GET"),
                 ],
                 "app.test",
                 &[("/", "app")],
@@ -600,6 +606,7 @@ async fn ingress_nginx_external_auth() {
     let checks = auth.requests();
     assert_eq!(checks.len(), 3);
     assert_eq!(checks[0].path_and_query, "/oauth2/auth");
+    assert_eq!(checks[0].method, "GET", "auth-method");
     assert_eq!(checks[0].headers["x-original-url"], "http://app.test/reports?q=1");
     assert_eq!(checks[0].headers["x-original-method"], "GET");
     assert_eq!(
