@@ -125,45 +125,16 @@ async fn controller_reads_only_labelled_custom_headers_config_maps() {
             "metadata": {"name": name, "namespace": "ns", "labels": labels},
             "data": {"X-Frame-Options": "DENY"}})
     };
-    let api = crate::support::kube_api::KubeApi::start(vec![
-        (
-            "/apis/networking.k8s.io/v1/ingresses",
-            "IngressList",
-            vec![ingress("labelled", "a.test", "opted-in"), ingress("other", "b.test", "private")],
-        ),
-        (
-            "/api/v1/services",
-            "ServiceList",
-            vec![json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "ns"},
-                "spec": {"ports": [{"name": "http", "port": 80, "targetPort": web.addr.port()}]}})],
-        ),
-        (
-            "/apis/discovery.k8s.io/v1/endpointslices",
-            "EndpointSliceList",
-            vec![json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": "web-1", "namespace": "ns", "labels": {"kubernetes.io/service-name": "web"}},
-                "addressType": "IPv4", "ports": [{"name": "http", "port": web.addr.port()}],
-                "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]})],
-        ),
-        ("/api/v1/secrets", "SecretList", vec![]),
-        (
-            "/api/v1/configmaps",
-            "ConfigMapList",
-            vec![config_map("opted-in", true), config_map("private", false)],
-        ),
-        ("/apis/networking.k8s.io/v1/ingressclasses", "IngressClassList", vec![]),
-    ])
+    let (api, gw) = super::nginx_controller(
+        web.addr,
+        vec![
+            ingress("labelled", "a.test", "opted-in"),
+            ingress("other", "b.test", "private"),
+        ],
+        vec![],
+        vec![config_map("opted-in", true), config_map("private", false)],
+    )
     .await;
-    let kubeconfig = api.kubeconfig.path().to_path_buf();
-    let gw = tokio::task::spawn_blocking(move || {
-        Gateway::controller(
-            "ingressClass: nginx\n",
-            &kubeconfig,
-            &["--publish-status-address", "203.0.113.7"],
-        )
-    })
-    .await
-    .unwrap();
     let r = get_with(&gw, "a.test", "GET", "/", &[]).await;
     assert_eq!(r.text(), "web /");
     assert_eq!(r.header("x-frame-options"), "DENY");

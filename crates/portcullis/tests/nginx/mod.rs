@@ -743,41 +743,16 @@ async fn controller_reads_only_labelled_basic_auth_secrets() {
             "metadata": {"name": name, "namespace": "ns", "labels": labels},
             "stringData": {"auth": HTPASSWD}})
     };
-    let api = crate::support::kube_api::KubeApi::start(vec![
-        (
-            "/apis/networking.k8s.io/v1/ingresses",
-            "IngressList",
-            vec![ingress("labelled", "a.test", "opted-in"), ingress("other", "b.test", "private")],
-        ),
-        (
-            "/api/v1/services",
-            "ServiceList",
-            vec![json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "ns"},
-                "spec": {"ports": [{"name": "http", "port": 80, "targetPort": web.addr.port()}]}})],
-        ),
-        (
-            "/apis/discovery.k8s.io/v1/endpointslices",
-            "EndpointSliceList",
-            vec![json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": "web-1", "namespace": "ns", "labels": {"kubernetes.io/service-name": "web"}},
-                "addressType": "IPv4", "ports": [{"name": "http", "port": web.addr.port()}],
-                "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]})],
-        ),
-        ("/api/v1/secrets", "SecretList", vec![secret("opted-in", true), secret("private", false)]),
-        ("/api/v1/configmaps", "ConfigMapList", vec![]),
-        ("/apis/networking.k8s.io/v1/ingressclasses", "IngressClassList", vec![]),
-    ])
+    let (_api, gw) = nginx_controller(
+        web.addr,
+        vec![
+            ingress("labelled", "a.test", "opted-in"),
+            ingress("other", "b.test", "private"),
+        ],
+        vec![secret("opted-in", true), secret("private", false)],
+        vec![],
+    )
     .await;
-    let kubeconfig = api.kubeconfig.path().to_path_buf();
-    let gw = tokio::task::spawn_blocking(move || {
-        Gateway::controller(
-            "ingressClass: nginx\n",
-            &kubeconfig,
-            &["--publish-status-address", "203.0.113.7"],
-        )
-    })
-    .await
-    .unwrap();
     let alice = basic_cases()[1].clone().unwrap();
     let r = get_with(&gw, "a.test", "GET", "/", &[("authorization", &alice)]).await;
     assert_eq!(r.text(), "web /");
@@ -892,4 +867,48 @@ async fn ingress_nginx_from_to_www_redirect() {
         "web /x",
         "served by its own Ingress, not redirected"
     );
+}
+
+/// A controller gateway (class `nginx`) against an API double holding the `web`
+/// Service and its EndpointSlice (at `web`), with these Ingresses, Secrets and
+/// ConfigMaps in namespace `ns`. The double is returned too: it must outlive the gateway.
+pub async fn nginx_controller(
+    web: std::net::SocketAddr,
+    ingresses: Vec<serde_json::Value>,
+    secrets: Vec<serde_json::Value>,
+    config_maps: Vec<serde_json::Value>,
+) -> (crate::support::kube_api::KubeApi, Gateway) {
+    use serde_json::json;
+    let api = crate::support::kube_api::KubeApi::start(vec![
+        ("/apis/networking.k8s.io/v1/ingresses", "IngressList", ingresses),
+        (
+            "/api/v1/services",
+            "ServiceList",
+            vec![json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "ns"},
+                "spec": {"ports": [{"name": "http", "port": 80, "targetPort": web.port()}]}})],
+        ),
+        (
+            "/apis/discovery.k8s.io/v1/endpointslices",
+            "EndpointSliceList",
+            vec![json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "web-1", "namespace": "ns", "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": web.port()}],
+                "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": true}}]})],
+        ),
+        ("/api/v1/secrets", "SecretList", secrets),
+        ("/api/v1/configmaps", "ConfigMapList", config_maps),
+        ("/apis/networking.k8s.io/v1/ingressclasses", "IngressClassList", vec![]),
+    ])
+    .await;
+    let kubeconfig = api.kubeconfig.path().to_path_buf();
+    let gw = tokio::task::spawn_blocking(move || {
+        Gateway::controller(
+            "ingressClass: nginx\n",
+            &kubeconfig,
+            &["--publish-status-address", "203.0.113.7"],
+        )
+    })
+    .await
+    .unwrap();
+    (api, gw)
 }
