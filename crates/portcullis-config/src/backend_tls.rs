@@ -50,14 +50,7 @@ pub fn from_annotations<'a>(
                 "needs proxy-ssl-secret, the Secret whose ca.crt the backend's certificate is verified against: the Ingress is rejected rather than served unverified".into(),
             ));
         }
-        for &name in &NAMES[2..] {
-            if get(name).is_some() {
-                warnings.push((
-                    name,
-                    "has no effect without proxy-ssl-secret (as in ingress-nginx)".to_string(),
-                ));
-            }
-        }
+        warnings.extend(crate::nginx::set_without(&NAMES[2..], &get, "proxy-ssl-secret"));
         return Ok((None, warnings));
     };
     crate::nginx::secret_name(secret).map_err(|e| ("proxy-ssl-secret", e))?;

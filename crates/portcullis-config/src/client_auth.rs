@@ -93,14 +93,7 @@ pub fn from_annotations<'a>(
                 "needs auth-tls-secret, the Secret whose ca.crt client certificates are verified against: the Ingress is rejected rather than served without client certificate checks".into(),
             ));
         }
-        for &name in &NAMES[2..] {
-            if get(name).is_some() {
-                warnings.push((
-                    name,
-                    "has no effect without auth-tls-secret (as in ingress-nginx)".to_string(),
-                ));
-            }
-        }
+        warnings.extend(crate::nginx::set_without(&NAMES[2..], &get, "auth-tls-secret"));
         return Ok((None, warnings));
     };
     crate::nginx::secret_name(secret).map_err(|e| ("auth-tls-secret", e))?;

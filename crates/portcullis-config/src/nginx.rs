@@ -458,6 +458,25 @@ pub fn apply(annotations: &BTreeMap<String, String>, options: &mut RouteOptions)
     findings
 }
 
+/// Warnings for the annotations among `names` that are set although `secret`, which
+/// they all depend on, is not (ingress-nginx ignores them too).
+pub(crate) fn set_without<'a>(
+    names: &[&'static str],
+    get: &impl Fn(&str) -> Option<&'a str>,
+    secret: &str,
+) -> Vec<(&'static str, String)> {
+    names
+        .iter()
+        .filter(|name| get(name).is_some())
+        .map(|name| {
+            (
+                *name,
+                format!("has no effect without {secret} (as in ingress-nginx)"),
+            )
+        })
+        .collect()
+}
+
 /// A Secret named by an annotation: `NAME` or `NAMESPACE/NAME` as DNS names allow.
 pub(crate) fn secret_name(secret: &str) -> Result<(), String> {
     let ok = !secret.is_empty()
