@@ -174,16 +174,11 @@ pub fn secret_name<'a>(namespace: &str, secret: &'a str) -> Result<&'a str, Stri
 /// (`tls.crt` with `tls.key`, optional) from the Secret's keys. The error names the
 /// Secret as `namespace/name`.
 pub fn load(full_name: &str, data: &BTreeMap<String, Vec<u8>>, tls: &mut BackendTls) -> Result<(), String> {
-    let ca_pem = data.get("ca.crt").ok_or_else(|| {
-        format!("Secret {full_name} has no ca.crt (the CA certificates the backend's certificate is verified against)")
-    })?;
-    let ca: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(ca_pem)
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("Secret {full_name}: ca.crt is not valid PEM: {e}"))?;
-    if ca.is_empty() {
-        return Err(format!("Secret {full_name}: ca.crt holds no PEM certificate"));
-    }
+    let ca = crate::tls::ca_certificates(
+        full_name,
+        data,
+        "the CA certificates the backend's certificate is verified against",
+    )?;
     let mut roots = rustls::RootCertStore::empty();
     for (i, cert) in ca.iter().enumerate() {
         roots.add(cert.clone()).map_err(|e| {

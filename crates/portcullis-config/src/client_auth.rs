@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 
 /// What happens to a client without a valid certificate (`auth-tls-verify-client`).
@@ -39,6 +38,9 @@ pub struct ClientAuth {
     pub match_cn: Option<regex::Regex>,
     /// The CA certificates from the Secret's `ca.crt`.
     pub ca: Vec<CertificateDer<'static>>,
+    /// Verifies a client chain against `ca`; built once when the Secret is read, so a
+    /// request does not rebuild the trust anchors. `None` until then: nobody passes.
+    pub verifier: Option<std::sync::Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 }
 
 impl PartialEq for ClientAuth {
@@ -161,6 +163,7 @@ pub fn from_annotations<'a>(
             error_page,
             match_cn,
             ca: Vec::new(),
+            verifier: None,
         }),
         warnings,
     ))
@@ -169,18 +172,11 @@ pub fn from_annotations<'a>(
 /// Fills in the CA (`ca.crt`, required) from the Secret's keys. The error names the
 /// Secret as `namespace/name`.
 pub fn load(full_name: &str, data: &BTreeMap<String, Vec<u8>>, auth: &mut ClientAuth) -> Result<(), String> {
-    let ca_pem = data.get("ca.crt").ok_or_else(|| {
-        format!(
-            "Secret {full_name} has no ca.crt (the CA certificates client certificates are verified against)"
-        )
-    })?;
-    let ca: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(ca_pem)
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("Secret {full_name}: ca.crt is not valid PEM: {e}"))?;
-    if ca.is_empty() {
-        return Err(format!("Secret {full_name}: ca.crt holds no PEM certificate"));
-    }
+    let ca = crate::tls::ca_certificates(
+        full_name,
+        data,
+        "the CA certificates client certificates are verified against",
+    )?;
     let mut roots = rustls::RootCertStore::empty();
     for (i, cert) in ca.iter().enumerate() {
         roots.add(cert.clone()).map_err(|e| {
@@ -190,7 +186,20 @@ pub fn load(full_name: &str, data: &BTreeMap<String, Vec<u8>>, auth: &mut Client
             )
         })?;
     }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in &ca {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("Secret {full_name}: ca.crt: {e}"))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .map_err(|e| format!("Secret {full_name}: ca.crt cannot verify client certificates: {e}"))?;
     auth.ca = ca;
+    auth.verifier = Some(verifier);
     Ok(())
 }
 

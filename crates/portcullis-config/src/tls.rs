@@ -90,6 +90,37 @@ pub fn certificate_from_pem(
     })
 }
 
+/// The CA certificates in a Secret's `ca.crt`, each checked to be usable as a trust
+/// anchor; `purpose` says what they verify, for the error when the key is missing.
+/// Errors name the Secret as `namespace/name`.
+pub fn ca_certificates(
+    full_name: &str,
+    data: &std::collections::BTreeMap<String, Vec<u8>>,
+    purpose: &str,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let pem = data
+        .get("ca.crt")
+        .ok_or_else(|| format!("Secret {full_name} has no ca.crt ({purpose})"))?;
+    let ca: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("Secret {full_name}: ca.crt is not valid PEM: {e}"))?;
+    if ca.is_empty() {
+        return Err(format!("Secret {full_name}: ca.crt holds no PEM certificate"));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in ca.iter().enumerate() {
+        roots.add(cert.clone()).map_err(|e| {
+            format!(
+                "Secret {full_name}: certificate {} of ca.crt is not a usable CA: {e}",
+                i + 1
+            )
+        })?;
+    }
+    Ok(ca)
+}
+
 /// Every key of a Secret with its bytes; `stringData` wins over `data`, as the API
 /// server merges them.
 pub fn secret_data(secret: &Secret) -> std::collections::BTreeMap<String, Vec<u8>> {

@@ -866,7 +866,7 @@ fn check_client_cert(
             cert: None,
         }));
     };
-    if let Err(reason) = crate::tls::verify_for_route(chain, &auth.ca) {
+    if let Err(reason) = crate::tls::verify_for_route(chain, auth) {
         return Err(fail(
             record,
             StatusCode::BAD_REQUEST,

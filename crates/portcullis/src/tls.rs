@@ -266,19 +266,10 @@ impl ClientCertVerifier for AnyChain {
 /// reason nginx would give in `ssl-client-verify: FAILED:reason`.
 pub fn verify_for_route(
     chain: &[CertificateDer<'static>],
-    ca: &[CertificateDer<'static>],
+    auth: &portcullis_config::client_auth::ClientAuth,
 ) -> Result<(), String> {
     let (leaf, intermediates) = chain.split_first().ok_or("no certificate")?;
-    let mut roots = RootCertStore::empty();
-    for cert in ca {
-        roots.add(cert.clone()).map_err(|e| e.to_string())?;
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        Arc::new(rustls::crypto::ring::default_provider()),
-    )
-    .build()
-    .map_err(|e| e.to_string())?;
+    let verifier = auth.verifier.as_ref().ok_or("no CA to verify against")?;
     verifier
         .verify_client_cert(leaf, intermediates, UnixTime::now())
         .map(|_| ())
