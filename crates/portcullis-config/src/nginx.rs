@@ -510,10 +510,7 @@ fn bool_value(v: &str) -> Result<bool, String> {
 /// Whether a rejected annotation is set to its off value, which asks for nothing.
 fn is_off(name: &str, value: &str) -> bool {
     match name {
-        "ssl-passthrough" | "enable-modsecurity" | "enable-owasp-core-rules" => {
-            parse_bool(value) == Some(false)
-        }
-        "proxy-ssl-verify" => value.eq_ignore_ascii_case("off"),
+        "enable-modsecurity" | "enable-owasp-core-rules" => parse_bool(value) == Some(false),
         _ => false,
     }
 }
@@ -848,8 +845,10 @@ mod tests {
             .map(|(n, _, _)| n.as_str())
             .collect();
         assert_eq!(warned, vec!["limit-rate", "no-such-thing"]);
-        // Off values ask for nothing.
+        // Off values of rejected annotations, and of supported ones, ask for nothing.
         let (_, f) = run(&[
+            ("enable-modsecurity", "false"),
+            ("enable-owasp-core-rules", "false"),
             ("ssl-passthrough", "false"),
             ("canary", "false"),
             ("proxy-ssl-verify", "off"),
