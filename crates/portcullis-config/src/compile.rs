@@ -498,10 +498,7 @@ impl<'a> Compiler<'a> {
         let plan = match options {
             Some(options) if !has_errors => Some(IngressPlan {
                 object,
-                key: IngressKey {
-                    namespace: object.namespace().to_string(),
-                    name: object.name().to_string(),
-                },
+                key: IngressKey::new(object.namespace(), object.name()),
                 options,
                 paths,
                 default_backend,

@@ -106,16 +106,37 @@ pub fn normalize_host(authority: &str) -> String {
     host.trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// Who an Ingress is.
+/// Who an Ingress is. Made only by [`IngressKey::new`], so the label always agrees
+/// with the namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IngressKey {
     pub namespace: String,
     pub name: String,
+    /// `namespace/name`, built once: metrics and logs name the Ingress of every
+    /// request, and cloning this costs no allocation.
+    label: Arc<str>,
+}
+
+impl IngressKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        let (namespace, name) = (namespace.into(), name.into());
+        let label = format!("{namespace}/{name}").into();
+        IngressKey {
+            namespace,
+            name,
+            label,
+        }
+    }
+
+    /// `namespace/name`.
+    pub fn label(&self) -> &Arc<str> {
+        &self.label
+    }
 }
 
 impl fmt::Display for IngressKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
+        f.write_str(&self.label)
     }
 }
 
@@ -358,10 +379,7 @@ mod tests {
 
     fn route(host: &str, path: &str, path_type: PathType, tag: usize) -> Route {
         Route {
-            ingress: IngressKey {
-                namespace: "ns".into(),
-                name: format!("r{tag}"),
-            },
+            ingress: IngressKey::new("ns", format!("r{tag}")),
             host: HostMatch::parse(host),
             path: path.into(),
             path_type,

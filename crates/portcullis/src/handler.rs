@@ -8,14 +8,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use portcullis_config::client_auth::{escaped_pem, CertNames, VerifyClient};
 use portcullis_config::path;
 use portcullis_config::routes::{normalize_host, HostMatch, Route};
-use portcullis_config::snapshot::{Affinity, AffinityMode, AuthMode, BackendProtocol};
+use portcullis_config::snapshot::{Affinity, AffinityMode, AuthMode, BackendId, BackendProtocol};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -23,7 +23,7 @@ use crate::audit::{AccessEvent, AuditIdentity, AuditRoute};
 use crate::auth::external::{Grant, Outcome};
 use crate::auth::{Auth, Decision, Identity, RequestFacts};
 use crate::limits::{ConcurrencyLimiter, GlobalLimiter, RateLimiter, Slot};
-use crate::metrics::{DecisionLabels, IngressLabel, RequestLabels, UpstreamErrorLabels};
+use crate::metrics::{DecisionLabels, IngressLabel, IngressName, RequestLabels, UpstreamErrorLabels};
 use crate::proxy::{self, Body, ReadTimeout, UpstreamFailure, Upstreams};
 use crate::state::{Gateway, Runtime, Upstream};
 use crate::sticky::Balance;
@@ -45,7 +45,59 @@ pub struct ClientConn {
     /// any CA at the handshake (only the client's possession of the key is): every
     /// route that uses it verifies it against its own CA.
     pub client_chain: Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>,
+    /// The peer's address as a header value, made once per connection: it goes into
+    /// `X-Forwarded-For` and `X-Real-IP` of every request.
+    peer_ip: HeaderValue,
 }
+
+impl ClientConn {
+    pub fn new(
+        peer: SocketAddr,
+        tls: bool,
+        drain: tokio::sync::mpsc::Sender<()>,
+        server_name: Option<String>,
+        client_chain: Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>,
+    ) -> Self {
+        ClientConn {
+            peer,
+            tls,
+            drain,
+            server_name,
+            client_chain,
+            peer_ip: ip_value(peer.ip()),
+        }
+    }
+}
+
+/// An address as a header value (an address's text is always a valid one).
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// A request's id (see [`RequestIds`]), kept as the header value it is sent as, both
+/// to the backend and back to the client.
+struct RequestId(HeaderValue);
+
+impl RequestId {
+    fn as_str(&self) -> &str {
+        // Only printable ASCII is ever made into an id.
+        self.0.to_str().unwrap_or("-")
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Header names the gateway sets on every request: as constants, since a string name
+/// is parsed again on every insert.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Shared by every request.
 pub struct Proxy {
@@ -60,6 +112,8 @@ pub struct Proxy {
     /// Open client connections per client address (`limits.maxConnectionsPerClient`).
     client_connections: Arc<ConcurrencyLimiter>,
     request_ids: RequestIds,
+    /// `Strict-Transport-Security` for HTTPS answers, made once.
+    hsts: Option<HeaderValue>,
     /// Keys the values of sticky-session cookies (`affinity: cookie`).
     sticky_key: crate::sticky::StickyKey,
 }
@@ -71,6 +125,7 @@ impl Proxy {
         global_limiter: Option<GlobalLimiter>,
     ) -> Result<Self, rustls::Error> {
         let upstreams = Upstreams::new(&gateway.settings)?;
+        let hsts = hsts_value(&gateway.settings.tls);
         let sticky_key = match auth.sticky_secret() {
             Some(secret) => crate::sticky::StickyKey::derived(secret),
             None => crate::sticky::StickyKey::random(),
@@ -85,6 +140,7 @@ impl Proxy {
             connections: Arc::default(),
             client_connections: Arc::default(),
             request_ids: RequestIds::new(),
+            hsts,
             sticky_key,
         })
     }
@@ -137,14 +193,17 @@ impl Refusal {
 }
 
 /// What the access log and the audit log say about a request, filled in as it goes.
+/// The text fields are filled only when `detailed`: a request that neither log
+/// records costs no copies of them.
 struct Record {
+    detailed: bool,
     client: IpAddr,
     host: String,
     path: String,
-    ingress: Option<String>,
+    ingress: Option<IngressName>,
     route: Option<AuditRoute>,
-    backend: Option<String>,
-    upstream: Option<String>,
+    backend: Option<BackendId>,
+    upstream: Option<Upstream>,
     detail: Option<String>,
     identity: Option<AuditIdentity>,
     /// (`allow` | `deny` | `redirect`, reason); unset means the backend answered.
@@ -170,7 +229,10 @@ pub async fn handle(
         req.headers(),
         &proxy.gateway.settings.trusted_proxies,
     );
+    let detailed = proxy.gateway.audit.is_enabled()
+        || tracing::enabled!(target: "portcullis::access", tracing::Level::INFO);
     let mut record = Record {
+        detailed,
         client,
         host: String::new(),
         path: String::new(),
@@ -185,7 +247,9 @@ pub async fn handle(
         slot: None,
     };
 
-    let mut response = match serve(&proxy, &runtime, &conn, req, &request_id, &mut record).await {
+    // Boxed: hyper keeps room for this future on every connection, idle or not, and
+    // `serve` is large; boxed it takes memory only while a request is in flight.
+    let mut response = match Box::pin(serve(&proxy, &runtime, &conn, req, &request_id, &mut record)).await {
         Ok(response) => response,
         Err(refusal) => {
             record.detail.get_or_insert_with(|| refusal.message.clone());
@@ -195,14 +259,14 @@ pub async fn handle(
                 "deny"
             };
             record.decision.get_or_insert((decision, refusal.reason));
-            local_response(refusal, &request_id)
+            local_response(refusal, request_id.as_str())
         }
     };
-    finish_headers(&proxy.gateway, &conn, &mut response, &request_id);
+    finish_headers(&proxy, &conn, &mut response, &request_id);
 
     let status = response.status();
     let (decision, reason) = record.decision.unwrap_or(("allow", "allowed"));
-    let ingress = record.ingress.clone().unwrap_or_else(|| "-".to_string());
+    let ingress = record.ingress.take().unwrap_or_else(IngressName::none);
     let metrics = &proxy.gateway.metrics;
     metrics
         .requests
@@ -221,10 +285,13 @@ pub async fn handle(
         .inc();
     metrics
         .request_duration
-        .get_or_create(&IngressLabel {
-            ingress: ingress.clone(),
-        })
+        .get_or_create(&IngressLabel { ingress })
         .observe(started.elapsed().as_secs_f64());
+    if !detailed && record.slot.is_none() {
+        return Ok(response);
+    }
+    let backend = record.backend.map(|id| runtime.snapshot.backend(id).to_string());
+    let upstream = record.upstream.as_ref().map(Upstream::to_string);
     tracing::info!(
         target: "portcullis::access",
         request_id = %request_id,
@@ -236,9 +303,9 @@ pub async fn handle(
         path = %record.path,
         status = status.as_u16(),
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-        ingress = %ingress,
-        backend = record.backend.as_deref().unwrap_or("-"),
-        upstream = record.upstream.as_deref().unwrap_or("-"),
+        ingress = record.route.as_ref().map_or("-", |r| r.ingress.as_str()),
+        backend = backend.as_deref().unwrap_or("-"),
+        upstream = upstream.as_deref().unwrap_or("-"),
         user = record.identity.as_ref().map_or("-", |i| i.subject.as_str()),
         auth = record.identity.as_ref().map_or("-", |i| i.method),
         detail = record.detail.as_deref().unwrap_or(""),
@@ -249,7 +316,7 @@ pub async fn handle(
     let event = proxy.gateway.audit.is_enabled().then(|| AccessEvent {
         kind: "access",
         time: crate::audit::timestamp(),
-        request_id,
+        request_id: request_id.as_str().to_string(),
         client: record.client.to_string(),
         method: method.to_string(),
         host: record.host,
@@ -262,7 +329,7 @@ pub async fn handle(
         bytes_in: 0,
         bytes_out: 0,
         duration_ms: 0.0,
-        upstream: record.upstream,
+        upstream,
     });
     // The audit event is written when the response body is done, with its size; the
     // connection slot (max-connections) is released then too.
@@ -369,7 +436,7 @@ async fn serve(
     runtime: &Runtime,
     conn: &ClientConn,
     mut req: Request<Incoming>,
-    request_id: &str,
+    request_id: &RequestId,
     record: &mut Record,
 ) -> Result<Response<Body>, Refusal> {
     check_framing(&req)?;
@@ -383,12 +450,16 @@ async fn serve(
 
     let authority = request_authority(&req)?;
     let host = normalize_host(&authority);
-    record.host = host.clone();
+    if record.detailed {
+        record.host = host.clone();
+    }
 
     let path = path::normalize(req.uri().path())
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad request path: {e}")))?
         .into_owned();
-    record.path = path.clone();
+    if record.detailed {
+        record.path = path.clone();
+    }
     // Routing, authorization and the reserved prefix decide on the path without its
     // `;parameters`, as many backends read it; the backend gets `path` itself.
     let matched = path::without_parameters(&path)
@@ -430,10 +501,13 @@ async fn serve(
                 .provider()
                 .map(str::to_string)
         };
-        let (response, reason) = proxy
-            .auth
-            .endpoint(&matched, req.uri().query(), &facts, provider_for)
-            .await;
+        let (response, reason) = Box::pin(proxy.auth.endpoint(
+            &matched,
+            req.uri().query(),
+            &facts,
+            provider_for,
+        ))
+        .await;
         record.detail = Some(reason);
         return Ok(response);
     }
@@ -443,12 +517,14 @@ async fn serve(
         .lookup(&host, &matched)
         .map(|id| runtime.snapshot.routes.route(id));
     if let Some(route) = route {
-        record.ingress = Some(route.ingress.to_string());
-        record.route = Some(AuditRoute {
-            ingress: route.ingress.to_string(),
-            rule: route.field.clone(),
-            path: route.path.clone(),
-        });
+        record.ingress = Some(IngressName(route.ingress.label().clone()));
+        if record.detailed {
+            record.route = Some(AuditRoute {
+                ingress: route.ingress.to_string(),
+                rule: route.field.clone(),
+                path: route.path.clone(),
+            });
+        }
     }
 
     // Client certificates (auth-tls-*) first, as ingress-nginx checks them for the
@@ -478,18 +554,28 @@ async fn serve(
         (Some(rewrite), Some(regex)) => rewritten(rewrite, regex, &matched, req.uri().query())?,
         _ => target.clone(),
     };
+    let upstream_target = http::uri::PathAndQuery::try_from(upstream_target)
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("cannot build upstream URI: {e}")))?;
     let cors_origin = route.options.cors.as_ref().and_then(|cors| {
         let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok());
         cors.allow_origin(origin).map(str::to_string)
     });
 
     // Who may pass, from where, how often: address rules first, they need no identity.
-    let route_key = format!("{}{}{}", route.ingress, route.host, route.path);
+    // Only routes with limits need it.
+    let route_key = || format!("{}{}{}", route.ingress, route.host, route.path);
     if let Err(denial) = policy::check_source(&route.options.policy, record.client) {
         return Err(forbidden(record, &denial));
     }
     if let Some(limit) = route.options.rate_limit.filter(|l| l.key == RateLimitKey::Client) {
-        rate_limit(proxy, record, &route_key, &record.client.to_string(), &limit).await?;
+        Box::pin(rate_limit(
+            proxy,
+            record,
+            &route_key(),
+            &record.client.to_string(),
+            &limit,
+        ))
+        .await?;
     }
 
     if let Some(max) = route.options.max_body_size {
@@ -507,16 +593,14 @@ async fn serve(
         Some(external) => {
             let scheme = if conn.tls { "https" } else { "http" };
             let original_url = format!("{scheme}://{authority}{target}");
-            let outcome = proxy
-                .external_auth
-                .check(
-                    external,
-                    req.method(),
-                    req.headers(),
-                    &original_url,
-                    record.client,
-                )
-                .await;
+            let outcome = Box::pin(proxy.external_auth.check(
+                external,
+                req.method(),
+                req.headers(),
+                &original_url,
+                record.client,
+            ))
+            .await;
             let code = outcome.code();
             match outcome {
                 Outcome::Allow(grant) => Some(grant),
@@ -571,7 +655,7 @@ async fn serve(
                     .unwrap_or_else(|_| HeaderValue::from_static("Basic"));
                 let mut response = local_response(
                     Refusal::new(StatusCode::UNAUTHORIZED, "a user name and password are required"),
-                    request_id,
+                    request_id.as_str(),
                 );
                 response.headers_mut().insert(header::WWW_AUTHENTICATE, realm);
                 return Ok(response);
@@ -581,7 +665,9 @@ async fn serve(
 
     let (identity, set_cookies) = match &route.options.auth {
         AuthMode::None => (None, Vec::new()),
-        mode => match proxy.auth.authenticate(mode, &facts).await {
+        // Boxed, as every rarely taken await below: a future is as large as its largest
+        // await, and hyper keeps one per connection, idle or not.
+        mode => match Box::pin(proxy.auth.authenticate(mode, &facts)).await {
             Decision::Allow {
                 identity,
                 set_cookies,
@@ -618,11 +704,11 @@ async fn serve(
         }
         if let Some(limit) = route.options.rate_limit.filter(|l| l.key == RateLimitKey::User) {
             let key = format!("{}\u{0}{}", identity.provider, identity.subject);
-            rate_limit(proxy, record, &route_key, &key, &limit).await?;
+            Box::pin(rate_limit(proxy, record, &route_key(), &key, &limit)).await?;
         }
     }
     if let Some(max) = route.options.max_connections {
-        match proxy.connections.acquire(&route_key, record.client, max) {
+        match proxy.connections.acquire(&route_key(), record.client, max) {
             Some(slot) => record.slot = Some(slot),
             None => {
                 proxy
@@ -630,7 +716,7 @@ async fn serve(
                     .metrics
                     .rate_limited
                     .get_or_create(&IngressLabel {
-                        ingress: route.ingress.to_string(),
+                        ingress: IngressName(route.ingress.label().clone()),
                     })
                     .inc();
                 let mut refusal = Refusal::new(
@@ -651,7 +737,7 @@ async fn serve(
     let primary = runtime.snapshot.backend(route.backend);
     let error_page = route
         .fallback
-        .map(|_| ErrorPage::new(route, primary, req.headers(), req.uri(), request_id));
+        .map(|_| ErrorPage::new(route, primary, req.headers(), req.uri(), request_id.as_str()));
     let fallback_route;
     let (route, serving_fallback) = match route.fallback.filter(|_| !can_serve(primary)) {
         Some(fallback) => {
@@ -664,8 +750,7 @@ async fn serve(
         }
         None => (route, false),
     };
-    let backend = runtime.snapshot.backend(route.backend);
-    record.backend = Some(backend.to_string());
+    record.backend = Some(route.backend);
     // Sticky sessions and hashing read the request before it is handed on.
     let balance = crate::sticky::Balance::for_request(
         route.options.affinity.as_ref(),
@@ -706,7 +791,7 @@ async fn serve(
     }
 
     let (response, upstream, new_cookie) = forward(proxy, runtime, route, outgoing, &balance, record).await?;
-    record.upstream = Some(upstream.to_string());
+    record.upstream = Some(upstream);
     let response = match intercept {
         Some((fallback, page, headers))
             if route
@@ -731,7 +816,7 @@ async fn serve(
                 options: Arc::new(options),
                 ..route.clone()
             };
-            record.backend = Some(runtime.snapshot.backend(fallback).to_string());
+            record.backend = Some(fallback);
             let outgoing = page.request(headers, status);
             let (response, upstream, _) = forward(
                 proxy,
@@ -742,7 +827,7 @@ async fn serve(
                 record,
             )
             .await?;
-            record.upstream = Some(upstream.to_string());
+            record.upstream = Some(upstream);
             response
         }
         _ => response,
@@ -1035,7 +1120,7 @@ async fn rate_limit(
                 .metrics
                 .rate_limited
                 .get_or_create(&IngressLabel {
-                    ingress: record.ingress.clone().unwrap_or_default(),
+                    ingress: record.ingress.clone().unwrap_or_else(IngressName::none),
                 })
                 .inc();
             let mut refusal = Refusal::new(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
@@ -1230,7 +1315,7 @@ impl ErrorPage {
         self.set_headers(&mut headers, code, true);
         Outgoing {
             method: Method::GET,
-            path_and_query: "/".to_string(),
+            path_and_query: http::uri::PathAndQuery::from_static("/"),
             headers,
             body: Some(proxy::empty()),
             bodiless: true,
@@ -1241,7 +1326,7 @@ impl ErrorPage {
 /// The request to send upstream, before an endpoint is chosen.
 struct Outgoing {
     method: Method,
-    path_and_query: String,
+    path_and_query: http::uri::PathAndQuery,
     headers: http::HeaderMap,
     body: Option<Body>,
     /// No body: safe to send again to another endpoint when a connection fails.
@@ -1255,8 +1340,8 @@ impl Outgoing {
         conn: &ClientConn,
         req: Request<Incoming>,
         authority: &str,
-        path_and_query: String,
-        request_id: &str,
+        path_and_query: http::uri::PathAndQuery,
+        request_id: &RequestId,
         route: &Route,
         upgrade: bool,
         identity: Option<&Identity>,
@@ -1348,10 +1433,18 @@ impl Outgoing {
 
     /// The request for one attempt at one endpoint.
     fn request(&mut self, upstream: &Upstream, protocol: BackendProtocol) -> Result<Request<Body>, Refusal> {
-        let scheme = if protocol.is_tls() { "https" } else { "http" };
-        let uri: Uri = format!("{scheme}://{upstream}{}", self.path_and_query)
-            .parse()
-            .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("cannot build upstream URI: {e}")))?;
+        let bad = |e: &dyn std::fmt::Display| {
+            Refusal::new(StatusCode::BAD_REQUEST, format!("cannot build upstream URI: {e}"))
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(if protocol.is_tls() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        });
+        parts.authority = Some(upstream.authority().map_err(|e| bad(&e))?);
+        parts.path_and_query = Some(self.path_and_query.clone());
+        let uri = Uri::from_parts(parts).map_err(|e| bad(&e))?;
         let body = if self.bodiless {
             proxy::empty()
         } else {
@@ -1381,30 +1474,41 @@ fn set_forwarding_headers(
     client: IpAddr,
     headers: &mut http::HeaderMap,
     authority: &str,
-    request_id: &str,
+    request_id: &RequestId,
 ) {
     let peer = conn.peer.ip();
-    let trusted = gateway
-        .settings
-        .trusted_proxies
-        .iter()
-        .any(|net| net.contains(&peer));
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(previous) if trusted => format!("{previous}, {peer}"),
-        _ => peer.to_string(),
+    let trusted = || {
+        gateway
+            .settings
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&peer))
     };
-    let proto = if conn.tls { "https" } else { "http" };
-    let mut set = |name: &'static str, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(name, v);
-        }
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) if trusted() => HeaderValue::from_str(&format!("{previous}, {peer}")).ok(),
+        _ => Some(conn.peer_ip.clone()),
     };
-    set("x-forwarded-for", &forwarded_for);
-    set("x-real-ip", &client.to_string());
-    set("x-forwarded-proto", proto);
-    set("x-forwarded-host", authority);
-    set("x-request-id", request_id);
-    set("host", authority);
+    if let Some(v) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    let real_ip = if client == peer {
+        conn.peer_ip.clone()
+    } else {
+        ip_value(client)
+    };
+    headers.insert(X_REAL_IP, real_ip);
+    let proto = HeaderValue::from_static(if conn.tls { "https" } else { "http" });
+    headers.insert(X_FORWARDED_PROTO, proto);
+    // HTTP/1.1's authority is its Host header: reused as it is.
+    let host = match headers.get(header::HOST) {
+        Some(v) if v.as_bytes() == authority.as_bytes() => Some(v.clone()),
+        _ => HeaderValue::from_str(authority).ok(),
+    };
+    if let Some(host) = host {
+        headers.insert(X_FORWARDED_HOST, host.clone());
+        headers.insert(header::HOST, host);
+    }
+    headers.insert(X_REQUEST_ID, request_id.0.clone());
 }
 
 /// Sends the request, trying another endpoint when a bodiless request could not
@@ -1418,14 +1522,14 @@ async fn forward(
     record: &mut Record,
 ) -> Result<(Response<Incoming>, Upstream, Option<String>), Refusal> {
     let protocol = route.options.backend_protocol;
-    let ingress = route.ingress.to_string();
+    let ingress = &route.ingress;
     let failed = |kind: &'static str| {
         proxy
             .gateway
             .metrics
             .upstream_errors
             .get_or_create(&UpstreamErrorLabels {
-                ingress: ingress.clone(),
+                ingress: IngressName(ingress.label().clone()),
                 kind,
             })
             .inc();
@@ -1459,7 +1563,7 @@ async fn forward(
             Ok(Ok(response)) => return Ok((response, upstream, new_cookie)),
             Err(_) => {
                 failed("timeout");
-                record.upstream = Some(upstream.to_string());
+                record.upstream = Some(upstream.clone());
                 return Err(Refusal::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!(
@@ -1477,7 +1581,7 @@ async fn forward(
                     tracing::warn!(endpoint = %a, ejected_for = ?crate::state::EJECTION, "endpoint failed to connect: left out of rotation");
                     proxy.gateway.ejections.eject(*a);
                 }
-                record.upstream = Some(upstream.to_string());
+                record.upstream = Some(upstream.clone());
                 let retry =
                     failure == UpstreamFailure::Connect && outgoing.bodiless && attempt < endpoints.min(3);
                 if retry {
@@ -1640,25 +1744,25 @@ fn public_message(refusal: &Refusal) -> &str {
     }
 }
 
-fn finish_headers(gateway: &Gateway, conn: &ClientConn, response: &mut Response<Body>, request_id: &str) {
+fn finish_headers(proxy: &Proxy, conn: &ClientConn, response: &mut Response<Body>, request_id: &RequestId) {
     let h = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert("x-request-id", v);
-    }
-    if conn.tls {
-        let tls = &gateway.settings.tls;
-        let max_age = tls.hsts_max_age.0.as_secs();
-        if max_age > 0 && !h.contains_key(header::STRICT_TRANSPORT_SECURITY) {
-            let value = if tls.hsts_include_subdomains {
-                format!("max-age={max_age}; includeSubDomains")
-            } else {
-                format!("max-age={max_age}")
-            };
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                h.insert(header::STRICT_TRANSPORT_SECURITY, v);
-            }
+    h.insert(X_REQUEST_ID, request_id.0.clone());
+    if let (true, Some(hsts)) = (conn.tls, &proxy.hsts) {
+        if !h.contains_key(header::STRICT_TRANSPORT_SECURITY) {
+            h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
         }
     }
+}
+
+/// The `Strict-Transport-Security` value of `tls.hsts*`, or none when `hstsMaxAge` is 0.
+fn hsts_value(tls: &portcullis_config::settings::TlsSettings) -> Option<HeaderValue> {
+    let max_age = tls.hsts_max_age.0.as_secs();
+    let value = match (max_age, tls.hsts_include_subdomains) {
+        (0, _) => return None,
+        (_, true) => format!("max-age={max_age}; includeSubDomains"),
+        (_, false) => format!("max-age={max_age}"),
+    };
+    HeaderValue::from_str(&value).ok()
 }
 
 /// Request ids: a client's `X-Request-Id` is kept when it is short and plain; otherwise
@@ -1685,19 +1789,30 @@ impl RequestIds {
         }
     }
 
-    fn for_request(&self, headers: &http::HeaderMap) -> String {
-        if let Some(id) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
-            if !id.is_empty()
-                && id.len() <= 128
-                && id
-                    .bytes()
+    fn for_request(&self, headers: &http::HeaderMap) -> RequestId {
+        if let Some(id) = headers.get(&X_REQUEST_ID) {
+            let id_bytes = id.as_bytes();
+            if !id_bytes.is_empty()
+                && id_bytes.len() <= 128
+                && id_bytes
+                    .iter()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
             {
-                return id.to_string();
+                return RequestId(id.clone());
             }
         }
         let n = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("{:016x}{:016x}", self.prefix, n)
+        // 32 hex digits: the prefix, then the counter.
+        let mut id = [0u8; 32];
+        let digits = |value: u64| {
+            (0..16)
+                .rev()
+                .map(move |i| b"0123456789abcdef"[(value >> (i * 4)) as usize & 15])
+        };
+        for (slot, digit) in id.iter_mut().zip(digits(self.prefix).chain(digits(n))) {
+            *slot = digit;
+        }
+        RequestId(HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-")))
     }
 }
 
@@ -1721,4 +1836,43 @@ fn ring_random(buf: &mut [u8]) -> Result<(), ()> {
         .secure_random
         .fill(buf)
         .map_err(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_request_ids_are_the_prefix_then_the_counter_in_hex() {
+        let ids = RequestIds {
+            prefix: 0x0123_4567_89ab_cdef,
+            counter: std::sync::atomic::AtomicU64::new(0xfe),
+        };
+        let none = http::HeaderMap::new();
+        assert_eq!(
+            ids.for_request(&none).as_str(),
+            "0123456789abcdef00000000000000fe"
+        );
+        assert_eq!(
+            ids.for_request(&none).as_str(),
+            "0123456789abcdef00000000000000ff"
+        );
+        let mut forged = http::HeaderMap::new();
+        forged.insert("x-request-id", HeaderValue::from_static("abc def"));
+        assert_eq!(
+            ids.for_request(&forged).as_str(),
+            "0123456789abcdef0000000000000100"
+        );
+        let mut kept = http::HeaderMap::new();
+        kept.insert("x-request-id", HeaderValue::from_static("trace-1.2:3_4"));
+        assert_eq!(ids.for_request(&kept).as_str(), "trace-1.2:3_4");
+    }
+
+    #[test]
+    fn upstream_authorities_are_address_and_port() {
+        for text in ["10.0.0.1:80", "0.0.0.0:0", "255.255.255.255:65535", "[::1]:8443"] {
+            let upstream = Upstream::Address(text.parse().expect("address"));
+            assert_eq!(upstream.authority().expect("authority").as_str(), text);
+        }
+    }
 }

@@ -1,34 +1,56 @@
 //! Prometheus metrics, served as text on the admin listener's `/metrics`.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::{Arc, LazyLock};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// The `ingress` label: `namespace/name`, shared with the route's
+/// [`IngressKey`](portcullis_config::routes::IngressKey), so labelling a request
+/// allocates nothing.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct IngressName(pub Arc<str>);
+
+impl IngressName {
+    /// `-`: no route matched.
+    pub fn none() -> Self {
+        static NONE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("-"));
+        IngressName(NONE.clone())
+    }
+}
+
+impl EncodeLabelValue for IngressName {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&&*self.0, encoder)
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// `namespace/name` of the Ingress, or `-` when no route matched.
-    pub ingress: String,
+    pub ingress: IngressName,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IngressLabel {
-    pub ingress: String,
+    pub ingress: IngressName,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamErrorLabels {
-    pub ingress: String,
+    pub ingress: IngressName,
     /// `connect`, `timeout`, `protocol`, `no_endpoints`.
     pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
-    pub ingress: String,
+    pub ingress: IngressName,
     /// `allow`, `deny` or `redirect`.
     pub decision: &'static str,
     pub reason: &'static str,

@@ -254,32 +254,41 @@ impl ServerCertVerifier for EncryptOnly {
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// As `HeaderName`s, not strings: a string name is parsed on every lookup.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    // One pass to find them: most requests carry none, and a removal costs a lookup.
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| HOP_BY_HOP.contains(k))
+        .cloned()
+        .collect();
+    for name in present {
+        headers.remove(name);
     }
 }
 
@@ -301,14 +310,21 @@ const IDENTITY_PREFIXES: &[&str] = &[
 
 /// Drops identity headers a client tried to supply.
 pub fn strip_identity_headers(headers: &mut HeaderMap) {
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| {
-            let name = k.as_str().replace('_', "-");
-            IDENTITY_PREFIXES.iter().any(|p| name.starts_with(p))
+    // Names are lowercase already; `_` and `-` count as the same character.
+    let forged = |name: &HeaderName| {
+        let name = name.as_str().as_bytes();
+        IDENTITY_PREFIXES.iter().any(|prefix| {
+            name.len() >= prefix.len()
+                && name
+                    .iter()
+                    .zip(prefix.as_bytes())
+                    .all(|(&n, &p)| n == p || (n == b'_' && p == b'-'))
         })
-        .cloned()
-        .collect();
+    };
+    if !headers.keys().any(forged) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers.keys().filter(|k| forged(k)).cloned().collect();
     for name in doomed {
         headers.remove(name);
     }

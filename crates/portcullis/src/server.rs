@@ -143,13 +143,13 @@ pub async fn serve(proxy: Arc<Proxy>, listener: Listener, mut shutdown: Shutdown
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(ClientConn {
+        let conn = Arc::new(ClientConn::new(
             peer,
-            tls: listener.tls.is_some(),
-            drain: drain.clone(),
-            server_name: None,
-            client_chain: None,
-        });
+            listener.tls.is_some(),
+            drain.clone(),
+            None,
+            None,
+        ));
         let task = connection(
             proxy.clone(),
             builder.clone(),
@@ -194,13 +194,7 @@ async fn connection(
         }
         match crate::proxy_protocol::read_header(&mut stream, handshake_timeout).await {
             Ok(Some(client)) => {
-                conn = Arc::new(ClientConn {
-                    peer: client,
-                    tls: conn.tls,
-                    drain: conn.drain.clone(),
-                    server_name: None,
-                    client_chain: None,
-                })
+                conn = Arc::new(ClientConn::new(client, conn.tls, conn.drain.clone(), None, None))
             }
             Ok(None) => {}
             Err(e) => {
@@ -233,13 +227,13 @@ async fn connection(
         None => serve_http(proxy, &builder, TokioIo::new(stream), conn, shutdown).await,
         Some(configs) => match tokio::time::timeout(handshake_timeout, handshake(&configs, stream)).await {
             Ok(Ok((stream, server_name, client_chain))) => {
-                let conn = Arc::new(ClientConn {
-                    peer: conn.peer,
-                    tls: true,
-                    drain: conn.drain.clone(),
+                let conn = Arc::new(ClientConn::new(
+                    conn.peer,
+                    true,
+                    conn.drain.clone(),
                     server_name,
                     client_chain,
-                });
+                ));
                 serve_http(proxy, &builder, TokioIo::new(stream), conn, shutdown).await
             }
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),

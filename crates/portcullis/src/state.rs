@@ -31,6 +31,44 @@ pub enum Upstream {
     Named { host: String, port: u16 },
 }
 
+impl Upstream {
+    /// `address:port` as a URI authority, without the formatting machinery for the
+    /// common IPv4 case: it is built for every request sent upstream.
+    pub fn authority(&self) -> Result<http::uri::Authority, http::uri::InvalidUri> {
+        let text = match self {
+            Upstream::Address(std::net::SocketAddr::V4(a)) => {
+                let mut text = String::with_capacity(21);
+                for (i, octet) in a.ip().octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push('.');
+                    }
+                    push_decimal(&mut text, octet.into());
+                }
+                text.push(':');
+                push_decimal(&mut text, a.port());
+                text
+            }
+            other => other.to_string(),
+        };
+        http::uri::Authority::try_from(text)
+    }
+}
+
+fn push_decimal(text: &mut String, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut start = digits.len();
+    let mut n = n;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    text.extend(digits[start..].iter().map(|&d| char::from(d)));
+}
+
 impl std::fmt::Display for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
