@@ -3,6 +3,7 @@
 //! accepting, lets in-flight requests and tunnels finish, then returns.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,28 +107,74 @@ pub fn inherited_listeners() -> anyhow::Result<Option<(TcpListener, TcpListener)
     Ok(Some((take(http, "http")?, take(https, "https")?)))
 }
 
+/// The HTTP connection builders, all with the same settings. A TLS client that named
+/// its protocol with ALPN is served with it directly; `any` sniffs the first bytes
+/// (plain HTTP, and TLS clients without ALPN). Sniffing costs a read and hands hyper a
+/// short first read, after which its request buffer doubles to 16 KiB for the rest of
+/// the connection.
+struct Builders {
+    any: auto::Builder<TokioExecutor>,
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(settings: &portcullis_config::Settings) -> Self {
+        let header_timeout = settings.timeouts.client_header.0;
+        let max_buf_size = usize::try_from(settings.limits.max_header_size.0)
+            .unwrap_or(64 << 10)
+            .max(8192);
+        let max_header_list = u32::try_from(settings.limits.max_header_size.0).unwrap_or(65536);
+        let mut any = auto::Builder::new(TokioExecutor::new());
+        any.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(max_buf_size);
+        any.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(250)
+            .max_header_list_size(max_header_list)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(max_buf_size);
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(250)
+            .max_header_list_size(max_header_list)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Builders { any, http1, http2 }
+    }
+}
+
+/// What ALPN settled on, if anything.
+#[derive(Clone, Copy)]
+enum Negotiated {
+    Http1,
+    Http2,
+    Unknown,
+}
+
+impl Negotiated {
+    fn from_alpn(alpn: Option<&[u8]>) -> Self {
+        match alpn {
+            Some(b"h2") => Negotiated::Http2,
+            Some(b"http/1.1") => Negotiated::Http1,
+            _ => Negotiated::Unknown,
+        }
+    }
+}
+
 /// Accepts connections until shutdown.
 pub async fn serve(proxy: Arc<Proxy>, listener: Listener, mut shutdown: Shutdown, drain: mpsc::Sender<()>) {
     let settings = &proxy.gateway.settings;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.timeouts.client_header.0)
-        .max_buf_size(
-            usize::try_from(settings.limits.max_header_size.0)
-                .unwrap_or(64 << 10)
-                .max(8192),
-        );
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(250)
-        .max_header_list_size(u32::try_from(settings.limits.max_header_size.0).unwrap_or(65536))
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(20));
     let handshake_timeout = settings.timeouts.client_header.0;
-    let builder = Arc::new(builder);
+    let builders = Arc::new(Builders::new(settings));
     loop {
         let accepted = tokio::select! {
             accepted = listener.listener.accept() => accepted,
@@ -152,7 +199,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: Listener, mut shutdown: Shutdown
         ));
         let task = connection(
             proxy.clone(),
-            builder.clone(),
+            builders.clone(),
             listener.tls.clone(),
             stream,
             conn,
@@ -169,7 +216,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: Listener, mut shutdown: Shutdown
 #[allow(clippy::too_many_arguments)]
 async fn connection(
     proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Arc<Builders>,
     tls: Option<Arc<crate::tls::Configs>>,
     mut stream: TcpStream,
     mut conn: Arc<ClientConn>,
@@ -192,7 +239,7 @@ async fn connection(
             gauge.dec();
             return;
         }
-        match crate::proxy_protocol::read_header(&mut stream, handshake_timeout).await {
+        match Box::pin(crate::proxy_protocol::read_header(&mut stream, handshake_timeout)).await {
             Ok(Some(client)) => {
                 conn = Arc::new(ClientConn::new(client, conn.tls, conn.drain.clone(), None, None))
             }
@@ -217,15 +264,32 @@ async fn connection(
         return;
     };
     if tls.is_some() {
-        if let Some(target) = passthrough_target(&proxy, &stream, handshake_timeout).await {
-            relay(&proxy, stream, target, &conn).await;
+        // Every step before serving is boxed: the task keeps room for its largest step
+        // for as long as the connection lives, and these are done after the handshake.
+        if let Some(target) = Box::pin(passthrough_target(&proxy, &stream, handshake_timeout)).await {
+            Box::pin(relay(&proxy, stream, target, &conn)).await;
             gauge.dec();
             return;
         }
     }
     match tls {
-        None => serve_http(proxy, &builder, TokioIo::new(stream), conn, shutdown).await,
-        Some(configs) => match tokio::time::timeout(handshake_timeout, handshake(&configs, stream)).await {
+        None => {
+            serve_http(
+                proxy,
+                &builders,
+                Negotiated::Unknown,
+                TokioIo::new(stream),
+                conn,
+                shutdown,
+            )
+            .await
+        }
+        Some(configs) => match Box::pin(tokio::time::timeout(
+            handshake_timeout,
+            handshake(&configs, stream),
+        ))
+        .await
+        {
             Ok(Ok((stream, server_name, client_chain))) => {
                 let conn = Arc::new(ClientConn::new(
                     conn.peer,
@@ -234,7 +298,8 @@ async fn connection(
                     server_name,
                     client_chain,
                 ));
-                serve_http(proxy, &builder, TokioIo::new(stream), conn, shutdown).await
+                let protocol = Negotiated::from_alpn(stream.get_ref().1.alpn_protocol());
+                serve_http(proxy, &builders, protocol, TokioIo::new(stream), conn, shutdown).await
             }
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -351,10 +416,11 @@ async fn handshake(configs: &crate::tls::Configs, stream: TcpStream) -> std::io:
 
 async fn serve_http<I>(
     proxy: Arc<Proxy>,
-    builder: &auto::Builder<TokioExecutor>,
+    builders: &Builders,
+    protocol: Negotiated,
     io: TokioIo<I>,
     conn: Arc<ClientConn>,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -367,30 +433,73 @@ async fn serve_http<I>(
         arrived.notify_one();
         handler::handle(proxy.clone(), conn.clone(), req)
     });
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = shutdown.wait() => {
-            // A connection accepted just now has its first request on the way; closing it
-            // as idle would fail that request, so it gets until the header timeout to
-            // arrive (bounded by the shutdown grace like everything else).
-            let waited = tokio::select! {
-                result = connection.as_mut() => Some(result),
-                _ = tokio::time::timeout(header_timeout, first_request.notified()) => None,
-            };
-            match waited {
-                Some(result) => result,
-                None => {
-                    // Finish the requests in flight, then close (GOAWAY on HTTP/2).
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+    let served = Served {
+        shutdown,
+        header_timeout,
+        first_request,
+        peer,
+    };
+    match protocol {
+        Negotiated::Http1 => {
+            let connection = builders.http1.serve_connection(io, service).with_upgrades();
+            served
+                .drive(Box::pin(connection), |c| c.graceful_shutdown())
+                .await
+        }
+        Negotiated::Http2 => {
+            let connection = builders.http2.serve_connection(io, service);
+            served
+                .drive(Box::pin(connection), |c| c.graceful_shutdown())
+                .await
+        }
+        Negotiated::Unknown => {
+            let connection = builders.any.serve_connection_with_upgrades(io, service);
+            served
+                .drive(Box::pin(connection), |c| c.graceful_shutdown())
+                .await
+        }
+    }
+}
+
+/// Runs one connection to its end, and through a graceful shutdown.
+struct Served {
+    shutdown: Shutdown,
+    header_timeout: Duration,
+    first_request: Arc<tokio::sync::Notify>,
+    peer: SocketAddr,
+}
+
+impl Served {
+    /// The connection is boxed: its state is as large as its protocol needs, and the
+    /// task that holds it stays small.
+    async fn drive<C, E>(mut self, mut connection: Pin<Box<C>>, graceful: impl FnOnce(Pin<&mut C>))
+    where
+        C: std::future::Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = self.shutdown.wait() => {
+                // A connection accepted just now has its first request on the way;
+                // closing it as idle would fail that request, so it gets until the header
+                // timeout to arrive (bounded by the shutdown grace like everything else).
+                let waited = tokio::select! {
+                    result = connection.as_mut() => Some(result),
+                    _ = tokio::time::timeout(self.header_timeout, self.first_request.notified()) => None,
+                };
+                match waited {
+                    Some(result) => result,
+                    None => {
+                        // Finish the requests in flight, then close (GOAWAY on HTTP/2).
+                        graceful(connection.as_mut());
+                        connection.await
+                    }
                 }
             }
+        };
+        if let Err(e) = result {
+            tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 

@@ -184,6 +184,52 @@ async fn http2_to_clients_and_grpc_to_backends_with_trailers() {
     assert_eq!(grpc.requests()[0].headers["te"], "trailers");
 }
 
+/// The HTTP version comes from ALPN when the client names one, and from what the
+/// client sends when it names none: both versions work either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_clients_get_their_http_version_with_or_without_alpn() {
+    let pki = Pki::new();
+    let web = Backend::named("web").await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            pki.tls_secret("ns", "t", &["v.test"]),
+            ingress("ns", "web", &[], &[("v.test", "t")], &[("v.test", "/", "web")]),
+        ]),
+        "",
+    );
+    for alpn in [&[][..], &[&b"h2"[..]][..]] {
+        let stream = client::tls(gw.https, "v.test", trusting(&pki, alpn))
+            .await
+            .unwrap();
+        let mut h2 = client::h2(stream).await;
+        let r = send_h2(&mut h2, "GET", "https://v.test/two").await.unwrap();
+        assert_eq!(
+            (r.version, r.text().as_str()),
+            (http::Version::HTTP_2, "web /two"),
+            "ALPN {alpn:?}"
+        );
+    }
+    for alpn in [&[][..], &[&b"http/1.1"[..]][..]] {
+        let stream = client::tls(gw.https, "v.test", trusting(&pki, alpn))
+            .await
+            .unwrap();
+        let mut h1 = client::h1(stream).await;
+        for i in 0..2 {
+            let req = http::Request::get(format!("/one/{i}"))
+                .header("host", "v.test")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let r = client::send_h1(&mut h1, req).await.unwrap();
+            assert_eq!(
+                (r.status, r.text()),
+                (StatusCode::OK, format!("web /one/{i}")),
+                "ALPN {alpn:?}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websockets_are_tunnelled() {
     use futures_util::{SinkExt, StreamExt};
