@@ -2,7 +2,7 @@
 """Helpers for bench/run.sh (standard library only).
 
   bench.py record  --results FILE --scenario S --variant V --round N --tool T --out F
-                   [--log F] [--cpu-s X] [--hwm-kb N]
+                   [--log F] [--cpu-s X] [--user-s X] [--hwm-kb N]
       Parses one load generator's output (wrk, h2load, openssl s_time) and appends a
       JSON line with rps, p50/p99 latency, errors, proxy CPU seconds and peak RSS.
   bench.py idle    --port P --conns N --pids PID[,PID...] [--settle S]
@@ -148,6 +148,9 @@ def cmd_record(a):
     r.update(scenario=a.scenario, variant=a.variant, round=a.round, cpu_s=a.cpu_s, hwm_kb=a.hwm_kb)
     if r.get("requests") and a.cpu_s is not None:
         r["cpu_us_per_req"] = a.cpu_s * 1e6 / r["requests"]
+    if r.get("requests") and a.user_s is not None:
+        r["user_s"] = a.user_s
+        r["user_us_per_req"] = a.user_s * 1e6 / r["requests"]
     if a.aux_cpu_s is not None:
         # A helper process the proxy depends on (scenario 5: nginx's auth server).
         r["aux_cpu_s"] = a.aux_cpu_s
@@ -406,6 +409,7 @@ METRICS = [
     ("hwm_kb", "peak RSS MB", 1 / 1024, "%.1f"),
     ("cpu_s", "proxy CPU s", 1, "%.2f"),
     ("cpu_us_per_req", "proxy CPU us/req", 1, "%.1f"),
+    ("user_us_per_req", "proxy user-space CPU us/req", 1, "%.1f"),
     ("aux_cpu_us_per_req", "auth server CPU us/req", 1, "%.1f"),
     ("total_cpu_us_per_req", "proxy+auth server CPU us/req", 1, "%.1f"),
     ("ready_ms", "start to first proxied response ms", 1, "%.0f"),
@@ -564,6 +568,7 @@ def main():
     r.add_argument("--out", required=True)
     r.add_argument("--log")
     r.add_argument("--cpu-s", type=float)
+    r.add_argument("--user-s", type=float)
     r.add_argument("--hwm-kb", type=int)
     r.add_argument("--wall-s", type=float)
     r.add_argument("--aux-cpu-s", type=float)

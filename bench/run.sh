@@ -515,6 +515,9 @@ EOF
 # header_read_timeout (timeouts.clientHeader, default 10s) also closes a keep-alive
 # connection that stays idle that long. 75s matches nginx's keepalive_timeout above, so
 # scenario 6's connections (idle for up to ~15 s) stay open on both.
+# maxConnectionsPerClient: every load generator connects from 127.0.0.1, and scenario 6
+# holds more connections than the default per-client limit (1024); nginx has no such
+# limit here.
 write_pc_config() { # FILE AUDIT(on|off)
   local audit='{enabled: false}'
   [[ $2 == on ]] && audit="{enabled: true, path: $OUT/audit.log}"
@@ -523,6 +526,7 @@ listen: {http: 127.0.0.1:$PC_HTTP, https: 127.0.0.1:$PC_HTTPS, admin: 127.0.0.1:
 ingressClass: portcullis
 tls: {defaultCertificate: bench/bench-tls}
 timeouts: {clientHeader: 75s, shutdownGrace: 2s}
+limits: {maxConnectionsPerClient: $((IDLE_CONNS + 1000))}
 auditLog: $audit
 EOF
 }
@@ -688,6 +692,13 @@ proxy_cpu_s() { # utime+stime of all proxy processes (all threads), seconds
   done
   awk -v t="$t" -v h="$TCK" 'BEGIN { printf "%.3f", t / h }'
 }
+proxy_user_s() { # utime alone: the proxy's own code, without the kernel's TCP and TLS I/O
+  local t=0 p
+  for p in "${PROXY_PIDS[@]}"; do
+    t=$((t + $(awk '{print $14}' "/proc/$p/stat")))
+  done
+  awk -v t="$t" -v h="$TCK" 'BEGIN { printf "%.3f", t / h }'
+}
 proxy_hwm_kb() {
   local t=0 p
   for p in "${PROXY_PIDS[@]}"; do
@@ -778,14 +789,16 @@ measure() { # SCENARIO VARIANT ROUND
   run_bg_wait "$base.warmup.txt" taskset -c 1 "${LOAD[@]}" || true
   rm -f "$base.warmup.h2log"
   load_cmd "$sc" "$PROXY_PORT" "$base.h2log" "$SECS" "$v"
-  local cpu0 cpu1 hwm t0 t1 aux0= aux1= reloads0=
+  local cpu0 cpu1 user0 user1 hwm t0 t1 aux0= aux1= reloads0=
   [[ $v == *-reload ]] && { reloads0=$(reloads_total); start_reload_loop; }
   [[ $v == nginx-authreq* ]] && aux0=$(pids_cpu_s "${AUTHSRV_PIDS[@]}")
   cpu0=$(proxy_cpu_s)
+  user0=$(proxy_user_s)
   t0=$(date +%s.%N)
   run_bg_wait "$base.txt" taskset -c 1 "${LOAD[@]}" || log "load generator exited non-zero (see $base.txt)"
   t1=$(date +%s.%N)
   cpu1=$(proxy_cpu_s)
+  user1=$(proxy_user_s)
   hwm=$(proxy_hwm_kb)
   [[ -n $aux0 ]] && { aux1=$(pids_cpu_s "${AUTHSRV_PIDS[@]}"); extra+=(--aux-cpu-s "$(awk -v a="$aux0" -v b="$aux1" 'BEGIN { print b - a }')"); }
   if [[ -n $reloads0 ]]; then
@@ -800,7 +813,8 @@ measure() { # SCENARIO VARIANT ROUND
   }
   python3 "$BENCH/bench.py" record --results "$RESULTS" --scenario "$sc" --variant "$v" --round "$rd" \
     --tool "$TOOL" --out "$base.txt" --log "$base.h2log" --wall-s "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" \
-    --cpu-s "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { print b - a }')" --hwm-kb "$hwm" "${extra[@]}"
+    --cpu-s "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { print b - a }')" \
+    --user-s "$(awk -v a="$user0" -v b="$user1" 'BEGIN { print b - a }')" --hwm-kb "$hwm" "${extra[@]}"
   rm -f "$base.h2log"   # large; the percentiles are in results.jsonl
 }
 

@@ -461,7 +461,8 @@ pub struct ReadTimeout<B> {
     inner: B,
     timeout: Duration,
     sender: Sender,
-    sleep: Pin<Box<Sleep>>,
+    /// Made at the first poll that finds nothing: most small bodies never wait.
+    sleep: Option<Pin<Box<Sleep>>>,
     /// The timer runs from the first poll that found nothing.
     armed: bool,
 }
@@ -472,7 +473,7 @@ impl<B> ReadTimeout<B> {
             inner,
             timeout,
             sender,
-            sleep: Box::pin(tokio::time::sleep(timeout)),
+            sleep: None,
             armed: false,
         }
     }
@@ -515,9 +516,15 @@ where
                 if !this.armed {
                     this.armed = true;
                     let deadline = Instant::now() + this.timeout;
-                    this.sleep.as_mut().reset(deadline);
+                    match this.sleep.as_mut() {
+                        Some(sleep) => sleep.as_mut().reset(deadline),
+                        None => this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
                 }
-                match this.sleep.as_mut().poll(cx) {
+                let Some(sleep) = this.sleep.as_mut() else {
+                    return Poll::Pending; // armed above
+                };
+                match sleep.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ReadTimedOut {
                         sender: this.sender,
                         after: this.timeout,
