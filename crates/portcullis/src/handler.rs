@@ -1746,7 +1746,11 @@ fn public_message(refusal: &Refusal) -> &str {
 
 fn finish_headers(proxy: &Proxy, conn: &ClientConn, response: &mut Response<Body>, request_id: &RequestId) {
     let h = response.headers_mut();
-    h.insert(X_REQUEST_ID, request_id.0.clone());
+    // Never indexed by HTTP/2's HPACK: an id never repeats, and indexing each one
+    // churns the connection's header table for nothing.
+    let mut id = request_id.0.clone();
+    id.set_sensitive(true);
+    h.insert(X_REQUEST_ID, id);
     if let (true, Some(hsts)) = (conn.tls, &proxy.hsts) {
         if !h.contains_key(header::STRICT_TRANSPORT_SECURITY) {
             h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
