@@ -8,8 +8,9 @@ RUN rustup target add x86_64-unknown-linux-musl \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin portcullis --target x86_64-unknown-linux-musl \
- && cp target/x86_64-unknown-linux-musl/release/portcullis /portcullis
+# The dist profile: release with fat LTO (see Cargo.toml).
+RUN cargo build --profile dist --locked --bin portcullis --target x86_64-unknown-linux-musl \
+ && cp target/x86_64-unknown-linux-musl/dist/portcullis /portcullis
 
 # Runtime stage: no shell, no package manager, nothing but the binary and CA roots.
 FROM gcr.io/distroless/static-debian12:nonroot

@@ -162,23 +162,24 @@ if [[ -n ${BENCH_BIN:-} ]]; then
 elif [[ -n ${BENCH_REV:-} ]]; then
   # Build one commit from a clean export, so uncommitted edits in the work tree are not
   # measured. The target dir is kept across runs; the first one is seeded from the
-  # work tree's release build (only the workspace crates then compile again).
+  # work tree's dist build (only the workspace crates then compile again).
   rev=$(git -C "$REPO" rev-parse --verify "$BENCH_REV^{commit}")
   SRC="${BENCH_SRC_DIR:-/tmp/portcullis-bench-src}"
   rm -rf "$SRC/src"
   mkdir -p "$SRC/src"
   git -C "$REPO" archive "$rev" | tar -x -C "$SRC/src"
-  if [[ ! -d $SRC/target/release && -d ${CARGO_TARGET_DIR:-$REPO/target}/release ]]; then
+  if [[ ! -d $SRC/target/dist && -d ${CARGO_TARGET_DIR:-$REPO/target}/dist ]]; then
     mkdir -p "$SRC/target"
-    cp -a "${CARGO_TARGET_DIR:-$REPO/target}/release" "$SRC/target/"
+    cp -a "${CARGO_TARGET_DIR:-$REPO/target}/dist" "$SRC/target/"
   fi
   log "building commit $(git -C "$REPO" rev-parse --short "$rev") from a clean export in $SRC/src"
-  (cd "$SRC/src" && CARGO_TARGET_DIR="$SRC/target" cargo build --release --bin portcullis)
-  BIN="$SRC/target/release/portcullis"
+  (cd "$SRC/src" && CARGO_TARGET_DIR="$SRC/target" cargo build --profile dist --bin portcullis)
+  BIN="$SRC/target/dist/portcullis"
 else
-  log "building: cargo build --release --bin portcullis"
-  (cd "$REPO" && cargo build --release --bin portcullis)
-  BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/portcullis"
+  # The `dist` profile (fat LTO) is what the container image ships.
+  log "building: cargo build --profile dist --bin portcullis"
+  (cd "$REPO" && cargo build --profile dist --bin portcullis)
+  BIN="${CARGO_TARGET_DIR:-$REPO/target}/dist/portcullis"
 fi
 [[ -x $BIN ]] || { echo "no binary at $BIN" >&2; exit 1; }
 
