@@ -728,6 +728,12 @@ async fn serve(settings: Settings, config_source: ConfigSource) -> anyhow::Resul
     } else {
         tracing::warn!(grace = ?settings.timeouts.shutdown_grace.0, "grace period over; closing remaining connections");
     }
+    // The audit writer batches: what it holds is written before the process ends.
+    let audit = gateway.clone();
+    let flushed = tokio::task::spawn_blocking(move || audit.audit.flush(Duration::from_secs(5))).await;
+    if !matches!(flushed, Ok(true)) {
+        tracing::warn!("the audit log could not be flushed at shutdown: its last events may be lost");
+    }
     Ok(())
 }
 
