@@ -125,29 +125,33 @@ impl Builders {
             .unwrap_or(64 << 10)
             .max(8192);
         let max_header_list = u32::try_from(settings.limits.max_header_size.0).unwrap_or(65536);
+        // hyper-util's auto builder and hyper's own take the same settings under the
+        // same names; one list for both.
+        macro_rules! http1 {
+            ($builder:expr) => {
+                $builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .max_buf_size(max_buf_size)
+            };
+        }
+        macro_rules! http2 {
+            ($builder:expr) => {
+                $builder
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(250)
+                    .max_header_list_size(max_header_list)
+                    .keep_alive_interval(Duration::from_secs(30))
+                    .keep_alive_timeout(Duration::from_secs(20))
+            };
+        }
         let mut any = auto::Builder::new(TokioExecutor::new());
-        any.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .max_buf_size(max_buf_size);
-        any.http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(250)
-            .max_header_list_size(max_header_list)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(20));
+        http1!(any.http1());
+        http2!(any.http2());
         let mut http1 = hyper::server::conn::http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .max_buf_size(max_buf_size);
+        http1!(http1);
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        http2
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(250)
-            .max_header_list_size(max_header_list)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(20));
+        http2!(http2);
         Builders { any, http1, http2 }
     }
 }
