@@ -35,26 +35,30 @@ impl Upstream {
     /// `address:port` as a URI authority, without the formatting machinery for the
     /// common IPv4 case: it is built for every request sent upstream.
     pub fn authority(&self) -> Result<http::uri::Authority, http::uri::InvalidUri> {
-        let text = match self {
+        match self {
             Upstream::Address(std::net::SocketAddr::V4(a)) => {
-                let mut text = String::with_capacity(21);
+                // At most "255.255.255.255:65535".
+                let mut text = [0u8; 21];
+                let mut len = 0;
                 for (i, octet) in a.ip().octets().into_iter().enumerate() {
                     if i > 0 {
-                        text.push('.');
+                        text[len] = b'.';
+                        len += 1;
                     }
-                    push_decimal(&mut text, octet.into());
+                    len += write_decimal(&mut text[len..], octet.into());
                 }
-                text.push(':');
-                push_decimal(&mut text, a.port());
-                text
+                text[len] = b':';
+                len += 1;
+                len += write_decimal(&mut text[len..], a.port());
+                http::uri::Authority::try_from(&text[..len])
             }
-            other => other.to_string(),
-        };
-        http::uri::Authority::try_from(text)
+            other => http::uri::Authority::try_from(other.to_string()),
+        }
     }
 }
 
-fn push_decimal(text: &mut String, n: u16) {
+/// Writes `n` in decimal at the start of `out` (room for 5 digits), returning its length.
+fn write_decimal(out: &mut [u8], n: u16) -> usize {
     let mut digits = [0u8; 5];
     let mut start = digits.len();
     let mut n = n;
@@ -66,7 +70,9 @@ fn push_decimal(text: &mut String, n: u16) {
             break;
         }
     }
-    text.extend(digits[start..].iter().map(|&d| char::from(d)));
+    let len = digits.len() - start;
+    out[..len].copy_from_slice(&digits[start..]);
+    len
 }
 
 impl std::fmt::Display for Upstream {
