@@ -631,6 +631,11 @@ async fn one_normalized_path_and_clean_headers_reach_the_backend() {
     assert_eq!(access.len(), 1, "one access-log line per request:\n{}", gw.logs());
     assert_eq!(access[0]["status"], 200);
     assert_eq!(access[0]["ingress"], "ns/i");
+    // Filled only when a log records them: this one does.
+    assert_eq!(access[0]["host"], "p.test");
+    assert_eq!(access[0]["request_id"], "trace-123");
+    assert_eq!(access[0]["upstream"], web.addr.to_string());
+    assert_eq!(access[0]["backend"], "ns/web:80");
 }
 
 /// Requests keep flowing, on kept-alive and new connections, while the configuration
