@@ -827,6 +827,55 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     assert!(status.success(), "{status}");
 }
 
+/// The same drain on HTTPS, where ALPN picks the HTTP/1.1 or HTTP/2 connection: both
+/// finish the request in flight (HTTP/2 with a GOAWAY), then the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_https_requests_on_both_http_versions() {
+    let pki = Pki::new();
+    let slow = Backend::slow(Duration::from_millis(1000)).await;
+    let mut gw = Gateway::start(
+        &concat(&[
+            service("ns", "slow", &[slow.addr]),
+            pki.tls_secret("ns", "t", &["d.test"]),
+            ingress("ns", "i", &[], &[("d.test", "t")], &[("d.test", "/", "slow")]),
+        ]),
+        "",
+    );
+    let h1_stream = client::tls(gw.https, "d.test", trusting(&pki, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    assert_eq!(h1_stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let mut h1 = client::h1(h1_stream).await;
+    let h2_stream = client::tls(gw.https, "d.test", trusting(&pki, &[b"h2"]))
+        .await
+        .unwrap();
+    assert_eq!(h2_stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut h2 = client::h2(h2_stream).await;
+    let over_h1 = tokio::spawn(async move {
+        let req = http::Request::get("/one")
+            .header("host", "d.test")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        client::send_h1(&mut h1, req).await
+    });
+    let over_h2 = tokio::spawn(async move { send_h2(&mut h2, "GET", "https://d.test/two").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.terminate();
+    let (one, two) = (over_h1.await.unwrap().unwrap(), over_h2.await.unwrap().unwrap());
+    assert_eq!(
+        (one.status, one.text()),
+        (StatusCode::OK, "slow done".to_string())
+    );
+    assert_eq!(
+        (two.version, two.text()),
+        (http::Version::HTTP_2, "slow done".to_string())
+    );
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after draining");
+    assert!(status.success(), "{status}");
+}
+
 #[test]
 fn every_example_passes_check() {
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
