@@ -672,13 +672,15 @@ async fn serve(
                 identity,
                 set_cookies,
             } => {
-                record.identity = Some(AuditIdentity {
-                    subject: identity.subject.clone(),
-                    email: identity.email.clone().filter(|_| identity.email_verified),
-                    groups: identity.groups.clone(),
-                    method: identity.method.as_str(),
-                    provider: identity.provider.clone(),
-                });
+                if record.detailed {
+                    record.identity = Some(AuditIdentity {
+                        subject: identity.subject.clone(),
+                        email: identity.email.clone().filter(|_| identity.email_verified),
+                        groups: identity.groups.clone(),
+                        method: identity.method.as_str(),
+                        provider: identity.provider.clone(),
+                    });
+                }
                 (Some(identity), set_cookies)
             }
             Decision::Respond {
@@ -699,8 +701,11 @@ async fn serve(
     };
 
     if let Some(identity) = &identity {
-        if let Err(denial) = policy::check_subject(&route.options.policy, &identity.subject()) {
-            return Err(forbidden(record, &denial));
+        // The subject (a copy of the claims) is made only for routes whose rules read it.
+        if route.options.policy.needs_identity() {
+            if let Err(denial) = policy::check_subject(&route.options.policy, &identity.subject()) {
+                return Err(forbidden(record, &denial));
+            }
         }
         if let Some(limit) = route.options.rate_limit.filter(|l| l.key == RateLimitKey::User) {
             let key = format!("{}\u{0}{}", identity.provider, identity.subject);

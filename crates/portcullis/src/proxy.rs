@@ -356,7 +356,15 @@ pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
 /// The email is passed only when the provider verified it.
 pub fn set_identity_headers(headers: &mut HeaderMap, identity: &crate::auth::Identity) {
     let mut set = |name: &'static str, value: &str| {
-        let clean: String = value.chars().filter(|c| !c.is_control()).collect();
+        let clean: std::borrow::Cow<str> = if value.chars().any(char::is_control) {
+            value
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect::<String>()
+                .into()
+        } else {
+            value.into()
+        };
         if let Ok(v) = HeaderValue::from_str(&clean) {
             headers.insert(name, v);
         }
