@@ -174,20 +174,11 @@ pub fn secret_name<'a>(namespace: &str, secret: &'a str) -> Result<&'a str, Stri
 /// (`tls.crt` with `tls.key`, optional) from the Secret's keys. The error names the
 /// Secret as `namespace/name`.
 pub fn load(full_name: &str, data: &BTreeMap<String, Vec<u8>>, tls: &mut BackendTls) -> Result<(), String> {
-    let ca = crate::tls::ca_certificates(
+    let (ca, _) = crate::tls::ca_certificates(
         full_name,
         data,
         "the CA certificates the backend's certificate is verified against",
     )?;
-    let mut roots = rustls::RootCertStore::empty();
-    for (i, cert) in ca.iter().enumerate() {
-        roots.add(cert.clone()).map_err(|e| {
-            format!(
-                "Secret {full_name}: certificate {} of ca.crt is not a usable CA: {e}",
-                i + 1
-            )
-        })?;
-    }
     tls.ca = ca;
     tls.client_cert = match (data.get("tls.crt"), data.get("tls.key")) {
         (None, None) => None,

@@ -172,26 +172,11 @@ pub fn from_annotations<'a>(
 /// Fills in the CA (`ca.crt`, required) from the Secret's keys. The error names the
 /// Secret as `namespace/name`.
 pub fn load(full_name: &str, data: &BTreeMap<String, Vec<u8>>, auth: &mut ClientAuth) -> Result<(), String> {
-    let ca = crate::tls::ca_certificates(
+    let (ca, roots) = crate::tls::ca_certificates(
         full_name,
         data,
         "the CA certificates client certificates are verified against",
     )?;
-    let mut roots = rustls::RootCertStore::empty();
-    for (i, cert) in ca.iter().enumerate() {
-        roots.add(cert.clone()).map_err(|e| {
-            format!(
-                "Secret {full_name}: certificate {} of ca.crt is not a usable CA: {e}",
-                i + 1
-            )
-        })?;
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in &ca {
-        roots
-            .add(cert.clone())
-            .map_err(|e| format!("Secret {full_name}: ca.crt: {e}"))?;
-    }
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         std::sync::Arc::new(roots),
         std::sync::Arc::new(rustls::crypto::ring::default_provider()),

@@ -90,14 +90,21 @@ pub fn certificate_from_pem(
     })
 }
 
-/// The CA certificates in a Secret's `ca.crt`, each checked to be usable as a trust
-/// anchor; `purpose` says what they verify, for the error when the key is missing.
+/// The CA certificates in a Secret's `ca.crt`, and the trust store they make (each one
+/// checked to be usable as a trust anchor); `purpose` says what they verify, for the
+/// error when the key is missing.
 /// Errors name the Secret as `namespace/name`.
 pub fn ca_certificates(
     full_name: &str,
     data: &std::collections::BTreeMap<String, Vec<u8>>,
     purpose: &str,
-) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+) -> Result<
+    (
+        Vec<rustls_pki_types::CertificateDer<'static>>,
+        rustls::RootCertStore,
+    ),
+    String,
+> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
     let pem = data
@@ -118,7 +125,7 @@ pub fn ca_certificates(
             )
         })?;
     }
-    Ok(ca)
+    Ok((ca, roots))
 }
 
 /// Every key of a Secret with its bytes; `stringData` wins over `data`, as the API
