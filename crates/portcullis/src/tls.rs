@@ -275,3 +275,16 @@ pub fn verify_for_route(
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
+
+/// A TLS client configuration that verifies servers against the public web PKI (the
+/// Mozilla roots): for the identity providers and `auth-url` services the gateway calls.
+pub fn public_client_config() -> Result<rustls::ClientConfig, rustls::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    Ok(
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}

@@ -10,7 +10,6 @@
 //! Nothing here logs; [`CheckError`] texts are safe to log (no headers, no cookies).
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -216,15 +215,9 @@ impl ExternalAuthClient {
 
     /// A client whose checks, connection included, time out after `timeout`.
     pub fn with_timeout(timeout: Duration) -> Result<ExternalAuthClient, rustls::Error> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         // Unlike ingress-nginx (proxy_ssl_verify off), an https auth-url is verified:
         // its answer decides who gets in.
-        let tls =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+        let tls = crate::tls::public_client_config()?;
         let mut tcp = HttpConnector::new();
         tcp.set_connect_timeout(Some(timeout));
         tcp.set_nodelay(true);
@@ -422,7 +415,7 @@ fn text_response(status: StatusCode) -> Response<Body> {
 mod tests {
     use std::collections::BTreeMap;
     use std::net::SocketAddr;
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     use http_body_util::Full;
     use hyper::body::Incoming;
