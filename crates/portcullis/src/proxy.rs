@@ -332,21 +332,32 @@ pub fn strip_identity_headers(headers: &mut HeaderMap) {
 
 /// Removes the gateway's own cookies (session, login) from what the backend sees.
 pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
-    if !headers.contains_key(header::COOKIE) {
+    const OURS: &[u8] = b"__Host-portcullis-";
+    // Most requests carry no cookie of ours: leave their headers as they are.
+    let mentions_ours = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .any(|v| v.as_bytes().windows(OURS.len()).any(|w| w == OURS));
+    if !mentions_ours {
         return;
     }
-    let kept: Vec<String> = headers
+    let mut kept = String::new();
+    let pairs = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .map(str::trim)
-        .filter(|c| !c.is_empty() && !c.starts_with("__Host-portcullis-"))
-        .map(str::to_string)
-        .collect();
+        .filter(|c| !c.is_empty() && !c.as_bytes().starts_with(OURS));
+    for pair in pairs {
+        if !kept.is_empty() {
+            kept.push_str("; ");
+        }
+        kept.push_str(pair);
+    }
     headers.remove(header::COOKIE);
     if !kept.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+        if let Ok(v) = HeaderValue::from_str(&kept) {
             headers.insert(header::COOKIE, v);
         }
     }
@@ -355,7 +366,11 @@ pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
 /// The identity headers backends read (the oauth2-proxy / ingress-nginx convention).
 /// The email is passed only when the provider verified it.
 pub fn set_identity_headers(headers: &mut HeaderMap, identity: &crate::auth::Identity) {
-    let mut set = |name: &'static str, value: &str| {
+    const USER: HeaderName = HeaderName::from_static("x-auth-request-user");
+    const EMAIL: HeaderName = HeaderName::from_static("x-auth-request-email");
+    const GROUPS: HeaderName = HeaderName::from_static("x-auth-request-groups");
+    const PREFERRED_USERNAME: HeaderName = HeaderName::from_static("x-auth-request-preferred-username");
+    let mut set = |name: HeaderName, value: &str| {
         let clean: std::borrow::Cow<str> = if value.chars().any(char::is_control) {
             value
                 .chars()
@@ -369,15 +384,17 @@ pub fn set_identity_headers(headers: &mut HeaderMap, identity: &crate::auth::Ide
             headers.insert(name, v);
         }
     };
-    set("x-auth-request-user", &identity.subject);
+    set(USER, &identity.subject);
     if let (Some(email), true) = (&identity.email, identity.email_verified) {
-        set("x-auth-request-email", email);
+        set(EMAIL, email);
     }
-    if !identity.groups.is_empty() {
-        set("x-auth-request-groups", &identity.groups.join(","));
+    match identity.groups.as_slice() {
+        [] => {}
+        [one] => set(GROUPS, one),
+        many => set(GROUPS, &many.join(",")),
     }
     if let Some(name) = &identity.name {
-        set("x-auth-request-preferred-username", name);
+        set(PREFERRED_USERNAME, name);
     }
 }
 
@@ -720,6 +737,21 @@ mod tests {
         assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
         let mut h = HeaderMap::new();
         h.append("cookie", HeaderValue::from_static("__Host-portcullis-login=x"));
+        strip_gateway_cookies(&mut h);
+        assert!(!h.contains_key("cookie"));
+        // Without a cookie of ours, the headers are left exactly as they came.
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1;b=2"));
+        h.append("cookie", HeaderValue::from_static("portcullis-session=theirs"));
+        strip_gateway_cookies(&mut h);
+        let left: Vec<_> = h.get_all("cookie").iter().collect();
+        assert_eq!(left, ["a=1;b=2", "portcullis-session=theirs"]);
+        // A value that is not visible ASCII and carries ours is dropped whole.
+        let mut h = HeaderMap::new();
+        h.append(
+            "cookie",
+            HeaderValue::from_bytes(b"a=\xff; __Host-portcullis-session=s").unwrap(),
+        );
         strip_gateway_cookies(&mut h);
         assert!(!h.contains_key("cookie"));
     }

@@ -106,10 +106,9 @@ impl Balance {
 
 /// The first cookie called `name`; nginx's `$cookie_NAME` also takes the first.
 fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
-    crate::auth::session::cookies(headers)
-        .into_iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
+    crate::auth::session::cookie_pairs(headers)
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
 }
 
 /// The bytes an `upstream-hash-by` key stands for. An absent header or cookie is empty,

@@ -44,6 +44,24 @@ const REFRESH_REUSE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Refreshes in flight (or just done), by SHA-256 of the refresh token.
 type Flights = HashMap<Vec<u8>, (std::time::Instant, Arc<tokio::sync::OnceCell<Option<Session>>>)>;
 
+/// Sessions already opened, by the text of their cookie: a browser sends the same cookie
+/// with every request, and opening it (AES-GCM, then JSON) costs more than the rest of
+/// the session check. Only cookies that opened with a session key get in, so the size is
+/// bounded by real sessions, and by these limits.
+/// Keys are hashed with foldhash (seeded per process): SipHash of a cookie's text cost
+/// more than the rest of the lookup, and only cookies that opened are ever inserted.
+type OpenedSessions = HashMap<Box<str>, Arc<Opened>, foldhash::fast::RandomState>;
+const OPENED_CAPACITY: usize = 4096;
+/// Larger (chunked) cookies are opened on every request rather than kept.
+const OPENED_MAX_COOKIE: usize = 4096;
+
+/// A session opened from its cookie, and the identity it stands for, shared by every
+/// request that carries the cookie.
+struct Opened {
+    session: Session,
+    identity: Arc<Identity>,
+}
+
 /// A login attempt must finish within this many seconds.
 const LOGIN_TTL: i64 = 600;
 
@@ -78,6 +96,19 @@ pub struct Identity {
 }
 
 impl Identity {
+    fn of_session(s: &Session) -> Identity {
+        Identity {
+            provider: s.p.clone(),
+            subject: s.sub.clone(),
+            email: s.email.clone(),
+            email_verified: s.email_verified,
+            groups: s.groups.clone(),
+            name: s.name.clone(),
+            claims: s.claims.clone(),
+            method: AuthMethod::Session,
+        }
+    }
+
     /// What authorization looks at.
     pub fn subject(&self) -> portcullis_config::policy::Subject {
         let mut claims = self.claims.clone();
@@ -95,7 +126,7 @@ impl Identity {
 pub enum Decision {
     /// Go on, as this identity; `set_cookies` carry a refreshed session.
     Allow {
-        identity: Identity,
+        identity: Arc<Identity>,
         set_cookies: Vec<String>,
     },
     /// Answer with this (401, a redirect to login, 503) and stop. `code` is a stable
@@ -146,6 +177,7 @@ pub struct Auth {
     redirect_allowlist: Vec<String>,
     signer: assertion::Signer,
     refreshes: std::sync::Mutex<Flights>,
+    opened: std::sync::Mutex<OpenedSessions>,
     /// The first of `oidc.sessionKeys`, which every replica shares: sticky-session
     /// cookies derive their key from it so that any replica recognises them.
     sticky_secret: Option<Vec<u8>>,
@@ -202,6 +234,7 @@ impl Auth {
                 redirect_allowlist: Vec::new(),
                 signer,
                 refreshes: Default::default(),
+                opened: Default::default(),
                 sticky_secret: None,
             });
         };
@@ -236,6 +269,7 @@ impl Auth {
             redirect_allowlist: oidc.redirect_allowlist.clone(),
             signer,
             refreshes: Default::default(),
+            opened: Default::default(),
             sticky_secret: keys.first().cloned(),
         })
     }
@@ -303,17 +337,8 @@ impl Auth {
         }
         let now = now();
         match self.session(provider, req, now).await {
-            Ok(Some((session, set_cookies))) => Decision::Allow {
-                identity: Identity {
-                    provider: session.p,
-                    subject: session.sub,
-                    email: session.email,
-                    email_verified: session.email_verified,
-                    groups: session.groups,
-                    name: session.name,
-                    claims: session.claims,
-                    method: AuthMethod::Session,
-                },
+            Ok(Some((identity, set_cookies))) => Decision::Allow {
+                identity,
                 set_cookies,
             },
             Ok(None) if wants_api_answer(req) => challenge("", "sign in first, or send a Bearer token"),
@@ -327,7 +352,7 @@ impl Auth {
             Ok(Ok(claims)) => {
                 tracing::info!(target: "portcullis::auth", event = "token_accepted", provider = %provider.name(), subject = %claims.subject);
                 Decision::Allow {
-                    identity: identity(provider.name(), claims, AuthMethod::Bearer),
+                    identity: Arc::new(identity(provider.name(), claims, AuthMethod::Bearer)),
                     set_cookies: Vec::new(),
                 }
             }
@@ -346,23 +371,24 @@ impl Auth {
         provider: &Provider,
         req: &RequestFacts<'_>,
         now: i64,
-    ) -> Result<Option<(Session, Vec<String>)>, IdpError> {
+    ) -> Result<Option<(Arc<Identity>, Vec<String>)>, IdpError> {
         let Some(sealer) = &self.sealer else {
             return Ok(None);
         };
         let Some(raw) = session::read_chunked(req.headers, SESSION_COOKIE) else {
             return Ok(None);
         };
-        let Some(s) = sealer.open::<Session>(Purpose::Session, &raw) else {
+        let Some(opened) = self.open_session(sealer, &raw, now) else {
             tracing::info!(target: "portcullis::auth", event = "session_refused", reason = "cookie does not open with any session key");
             return Ok(None);
         };
+        let s = &opened.session;
         if s.p != provider.name() || s.host != req.host || s.exp <= now {
             tracing::info!(target: "portcullis::auth", event = "session_refused", subject = %s.sub, reason = "other provider, other host or past its lifetime");
             return Ok(None);
         }
         if s.tokens_exp > now {
-            return Ok(Some((s, Vec::new())));
+            return Ok(Some((opened.identity.clone(), Vec::new())));
         }
         let Some(refresh_token) = s.refresh_token.clone() else {
             tracing::info!(target: "portcullis::auth", event = "session_expired", subject = %s.sub);
@@ -383,13 +409,40 @@ impl Auth {
                 .clone()
         };
         let refreshed = cell
-            .get_or_try_init(|| self.refresh(provider, s, refresh_token, now))
+            .get_or_try_init(|| self.refresh(provider, s.clone(), refresh_token, now))
             .await?
             .clone();
         Ok(refreshed.map(|s| {
             let cookies = self.session_cookies(&s, now);
-            (s, cookies)
+            (Arc::new(Identity::of_session(&s)), cookies)
         }))
+    }
+
+    /// The session sealed in a cookie's text, from [`Opened`] when this cookie was
+    /// opened before. Every check that depends on the request or the time is the
+    /// caller's, on each request.
+    fn open_session(&self, sealer: &Sealer, raw: &str, now: i64) -> Option<Arc<Opened>> {
+        let lock = || self.opened.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = lock().get(raw) {
+            return Some(s.clone());
+        }
+        let session = sealer.open::<Session>(Purpose::Session, raw)?;
+        let s = Arc::new(Opened {
+            identity: Arc::new(Identity::of_session(&session)),
+            session,
+        });
+        if raw.len() <= OPENED_MAX_COOKIE && s.session.exp > now {
+            let mut opened = lock();
+            if opened.len() >= OPENED_CAPACITY {
+                opened.retain(|_, s| s.session.exp > now);
+                // Mostly live sessions: start over rather than scan again on the next insert.
+                if opened.len() >= OPENED_CAPACITY * 3 / 4 {
+                    opened.clear();
+                }
+            }
+            opened.insert(raw.into(), s.clone());
+        }
+        Some(s)
     }
 
     /// Renews a session's tokens with its refresh token. `Ok(None)`: refused.
@@ -843,6 +896,7 @@ fn unavailable(why: &str) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
 
     fn auth(allow: &[&str]) -> Auth {
         Auth {
@@ -853,8 +907,142 @@ mod tests {
             redirect_allowlist: allow.iter().map(|s| s.to_string()).collect(),
             signer: assertion::Signer::generate().unwrap(),
             refreshes: Default::default(),
+            opened: Default::default(),
             sticky_secret: None,
         }
+    }
+
+    #[tokio::test]
+    async fn session_cookies_are_opened_once_and_checked_on_every_request() {
+        let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let provider = Provider::new(
+            portcullis_config::settings::ProviderSettings {
+                name: "corp".into(),
+                issuer: "https://idp.example.com".into(),
+                client_id: "portcullis".into(),
+                client_secret: None,
+                scopes: Vec::new(),
+                audiences: Vec::new(),
+                groups_claim: "groups".into(),
+                access_token_type: None,
+            },
+            None,
+        );
+        let a = Auth {
+            sealer: Some(Sealer::new(&[key.into_bytes()]).unwrap()),
+            ..auth(&[])
+        };
+        let now = now();
+        let session = Session {
+            p: "corp".into(),
+            sub: "alice".into(),
+            email: None,
+            email_verified: false,
+            groups: vec!["dev".into()],
+            name: None,
+            claims: Default::default(),
+            exp: now + 3600,
+            tokens_exp: now + 600,
+            refresh_token: None,
+            host: "app.example.com".into(),
+        };
+        let sealed = a
+            .sealer
+            .as_ref()
+            .unwrap()
+            .seal(Purpose::Session, &session)
+            .unwrap();
+        let check = |cookie: &str, host: &'static str, at: i64| {
+            let mut headers = HeaderMap::new();
+            let value = format!("theirs=1; {SESSION_COOKIE}={cookie}");
+            headers.insert(header::COOKIE, value.parse().unwrap());
+            let a = &a;
+            let provider = &provider;
+            async move {
+                let facts = RequestFacts {
+                    method: &Method::GET,
+                    headers: &headers,
+                    host,
+                    authority: host,
+                    target: "/",
+                    upgrade: false,
+                };
+                a.session(provider, &facts, at)
+                    .await
+                    .unwrap()
+                    .map(|(identity, _)| identity)
+            }
+        };
+        let first = check(&sealed, "app.example.com", now).await.unwrap();
+        assert_eq!(*first, Identity::of_session(&session));
+        assert_eq!(
+            (first.subject.as_str(), first.method),
+            ("alice", AuthMethod::Session)
+        );
+        let again = check(&sealed, "app.example.com", now + 1).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "opened once, then shared");
+        // What the cookie was opened for is checked again on every request.
+        assert!(check(&sealed, "other.example.com", now).await.is_none());
+        assert!(check(&sealed, "app.example.com", now + 3600).await.is_none());
+        // Tokens expired and nothing to refresh them with: sign in again.
+        assert!(check(&sealed, "app.example.com", now + 601).await.is_none());
+        // A forged or foreign cookie is refused and not remembered.
+        let foreign = Sealer::new(&[base64::engine::general_purpose::STANDARD
+            .encode([8u8; 32])
+            .into_bytes()])
+        .unwrap()
+        .seal(Purpose::Session, &session)
+        .unwrap();
+        assert!(check(&foreign, "app.example.com", now).await.is_none());
+        assert!(check("garbage", "app.example.com", now).await.is_none());
+        assert_eq!(a.opened.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn opened_sessions_stay_within_their_capacity() {
+        let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        let a = Auth {
+            sealer: Some(Sealer::new(&[key.into_bytes()]).unwrap()),
+            ..auth(&[])
+        };
+        let sealer = a.sealer.as_ref().unwrap();
+        let now = now();
+        let sealed = |sub: usize, exp: i64| {
+            let s = Session {
+                p: "corp".into(),
+                sub: sub.to_string(),
+                email: None,
+                email_verified: false,
+                groups: Vec::new(),
+                name: None,
+                claims: Default::default(),
+                exp,
+                tokens_exp: exp,
+                refresh_token: None,
+                host: "app.example.com".into(),
+            };
+            sealer.seal(Purpose::Session, &s).unwrap()
+        };
+        // Expired sessions are never kept.
+        assert!(a.open_session(sealer, &sealed(0, now), now).is_some());
+        assert_eq!(a.opened.lock().unwrap().len(), 0);
+        // Full of live sessions: start over.
+        for i in 0..OPENED_CAPACITY {
+            a.open_session(sealer, &sealed(i, now + 60), now).unwrap();
+        }
+        assert_eq!(a.opened.lock().unwrap().len(), OPENED_CAPACITY);
+        a.open_session(sealer, &sealed(OPENED_CAPACITY, now + 60), now)
+            .unwrap();
+        assert_eq!(a.opened.lock().unwrap().len(), 1);
+        // Full of sessions that have ended since: only those are dropped.
+        a.opened.lock().unwrap().clear();
+        for i in 0..OPENED_CAPACITY {
+            let exp = if i % 2 == 0 { now + 10 } else { now + 60 };
+            a.open_session(sealer, &sealed(i, exp), now).unwrap();
+        }
+        a.open_session(sealer, &sealed(OPENED_CAPACITY, now + 60), now + 30)
+            .unwrap();
+        assert_eq!(a.opened.lock().unwrap().len(), OPENED_CAPACITY / 2 + 1);
     }
 
     #[test]

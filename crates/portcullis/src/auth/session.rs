@@ -10,6 +10,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// Name of the session cookie; larger sessions are split into `NAME.1`, `NAME.2`...
 pub const SESSION_COOKIE: &str = "__Host-portcullis-session";
@@ -169,29 +170,49 @@ pub struct LoginAttempt {
 }
 
 /// The values of the cookies named `name`, `name.1`, ... joined, from `Cookie` headers.
-pub fn read_chunked(headers: &http::HeaderMap, name: &str) -> Option<String> {
-    let cookies = cookies(headers);
-    let mut value = cookies.iter().find(|(k, _)| k == name)?.1.to_string();
-    for i in 1..MAX_CHUNKS {
-        let chunk = format!("{name}.{i}");
-        match cookies.iter().find(|(k, _)| *k == chunk) {
-            Some((_, v)) => value.push_str(v),
-            None => break,
-        }
+/// The first cookie of each name counts; reading stops at the first missing chunk. A
+/// value that fits one cookie is borrowed from the headers, not copied.
+pub fn read_chunked<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<Cow<'h, str>> {
+    let mut chunks: [Option<&str>; MAX_CHUNKS] = [None; MAX_CHUNKS];
+    for (k, v) in cookie_pairs(headers) {
+        let Some(rest) = k.strip_prefix(name) else {
+            continue;
+        };
+        // `name`, or `name.N` with N written as set_chunked writes it.
+        let index = match rest.strip_prefix('.') {
+            None if rest.is_empty() => 0,
+            Some(n) if !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit()) => {
+                match n.parse::<usize>() {
+                    Ok(i) if i < MAX_CHUNKS => i,
+                    _ => continue,
+                }
+            }
+            _ => continue,
+        };
+        chunks[index].get_or_insert(v);
     }
-    Some(value)
+    let first = chunks[0]?;
+    if chunks[1].is_none() {
+        return Some(Cow::Borrowed(first));
+    }
+    let mut value = String::from(first);
+    chunks[1..]
+        .iter()
+        .map_while(|c| *c)
+        .for_each(|c| value.push_str(c));
+    Some(Cow::Owned(value))
 }
 
-/// All cookies of a request as (name, value).
-pub fn cookies(headers: &http::HeaderMap) -> Vec<(String, String)> {
+/// All cookies of a request as (name, value), in order, borrowed from the headers.
+/// Values that are not visible ASCII are skipped, as browsers never send them.
+pub fn cookie_pairs(headers: &http::HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect()
+        .map(|(k, v)| (k.trim(), v.trim()))
 }
 
 /// `Set-Cookie` values that store `value` under `name` (split into chunks when
@@ -285,6 +306,31 @@ mod tests {
             .encode([0u8; 16])
             .into_bytes()])
         .is_err());
+    }
+
+    #[test]
+    fn chunked_cookies_are_read_in_order_and_stop_at_a_gap() {
+        let read = |cookies: &[&str]| {
+            let mut headers = http::HeaderMap::new();
+            for c in cookies {
+                headers.append(http::header::COOKIE, c.parse().unwrap());
+            }
+            read_chunked(&headers, "s").map(|v| (v.to_string(), matches!(v, Cow::Borrowed(_))))
+        };
+        // One cookie: borrowed from the header, not copied.
+        assert_eq!(read(&["a=1; s=one; b=2"]), Some(("one".into(), true)));
+        // Chunks in any order and across headers; the first of each name counts.
+        assert_eq!(
+            read(&["s.2=c; s=a", "s.1=b; s=x; s.1=y"]),
+            Some(("abc".into(), false))
+        );
+        // A missing chunk ends the value; names that only start with `s` are others.
+        assert_eq!(
+            read(&["s=a; s.2=c; s.x=1; sx=2; s.=3; s.01=4; s.+1=5; s.8=6"]),
+            Some(("a".into(), true))
+        );
+        assert_eq!(read(&["s.1=b"]), None);
+        assert_eq!(read(&[]), None);
     }
 
     #[test]
