@@ -366,10 +366,33 @@ pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
 /// The identity headers backends read (the oauth2-proxy / ingress-nginx convention).
 /// The email is passed only when the provider verified it.
 pub fn set_identity_headers(headers: &mut HeaderMap, identity: &crate::auth::Identity) {
+    let values = identity
+        .upstream_headers
+        .0
+        .get_or_init(|| identity_headers(identity));
+    for (name, value) in values {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
+/// An identity's headers, made when first sent and then reused: a session's identity is
+/// shared by every request of the session.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamHeaders(std::sync::OnceLock<Vec<(HeaderName, HeaderValue)>>);
+
+impl PartialEq for UpstreamHeaders {
+    /// Derived from the identity's other fields: never a difference of its own.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+fn identity_headers(identity: &crate::auth::Identity) -> Vec<(HeaderName, HeaderValue)> {
     const USER: HeaderName = HeaderName::from_static("x-auth-request-user");
     const EMAIL: HeaderName = HeaderName::from_static("x-auth-request-email");
     const GROUPS: HeaderName = HeaderName::from_static("x-auth-request-groups");
     const PREFERRED_USERNAME: HeaderName = HeaderName::from_static("x-auth-request-preferred-username");
+    let mut out = Vec::with_capacity(4);
     let mut set = |name: HeaderName, value: &str| {
         let clean: std::borrow::Cow<str> = if value.chars().any(char::is_control) {
             value
@@ -381,21 +404,20 @@ pub fn set_identity_headers(headers: &mut HeaderMap, identity: &crate::auth::Ide
             value.into()
         };
         if let Ok(v) = HeaderValue::from_str(&clean) {
-            headers.insert(name, v);
+            out.push((name, v));
         }
     };
     set(USER, &identity.subject);
     if let (Some(email), true) = (&identity.email, identity.email_verified) {
         set(EMAIL, email);
     }
-    match identity.groups.as_slice() {
-        [] => {}
-        [one] => set(GROUPS, one),
-        many => set(GROUPS, &many.join(",")),
+    if !identity.groups.is_empty() {
+        set(GROUPS, &identity.groups.join(","));
     }
     if let Some(name) = &identity.name {
         set(PREFERRED_USERNAME, name);
     }
+    out
 }
 
 /// Whether a request asks for a protocol upgrade (WebSocket and the like).
@@ -754,6 +776,33 @@ mod tests {
         );
         strip_gateway_cookies(&mut h);
         assert!(!h.contains_key("cookie"));
+    }
+
+    #[test]
+    fn identity_headers_are_clean_and_made_once() {
+        let identity = crate::auth::Identity {
+            provider: "corp".into(),
+            subject: "ali\r\nce".into(),
+            email: Some("alice@example.com".into()),
+            email_verified: false,
+            groups: vec!["dev".into(), "ops".into()],
+            name: Some("Alice\u{7f}".into()),
+            claims: Default::default(),
+            method: crate::auth::AuthMethod::Session,
+            upstream_headers: Default::default(),
+        };
+        for _ in 0..2 {
+            let mut h = HeaderMap::new();
+            h.insert("x-auth-request-user", HeaderValue::from_static("forged"));
+            set_identity_headers(&mut h, &identity);
+            assert_eq!(h["x-auth-request-user"], "alice");
+            assert_eq!(h.get_all("x-auth-request-user").iter().count(), 1);
+            assert_eq!(h["x-auth-request-groups"], "dev,ops");
+            assert_eq!(h["x-auth-request-preferred-username"], "Alice");
+            // Unverified: not passed on.
+            assert!(!h.contains_key("x-auth-request-email"));
+        }
+        assert_eq!(identity.upstream_headers.0.get().map(Vec::len), Some(3));
     }
 
     #[test]

@@ -109,6 +109,7 @@ mod tests {
             name: None,
             claims: Default::default(),
             method: AuthMethod::Session,
+            upstream_headers: Default::default(),
         };
         let token = signer.sign(&identity, "shop/cart", 1_900_000_000).unwrap();
         let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(signer.jwks()).unwrap();

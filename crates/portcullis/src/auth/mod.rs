@@ -93,6 +93,7 @@ pub struct Identity {
     /// Other claims, for `require-claims`.
     pub claims: std::collections::BTreeMap<String, Vec<String>>,
     pub method: AuthMethod,
+    pub upstream_headers: crate::proxy::UpstreamHeaders,
 }
 
 impl Identity {
@@ -106,6 +107,7 @@ impl Identity {
             name: s.name.clone(),
             claims: s.claims.clone(),
             method: AuthMethod::Session,
+            upstream_headers: Default::default(),
         }
     }
 
@@ -349,10 +351,10 @@ impl Auth {
 
     async fn bearer(&self, provider: &Provider, token: &str) -> Decision {
         match provider.verify_bearer(&self.client, token).await {
-            Ok(Ok(claims)) => {
-                tracing::info!(target: "portcullis::auth", event = "token_accepted", provider = %provider.name(), subject = %claims.subject);
+            Ok(Ok(identity)) => {
+                tracing::info!(target: "portcullis::auth", event = "token_accepted", provider = %provider.name(), subject = %identity.subject);
                 Decision::Allow {
-                    identity: Arc::new(identity(provider.name(), claims, AuthMethod::Bearer)),
+                    identity,
                     set_cookies: Vec::new(),
                 }
             }
@@ -786,6 +788,7 @@ fn identity(provider: &str, c: Claims, method: AuthMethod) -> Identity {
         name: c.name,
         claims: c.extra,
         method,
+        upstream_headers: Default::default(),
     }
 }
 

@@ -195,7 +195,8 @@ pub struct Provider {
 
 /// A bearer token that passed every check with the key set `keys`.
 struct Verified {
-    claims: Claims,
+    /// Shared by every request that sends the token.
+    identity: Arc<super::Identity>,
     /// The generation of the key set it was verified with: a new key set verifies it
     /// again, so a withdrawn key stops its tokens at once.
     keys: u64,
@@ -358,7 +359,7 @@ impl Provider {
         &self,
         client: &IdpClient,
         token: &str,
-    ) -> Result<Result<Claims, TokenError>, IdpError> {
+    ) -> Result<Result<Arc<super::Identity>, TokenError>, IdpError> {
         let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
         let mut id = [0u8; 32];
         id.copy_from_slice(digest.as_ref());
@@ -377,7 +378,7 @@ impl Provider {
             let fresh = hit.exp.is_none_or(|exp| now <= exp + leeway)
                 && hit.nbf.is_none_or(|nbf| nbf <= now + leeway);
             if hit.keys == current_keys && current_keys != 0 && fresh {
-                return Ok(Ok(hit.claims.clone()));
+                return Ok(Ok(hit.identity.clone()));
             }
         }
         let mut audiences = self.settings.audiences.clone();
@@ -394,7 +395,11 @@ impl Provider {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
-        let result = self.claims(&claims);
+        let result = Arc::new(super::identity(
+            self.name(),
+            self.claims(&claims),
+            super::AuthMethod::Bearer,
+        ));
         // Remembered only when the key set did not change under the verification, so
         // the generation recorded is the one that verified it.
         let after = self.keys.load().as_ref().map_or(0, |k| k.generation);
@@ -402,7 +407,7 @@ impl Provider {
             return Ok(Ok(result));
         }
         let verified = Verified {
-            claims: result.clone(),
+            identity: result.clone(),
             keys: after,
             exp: claims["exp"].as_i64(),
             nbf: claims["nbf"].as_i64(),
