@@ -351,13 +351,10 @@ impl Auth {
 
     async fn bearer(&self, provider: &Provider, token: &str) -> Decision {
         match provider.verify_bearer(&self.client, token).await {
-            Ok(Ok(identity)) => {
-                tracing::info!(target: "portcullis::auth", event = "token_accepted", provider = %provider.name(), subject = %identity.subject);
-                Decision::Allow {
-                    identity,
-                    set_cookies: Vec::new(),
-                }
-            }
+            Ok(Ok(identity)) => Decision::Allow {
+                identity,
+                set_cookies: Vec::new(),
+            },
             Ok(Err(e)) => {
                 tracing::info!(target: "portcullis::auth", event = "token_refused", provider = %provider.name(), reason = %e);
                 challenge("invalid_token", &e.to_string())

@@ -321,17 +321,17 @@ impl Provider {
     }
 
     /// Verifies a JWT against the provider's keys, refreshing them once for an
-    /// unknown key.
+    /// unknown key. Also says which key set (its generation) decided.
     async fn verify(
         &self,
         client: &IdpClient,
         token: &str,
         audiences: &[String],
         typ: Option<&str>,
-    ) -> Result<Result<serde_json::Value, TokenError>, IdpError> {
+    ) -> Result<(u64, Result<serde_json::Value, TokenError>), IdpError> {
         let (header, alg) = match jwt::screen(token) {
             Ok(x) => x,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => return Ok((0, Err(e))),
         };
         let expect = Expect {
             issuer: &self.settings.issuer,
@@ -339,18 +339,18 @@ impl Provider {
             typ,
         };
         let keys = self.key_set(client, false).await?;
-        let key = match jwt::find_key(&keys.set, &header, alg) {
-            Ok(k) => k.clone(),
+        let (generation, key) = match jwt::find_key(&keys.set, &header, alg) {
+            Ok(k) => (keys.generation, k.clone()),
             Err(TokenError::UnknownKey(_)) => {
                 let keys = self.key_set(client, true).await?;
                 match jwt::find_key(&keys.set, &header, alg) {
-                    Ok(k) => k.clone(),
-                    Err(e) => return Ok(Err(e)),
+                    Ok(k) => (keys.generation, k.clone()),
+                    Err(e) => return Ok((keys.generation, Err(e))),
                 }
             }
-            Err(e) => return Ok(Err(e)),
+            Err(e) => return Ok((keys.generation, Err(e))),
         };
-        Ok(jwt::verify(token, &header, alg, &key, &expect))
+        Ok((generation, jwt::verify(token, &header, alg, &key, &expect)))
     }
 
     /// A bearer token: issuer, audience (the client id or a configured audience),
@@ -383,15 +383,15 @@ impl Provider {
         }
         let mut audiences = self.settings.audiences.clone();
         audiences.push(self.settings.client_id.clone());
-        let claims = match self
+        let (generation, verified) = self
             .verify(
                 client,
                 token,
                 &audiences,
                 self.settings.access_token_type.as_deref(),
             )
-            .await?
-        {
+            .await?;
+        let claims = match verified {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };
@@ -400,15 +400,14 @@ impl Provider {
             self.claims(&claims),
             super::AuthMethod::Bearer,
         ));
-        // Remembered only when the key set did not change under the verification, so
-        // the generation recorded is the one that verified it.
-        let after = self.keys.load().as_ref().map_or(0, |k| k.generation);
-        if after != current_keys || after == 0 {
-            return Ok(Ok(result));
-        }
+        // Once per token (and again after a key set change), not once per request: the
+        // audit log records every request's decision.
+        tracing::info!(target: "portcullis::auth", event = "token_accepted", provider = %self.name(), subject = %result.subject);
+        // Remembered with the key set that verified it: hits need that set to be the
+        // current one.
         let verified = Verified {
             identity: result.clone(),
-            keys: after,
+            keys: generation,
             exp: claims["exp"].as_i64(),
             nbf: claims["nbf"].as_i64(),
         };
@@ -433,7 +432,7 @@ impl Provider {
         now: i64,
     ) -> Result<Result<Claims, TokenError>, IdpError> {
         let audiences = vec![self.settings.client_id.clone()];
-        let claims = match self.verify(client, token, &audiences, None).await? {
+        let claims = match self.verify(client, token, &audiences, None).await?.1 {
             Ok(c) => c,
             Err(e) => return Ok(Err(e)),
         };

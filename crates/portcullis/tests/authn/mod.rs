@@ -357,6 +357,14 @@ async fn bearer_tokens_and_api_clients() {
     // Plain HTTP to an authenticated route goes to HTTPS first.
     let reply = client::http_get(w.gw.http, "api.test", "/data").await;
     assert_eq!(reply.status, StatusCode::PERMANENT_REDIRECT);
+    // The token was accepted on four requests, and verified (and logged) once.
+    assert!(w.gw.wait_for_log("token_accepted"), "{}", w.gw.logs());
+    assert_eq!(
+        w.gw.logs().matches("\"event\":\"token_accepted\"").count(),
+        1,
+        "{}",
+        w.gw.logs()
+    );
 }
 
 /// Tokens that differ from a valid one in exactly one way, each signed with the
