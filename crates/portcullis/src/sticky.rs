@@ -6,15 +6,36 @@
 //! The cookie value is an HMAC of the backend and endpoint address under a key only
 //! the gateway holds, so a cookie reveals nothing about the cluster's addresses and
 //! cannot be forged to aim at a chosen endpoint: the gateway recognises a cookie by
-//! computing the value of each ready endpoint and comparing.
+//! computing the value of each ready endpoint and comparing. Those values are computed
+//! once per list of endpoints, not on every request.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 use portcullis_config::snapshot::{Affinity, HashPart, SameSite, StickyCookie};
 use ring::hmac;
 
-/// The key of sticky-session cookie values.
-pub struct StickyKey(hmac::Key);
+/// The key of sticky-session cookie values, and the values it gave each backend's
+/// endpoints.
+pub struct StickyKey {
+    key: hmac::Key,
+    /// By backend name: recognising a cookie is then one lookup instead of an HMAC per
+    /// endpoint on every request.
+    tables: Mutex<HashMap<String, Arc<Table>>>,
+}
+
+/// The cookie values of one backend's endpoints, valid while the list is the same.
+struct Table {
+    endpoints: Vec<SocketAddr>,
+    values: HashMap<Tag, SocketAddr>,
+}
+
+/// The 128 bits of HMAC a cookie value shows in hex.
+type Tag = [u8; 16];
+
+/// Backends remembered at most; past it, the tables start over.
+const TABLES: usize = 1024;
 
 impl StickyKey {
     /// A key of this process only, when no shared secret is configured. Replicas of
@@ -23,7 +44,7 @@ impl StickyKey {
     pub fn random() -> Self {
         let rng = ring::rand::SystemRandom::new();
         match hmac::Key::generate(hmac::HMAC_SHA256, &rng) {
-            Ok(key) => StickyKey(key),
+            Ok(key) => StickyKey::new(key),
             // Only if the OS has no randomness to give, when TLS cannot work either:
             // the key then only hides endpoint addresses less well.
             Err(_) => {
@@ -32,7 +53,7 @@ impl StickyKey {
                     .map(|d| d.as_nanos())
                     .unwrap_or(0);
                 tracing::warn!("no system randomness: sticky-session cookies use a clock-derived key");
-                StickyKey(hmac::Key::new(
+                StickyKey::new(hmac::Key::new(
                     hmac::HMAC_SHA256,
                     &[&seed.to_le_bytes()[..], &std::process::id().to_le_bytes()].concat(),
                 ))
@@ -47,24 +68,78 @@ impl StickyKey {
     pub fn derived(secret: &[u8]) -> Self {
         let outer = hmac::Key::new(hmac::HMAC_SHA256, secret);
         let derived = hmac::sign(&outer, b"portcullis sticky-session cookies v1");
-        StickyKey(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()))
+        StickyKey::new(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()))
+    }
+
+    fn new(key: hmac::Key) -> Self {
+        StickyKey {
+            key,
+            tables: Mutex::default(),
+        }
     }
 
     /// The cookie value that names `endpoint` of `backend` (`namespace/service:port`):
     /// 128 bits of HMAC-SHA256 in hex, so different Services' cookies never collide.
     pub fn cookie_value(&self, backend: &str, endpoint: SocketAddr) -> String {
-        let tag = hmac::sign(&self.0, format!("{backend}\u{0}{endpoint}").as_bytes());
-        tag.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
+        use std::fmt::Write;
+        self.tag(backend, endpoint)
+            .iter()
+            .fold(String::with_capacity(32), |mut hex, b| {
+                let _ = write!(hex, "{b:02x}");
+                hex
+            })
+    }
+
+    fn tag(&self, backend: &str, endpoint: SocketAddr) -> Tag {
+        let mac = hmac::sign(&self.key, format!("{backend}\u{0}{endpoint}").as_bytes());
+        let mut tag = [0u8; 16];
+        tag.copy_from_slice(&mac.as_ref()[..16]);
+        tag
     }
 
     /// The endpoint among `endpoints` that `value` names, if any (an endpoint no longer
     /// ready, another process's cookie or a forged value name none).
     pub fn endpoint_for(&self, backend: &str, endpoints: &[SocketAddr], value: &str) -> Option<SocketAddr> {
-        endpoints
-            .iter()
-            .copied()
-            .find(|e| self.cookie_value(backend, *e) == value)
+        let tag = parse_tag(value)?;
+        self.table(backend, endpoints).values.get(&tag).copied()
     }
+
+    /// The values of `endpoints`, made again when the backend's list changed.
+    fn table(&self, backend: &str, endpoints: &[SocketAddr]) -> Arc<Table> {
+        let lock = || self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(table) = lock().get(backend).filter(|t| t.endpoints == endpoints) {
+            return table.clone();
+        }
+        let table = Arc::new(Table {
+            endpoints: endpoints.to_vec(),
+            values: endpoints.iter().map(|e| (self.tag(backend, *e), *e)).collect(),
+        });
+        let mut tables = lock();
+        if tables.len() >= TABLES && !tables.contains_key(backend) {
+            tables.clear();
+        }
+        tables.insert(backend.to_string(), table.clone());
+        table
+    }
+}
+
+/// The tag a cookie value shows: exactly 32 lowercase hex digits, as `cookie_value`
+/// writes them.
+fn parse_tag(value: &str) -> Option<Tag> {
+    let digit = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    let bytes = value.as_bytes();
+    if bytes.len() != 32 {
+        return None;
+    }
+    let mut tag = [0u8; 16];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        tag[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(tag)
 }
 
 /// What a request brings to the endpoint choice, read before the request is handed on.
@@ -256,6 +331,39 @@ mod tests {
         let gone = key.cookie_value("ns/web:80", endpoints[0]);
         assert_eq!(key.endpoint_for("ns/web:80", &endpoints[1..], &gone), None);
         assert_eq!(key.endpoint_for("ns/web:80", &endpoints, "forged"), None);
+        // Only the exact form names an endpoint.
+        let v = key.cookie_value("ns/web:80", endpoints[1]);
+        assert_eq!(key.endpoint_for("ns/web:80", &endpoints, &v), Some(endpoints[1]));
+        for other in [
+            v.to_uppercase(),
+            format!("{v}0"),
+            v[1..].to_string(),
+            format!("+{}", &v[1..]),
+        ] {
+            assert_eq!(key.endpoint_for("ns/web:80", &endpoints, &other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn cookie_values_are_computed_once_per_list_of_endpoints() {
+        let key = StickyKey::random();
+        let endpoints = addrs(50);
+        let first = key.table("ns/web:80", &endpoints);
+        assert!(Arc::ptr_eq(&first, &key.table("ns/web:80", &endpoints)));
+        assert_eq!(first.values.len(), 50);
+        // A changed list (an endpoint added, removed or replaced) makes a new table.
+        let mut changed = endpoints.clone();
+        changed[7] = SocketAddr::from(([10, 9, 9, 9], 8080));
+        let second = key.table("ns/web:80", &changed);
+        assert!(!Arc::ptr_eq(&first, &second));
+        let moved = key.cookie_value("ns/web:80", changed[7]);
+        assert_eq!(key.endpoint_for("ns/web:80", &changed, &moved), Some(changed[7]));
+        assert_eq!(key.endpoint_for("ns/web:80", &endpoints, &moved), None);
+        // Each backend has its own table, and their number stays bounded.
+        for i in 0..TABLES + 10 {
+            key.table(&format!("ns/svc{i}:80"), &endpoints[..1]);
+        }
+        assert!(key.tables.lock().unwrap().len() <= TABLES);
     }
 
     #[test]
