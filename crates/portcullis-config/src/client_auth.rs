@@ -26,7 +26,8 @@ pub struct ClientAuth {
     /// The Secret's name, in the Ingress's namespace (`auth-tls-secret`).
     pub secret: String,
     pub verify: VerifyClient,
-    /// `auth-tls-verify-depth`; 1 unless set. Validated, not enforced.
+    /// `auth-tls-verify-depth`; 1 unless set: the most intermediate certificates a
+    /// client's chain may need (enforced by the gateway's `tls::verify_for_route`).
     pub verify_depth: u32,
     /// Send the certificate, URL-escaped PEM, in `ssl-client-cert`
     /// (`auth-tls-pass-certificate-to-upstream`).

@@ -300,7 +300,8 @@ pub struct BackendTls {
     pub send_sni: bool,
     /// TLS versions offered (`proxy-ssl-protocols`). Default both 1.2 and 1.3.
     pub versions: TlsVersions,
-    /// `proxy-ssl-verify-depth` (default 1): validated, not enforced (see nginx.rs).
+    /// `proxy-ssl-verify-depth` (default 1): the most intermediate certificates the
+    /// backend's chain may need (enforced by the gateway's backend TLS verifier).
     pub verify_depth: u32,
     /// Trust anchors from `ca.crt`, DER. Filled in from the Secret when the Ingress is
     /// compiled; until then empty, which trusts nothing.

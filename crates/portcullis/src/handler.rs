@@ -44,7 +44,7 @@ pub struct ClientConn {
     /// The certificate chain the client presented, leaf first. NOT verified against
     /// any CA at the handshake (only the client's possession of the key is): every
     /// route that uses it verifies it against its own CA.
-    pub client_chain: Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>,
+    pub client_chain: Option<Arc<crate::tls::ClientChain>>,
     /// The peer's address as a header value, made once per connection: it goes into
     /// `X-Forwarded-For` and `X-Real-IP` of every request.
     peer_ip: HeaderValue,
@@ -56,7 +56,7 @@ impl ClientConn {
         tls: bool,
         drain: tokio::sync::mpsc::Sender<()>,
         server_name: Option<String>,
-        client_chain: Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>,
+        client_chain: Option<Arc<crate::tls::ClientChain>>,
     ) -> Self {
         ClientConn {
             peer,
@@ -939,7 +939,7 @@ fn check_client_cert(
         }
         refusal
     };
-    let chain = conn.client_chain.as_deref().filter(|c| !c.is_empty());
+    let chain = conn.client_chain.as_deref().filter(|c| !c.certs.is_empty());
     let Some(chain) = chain else {
         if auth.verify == VerifyClient::On {
             return Err(fail(
@@ -964,7 +964,7 @@ fn check_client_cert(
             format!("client certificate not verified: {reason}"),
         ));
     }
-    let leaf = &chain[0];
+    let leaf = &chain.certs[0];
     let Some(names) = CertNames::of(leaf.as_ref()) else {
         return Err(fail(
             record,

@@ -162,7 +162,19 @@ impl Upstreams {
             for cert in &tls.ca {
                 roots.add(cert.clone())?;
             }
-            builder.with_root_certificates(roots)
+            let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(DepthLimited {
+                    inner,
+                    ca: tls.ca.clone(),
+                    depth: tls.verify_depth,
+                }))
         } else {
             // proxy-ssl-verify: off, as ingress-nginx: encrypted, the client
             // certificate presented, the backend's certificate not checked.
@@ -250,6 +262,69 @@ impl ServerCertVerifier for EncryptOnly {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The web PKI's verification of a backend's certificate against `proxy-ssl-trusted-
+/// certificate`, and `proxy-ssl-verify-depth` on top: at most depth - 1 certificates
+/// between the backend's and the CA's, as nginx's `proxy_ssl_verify_depth`.
+#[derive(Debug)]
+struct DepthLimited {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    ca: Vec<CertificateDer<'static>>,
+    depth: u32,
+}
+
+impl ServerCertVerifier for DepthLimited {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        let allowed = crate::tls::max_intermediates(self.depth);
+        if intermediates.len() > allowed
+            && !crate::tls::short_path_exists(
+                end_entity,
+                intermediates,
+                &self.ca,
+                webpki::KeyUsage::server_auth(),
+                allowed,
+            )
+        {
+            return Err(rustls::Error::General(format!(
+                "certificate chain too long (proxy-ssl-verify-depth {})",
+                self.depth
+            )));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
@@ -803,6 +878,67 @@ mod tests {
             assert!(!h.contains_key("x-auth-request-email"));
         }
         assert_eq!(identity.upstream_headers.0.get().map(Vec::len), Some(3));
+    }
+
+    #[test]
+    fn backend_chains_are_held_to_proxy_ssl_verify_depth() {
+        type Issuer = rcgen::CertifiedIssuer<'static, rcgen::KeyPair>;
+        let ca = |name: &str, parent: Option<&Issuer>| {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.distinguished_name.push(rcgen::DnType::CommonName, name);
+            let key = rcgen::KeyPair::generate().unwrap();
+            match parent {
+                None => rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
+                Some(p) => rcgen::CertifiedIssuer::signed_by(params, key, p).unwrap(),
+            }
+        };
+        let root = ca("root", None);
+        let middle = ca("middle", Some(&root));
+        let lower = ca("lower", Some(&middle));
+        let params = rcgen::CertificateParams::new(vec!["app.ns.svc".to_string()]).unwrap();
+        let leaf = params
+            .signed_by(&rcgen::KeyPair::generate().unwrap(), &lower)
+            .unwrap()
+            .der()
+            .clone();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = |depth: u32| {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(root.der().clone()).unwrap();
+            DepthLimited {
+                inner: rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider.clone(),
+                )
+                .build()
+                .unwrap(),
+                ca: vec![root.der().clone()],
+                depth,
+            }
+        };
+        let name = ServerName::try_from("app.ns.svc").unwrap();
+        let verify = |depth: u32, name: &ServerName<'_>| {
+            verifier(depth)
+                .verify_server_cert(
+                    &leaf,
+                    &[lower.der().clone(), middle.der().clone()],
+                    name,
+                    &[],
+                    UnixTime::now(),
+                )
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(verify(2, &name), Ok(()));
+        let refused = verify(1, &name).unwrap_err();
+        assert!(
+            refused.contains("certificate chain too long (proxy-ssl-verify-depth 1)"),
+            "{refused}"
+        );
+        // The name is still checked first.
+        let wrong = ServerName::try_from("db.ns.svc").unwrap();
+        assert!(!verify(2, &wrong).unwrap_err().contains("too long"));
     }
 
     #[test]

@@ -398,7 +398,7 @@ async fn relay(
 type Handshake = (
     tokio_rustls::server::TlsStream<TcpStream>,
     Option<String>,
-    Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>,
+    Option<Arc<crate::tls::ClientChain>>,
 );
 
 /// Reads the ClientHello first, so that the SNI name chooses the configuration (and so
@@ -414,7 +414,11 @@ async fn handshake(configs: &crate::tls::Configs, stream: TcpStream) -> std::io:
         .1
         .peer_certificates()
         .filter(|c| !c.is_empty())
-        .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()));
+        .map(|c| {
+            Arc::new(crate::tls::ClientChain::new(
+                c.iter().map(|c| c.clone().into_owned()).collect(),
+            ))
+        });
     Ok((stream, server_name, client_chain))
 }
 

@@ -262,18 +262,122 @@ impl ClientCertVerifier for AnyChain {
     }
 }
 
-/// Verifies a client's chain (leaf first) against one route's CA. The error is the
-/// reason nginx would give in `ssl-client-verify: FAILED:reason`.
+/// The certificate chain a client presented (leaf first), and what each route's CA
+/// made of it.
+pub struct ClientChain {
+    pub certs: Vec<CertificateDer<'static>>,
+    /// Verdicts by CA verifier and verify depth: a connection's chain is verified once
+    /// per CA, as nginx verifies it once per handshake, not on every request.
+    verdicts: Mutex<Vec<Verdict>>,
+}
+
+type Verdict = (Arc<dyn ClientCertVerifier>, u32, Result<(), String>);
+
+/// Verdicts kept per connection (one per CA its requests were checked against).
+const VERDICTS: usize = 8;
+
+impl ClientChain {
+    pub fn new(certs: Vec<CertificateDer<'static>>) -> Self {
+        ClientChain {
+            certs,
+            verdicts: Mutex::default(),
+        }
+    }
+}
+
+/// Verifies a client's chain against one route's CA, at most `auth-tls-verify-depth`
+/// deep. The error is the reason nginx would give in `ssl-client-verify: FAILED:reason`.
 pub fn verify_for_route(
+    chain: &ClientChain,
+    auth: &portcullis_config::client_auth::ClientAuth,
+) -> Result<(), String> {
+    let verifier = auth.verifier.as_ref().ok_or("no CA to verify against")?;
+    let mut verdicts = chain.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+    let known = verdicts
+        .iter()
+        .find(|(v, depth, _)| Arc::ptr_eq(v, verifier) && *depth == auth.verify_depth);
+    if let Some((_, _, verdict)) = known {
+        return verdict.clone();
+    }
+    let verdict = verify_chain(&chain.certs, verifier.as_ref(), auth);
+    if verdicts.len() < VERDICTS {
+        verdicts.push((verifier.clone(), auth.verify_depth, verdict.clone()));
+    }
+    verdict
+}
+
+fn verify_chain(
     chain: &[CertificateDer<'static>],
+    verifier: &dyn ClientCertVerifier,
     auth: &portcullis_config::client_auth::ClientAuth,
 ) -> Result<(), String> {
     let (leaf, intermediates) = chain.split_first().ok_or("no certificate")?;
-    let verifier = auth.verifier.as_ref().ok_or("no CA to verify against")?;
     verifier
         .verify_client_cert(leaf, intermediates, UnixTime::now())
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    let allowed = max_intermediates(auth.verify_depth);
+    if intermediates.len() > allowed
+        && !short_path_exists(
+            leaf,
+            intermediates,
+            &auth.ca,
+            webpki::KeyUsage::client_auth(),
+            allowed,
+        )
+    {
+        return Err(format!(
+            "certificate chain too long (auth-tls-verify-depth {})",
+            auth.verify_depth
+        ));
+    }
+    Ok(())
+}
+
+/// nginx's verify depth N (OpenSSL's) allows N certificates between the peer's own and
+/// a trusted CA certificate: depth 1, the default, accepts one intermediate CA.
+/// (`openssl verify -verify_depth 1` with OpenSSL 3.0 accepts leaf, intermediate, root
+/// and refuses a second intermediate.)
+pub fn max_intermediates(depth: u32) -> usize {
+    usize::try_from(depth).unwrap_or(usize::MAX)
+}
+
+/// Whether `leaf` chains to one of `ca` through at most `max` of `intermediates`. For
+/// a chain that already verified, when the peer sent more certificates than that: the
+/// path search goes on past longer paths to find a short one, whatever their order.
+pub fn short_path_exists(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    ca: &[CertificateDer<'_>],
+    usage: webpki::KeyUsage,
+    max: usize,
+) -> bool {
+    let Ok(cert) = webpki::EndEntityCert::try_from(leaf) else {
+        return false;
+    };
+    let anchors: Vec<_> = ca
+        .iter()
+        .filter_map(|c| webpki::anchor_from_trusted_cert(c).ok())
+        .collect();
+    let algorithms = rustls::crypto::ring::default_provider()
+        .signature_verification_algorithms
+        .all;
+    let short_enough = |path: &webpki::VerifiedPath<'_>| {
+        if path.intermediate_certificates().count() <= max {
+            Ok(())
+        } else {
+            Err(webpki::Error::MaximumPathDepthExceeded)
+        }
+    };
+    cert.verify_for_usage(
+        algorithms,
+        &anchors,
+        intermediates,
+        UnixTime::now(),
+        usage,
+        None,
+        Some(&short_enough),
+    )
+    .is_ok()
 }
 
 /// A TLS client configuration that verifies servers against the public web PKI (the
@@ -287,4 +391,108 @@ pub fn public_client_config() -> Result<rustls::ClientConfig, rustls::Error> {
             .with_root_certificates(roots)
             .with_no_client_auth(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_config::client_auth::{ClientAuth, VerifyClient};
+
+    type Issuer = rcgen::CertifiedIssuer<'static, rcgen::KeyPair>;
+
+    fn ca(name: &str, parent: Option<&Issuer>) -> Issuer {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        match parent {
+            None => rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
+            Some(parent) => rcgen::CertifiedIssuer::signed_by(params, key, parent).unwrap(),
+        }
+    }
+
+    fn client(issuer: &Issuer) -> CertificateDer<'static> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "alice");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.signed_by(&key, issuer).unwrap().der().clone()
+    }
+
+    fn auth(trusted: &[&Issuer], depth: u32) -> ClientAuth {
+        let ca: Vec<CertificateDer<'static>> = trusted.iter().map(|i| i.der().clone()).collect();
+        let mut roots = RootCertStore::empty();
+        for c in &ca {
+            roots.add(c.clone()).unwrap();
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        ClientAuth {
+            secret: "ca".into(),
+            verify: VerifyClient::On,
+            verify_depth: depth,
+            pass_certificate: false,
+            error_page: None,
+            match_cn: None,
+            ca,
+            verifier: Some(verifier),
+        }
+    }
+
+    #[test]
+    fn client_chains_are_held_to_the_verify_depth_as_nginx_does() {
+        let root = ca("root", None);
+        let middle = ca("middle", Some(&root));
+        let lower = ca("lower", Some(&middle));
+        let other = ca("other", None);
+        let leaf = client(&lower);
+        let chain = |certs: &[&CertificateDer<'static>]| {
+            ClientChain::new(certs.iter().map(|c| (*c).clone()).collect())
+        };
+        let two_deep = [&leaf, lower.der(), middle.der()];
+        // Two intermediates to the root: depth 2 accepts, the default 1 refuses.
+        assert_eq!(verify_for_route(&chain(&two_deep), &auth(&[&root], 2)), Ok(()));
+        let refused = verify_for_route(&chain(&two_deep), &auth(&[&root], 1));
+        assert_eq!(
+            refused,
+            Err("certificate chain too long (auth-tls-verify-depth 1)".into())
+        );
+        // A CA certificate the route trusts shortens the path, whatever else was sent
+        // and in whatever order.
+        let mixed = [&leaf, other.der(), middle.der(), lower.der(), root.der()];
+        assert_eq!(
+            verify_for_route(&chain(&mixed), &auth(&[&root, &middle], 1)),
+            Ok(())
+        );
+        assert_eq!(
+            verify_for_route(&chain(&[&leaf, lower.der()]), &auth(&[&middle], 1)),
+            Ok(())
+        );
+        // Not issued under the route's CA: refused whatever the depth.
+        assert!(verify_for_route(&chain(&two_deep), &auth(&[&other], 5)).is_err());
+    }
+
+    #[test]
+    fn a_connection_chain_is_verified_once_per_ca() {
+        let root = ca("root", None);
+        let chain = ClientChain::new(vec![client(&root)]);
+        let route = auth(&[&root], 1);
+        let other = auth(&[&ca("other", None)], 1);
+        assert_eq!(verify_for_route(&chain, &route), Ok(()));
+        assert!(verify_for_route(&chain, &other).is_err());
+        assert_eq!(verify_for_route(&chain, &route), Ok(()));
+        assert!(verify_for_route(&chain, &other).is_err());
+        assert_eq!(chain.verdicts.lock().unwrap().len(), 2);
+        // Another depth on the same CA is a verdict of its own.
+        let deeper = ClientAuth {
+            verify_depth: 3,
+            ..route.clone()
+        };
+        assert_eq!(verify_for_route(&chain, &deeper), Ok(()));
+        assert_eq!(chain.verdicts.lock().unwrap().len(), 3);
+    }
 }
