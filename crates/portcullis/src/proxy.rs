@@ -266,8 +266,9 @@ impl ServerCertVerifier for EncryptOnly {
 }
 
 /// The web PKI's verification of a backend's certificate against `proxy-ssl-trusted-
-/// certificate`, and `proxy-ssl-verify-depth` on top: at most depth - 1 certificates
-/// between the backend's and the CA's, as nginx's `proxy_ssl_verify_depth`.
+/// certificate`, and `proxy-ssl-verify-depth` on top: at most `depth` intermediate
+/// certificates between the backend's and the CA's, as nginx's `proxy_ssl_verify_depth`
+/// with OpenSSL 3.
 #[derive(Debug)]
 struct DepthLimited {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
@@ -452,8 +453,15 @@ pub fn set_identity_headers(headers: &mut HeaderMap, identity: &crate::auth::Ide
 
 /// An identity's headers, made when first sent and then reused: a session's identity is
 /// shared by every request of the session.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct UpstreamHeaders(std::sync::OnceLock<Vec<(HeaderName, HeaderValue)>>);
+
+/// A copy starts empty: whoever clones an identity may change it before it is sent.
+impl Clone for UpstreamHeaders {
+    fn clone(&self) -> Self {
+        UpstreamHeaders::default()
+    }
+}
 
 impl PartialEq for UpstreamHeaders {
     /// Derived from the identity's other fields: never a difference of its own.
@@ -878,6 +886,12 @@ mod tests {
             assert!(!h.contains_key("x-auth-request-email"));
         }
         assert_eq!(identity.upstream_headers.0.get().map(Vec::len), Some(3));
+        // A copy may be changed before it is sent: it makes its own.
+        let mut other = identity.clone();
+        other.subject = "bob".into();
+        let mut h = HeaderMap::new();
+        set_identity_headers(&mut h, &other);
+        assert_eq!(h["x-auth-request-user"], "bob");
     }
 
     #[test]

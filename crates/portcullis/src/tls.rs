@@ -267,14 +267,23 @@ impl ClientCertVerifier for AnyChain {
 pub struct ClientChain {
     pub certs: Vec<CertificateDer<'static>>,
     /// Verdicts by CA verifier and verify depth: a connection's chain is verified once
-    /// per CA, as nginx verifies it once per handshake, not on every request.
+    /// per CA (and again after [`VERDICT_TTL`]), not on every request.
     verdicts: Mutex<Vec<Verdict>>,
 }
 
-type Verdict = (Arc<dyn ClientCertVerifier>, u32, Result<(), String>);
+struct Verdict {
+    verifier: Arc<dyn ClientCertVerifier>,
+    depth: u32,
+    at: std::time::Instant,
+    result: Result<(), String>,
+}
 
 /// Verdicts kept per connection (one per CA its requests were checked against).
 const VERDICTS: usize = 8;
+/// A verdict is used this long: nginx verifies once per handshake and then bounds the
+/// connection's life; a connection here may live for days, so a certificate that
+/// expires while it is open stops passing within this time.
+const VERDICT_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl ClientChain {
     pub fn new(certs: Vec<CertificateDer<'static>>) -> Self {
@@ -293,17 +302,23 @@ pub fn verify_for_route(
 ) -> Result<(), String> {
     let verifier = auth.verifier.as_ref().ok_or("no CA to verify against")?;
     let mut verdicts = chain.verdicts.lock().unwrap_or_else(|e| e.into_inner());
+    verdicts.retain(|v| v.at.elapsed() < VERDICT_TTL);
     let known = verdicts
         .iter()
-        .find(|(v, depth, _)| Arc::ptr_eq(v, verifier) && *depth == auth.verify_depth);
-    if let Some((_, _, verdict)) = known {
-        return verdict.clone();
+        .find(|v| Arc::ptr_eq(&v.verifier, verifier) && v.depth == auth.verify_depth);
+    if let Some(v) = known {
+        return v.result.clone();
     }
-    let verdict = verify_chain(&chain.certs, verifier.as_ref(), auth);
+    let result = verify_chain(&chain.certs, verifier.as_ref(), auth);
     if verdicts.len() < VERDICTS {
-        verdicts.push((verifier.clone(), auth.verify_depth, verdict.clone()));
+        verdicts.push(Verdict {
+            verifier: verifier.clone(),
+            depth: auth.verify_depth,
+            at: std::time::Instant::now(),
+            result: result.clone(),
+        });
     }
-    verdict
+    result
 }
 
 fn verify_chain(
@@ -494,5 +509,11 @@ mod tests {
         };
         assert_eq!(verify_for_route(&chain, &deeper), Ok(()));
         assert_eq!(chain.verdicts.lock().unwrap().len(), 3);
+        // An old verdict is made again (the certificate may have expired since).
+        chain.verdicts.lock().unwrap()[0].at -= VERDICT_TTL;
+        assert_eq!(verify_for_route(&chain, &route), Ok(()));
+        let verdicts = chain.verdicts.lock().unwrap();
+        assert_eq!(verdicts.len(), 3);
+        assert!(verdicts.iter().all(|v| v.at.elapsed() < VERDICT_TTL));
     }
 }

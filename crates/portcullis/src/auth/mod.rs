@@ -44,13 +44,20 @@ const REFRESH_REUSE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Refreshes in flight (or just done), by SHA-256 of the refresh token.
 type Flights = HashMap<Vec<u8>, (std::time::Instant, Arc<tokio::sync::OnceCell<Option<Session>>>)>;
 
-/// Sessions already opened, by the text of their cookie: a browser sends the same cookie
-/// with every request, and opening it (AES-GCM, then JSON) costs more than the rest of
-/// the session check. Only cookies that opened with a session key get in, so the size is
-/// bounded by real sessions, and by these limits.
-/// Keys are hashed with foldhash (seeded per process): SipHash of a cookie's text cost
-/// more than the rest of the lookup, and only cookies that opened are ever inserted.
-type OpenedSessions = HashMap<Box<str>, Arc<Opened>, foldhash::fast::RandomState>;
+/// Sessions already opened, by their cookie: a browser sends the same cookie with every
+/// request, and opening it (AES-GCM, then JSON) costs more than the rest of the session
+/// check. Only cookies that opened with a session key get in, so the size is bounded by
+/// real sessions, and by these limits.
+///
+/// Kept under a seeded foldhash of the cookie's text (SipHash of it cost more than the
+/// rest of the lookup); the text itself is compared in constant time, so a forged cookie
+/// that lands in the same bucket learns nothing of another user's by timing.
+#[derive(Default)]
+struct OpenedSessions {
+    seed: foldhash::fast::RandomState,
+    by_hash: HashMap<u64, Vec<Arc<Opened>>>,
+    count: usize,
+}
 const OPENED_CAPACITY: usize = 4096;
 /// Larger (chunked) cookies are opened on every request rather than kept.
 const OPENED_MAX_COOKIE: usize = 4096;
@@ -58,8 +65,47 @@ const OPENED_MAX_COOKIE: usize = 4096;
 /// A session opened from its cookie, and the identity it stands for, shared by every
 /// request that carries the cookie.
 struct Opened {
+    cookie: Box<str>,
     session: Session,
     identity: Arc<Identity>,
+}
+
+impl OpenedSessions {
+    fn hash(&self, cookie: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.seed, cookie)
+    }
+
+    fn get(&self, cookie: &str) -> Option<&Arc<Opened>> {
+        self.by_hash
+            .get(&self.hash(cookie))?
+            .iter()
+            .find(|o| same(o.cookie.as_bytes(), cookie.as_bytes()))
+    }
+
+    /// Keeps `opened`; when full, drops the sessions that ended by `now`, or all.
+    fn insert(&mut self, opened: Arc<Opened>, now: i64) {
+        if self.count >= OPENED_CAPACITY {
+            self.by_hash.retain(|_, list| {
+                list.retain(|o| o.session.exp > now);
+                !list.is_empty()
+            });
+            self.count = self.by_hash.values().map(Vec::len).sum();
+            // Mostly live sessions: start over rather than scan again on the next insert.
+            if self.count >= OPENED_CAPACITY * 3 / 4 {
+                self.by_hash.clear();
+                self.count = 0;
+            }
+        }
+        let hash = self.hash(&opened.cookie);
+        let list = self.by_hash.entry(hash).or_default();
+        if !list
+            .iter()
+            .any(|o| same(o.cookie.as_bytes(), opened.cookie.as_bytes()))
+        {
+            list.push(opened);
+            self.count += 1;
+        }
+    }
 }
 
 /// A login attempt must finish within this many seconds.
@@ -427,19 +473,12 @@ impl Auth {
         }
         let session = sealer.open::<Session>(Purpose::Session, raw)?;
         let s = Arc::new(Opened {
+            cookie: raw.into(),
             identity: Arc::new(Identity::of_session(&session)),
             session,
         });
         if raw.len() <= OPENED_MAX_COOKIE && s.session.exp > now {
-            let mut opened = lock();
-            if opened.len() >= OPENED_CAPACITY {
-                opened.retain(|_, s| s.session.exp > now);
-                // Mostly live sessions: start over rather than scan again on the next insert.
-                if opened.len() >= OPENED_CAPACITY * 3 / 4 {
-                    opened.clear();
-                }
-            }
-            opened.insert(raw.into(), s.clone());
+            lock().insert(s.clone(), now);
         }
         Some(s)
     }
@@ -995,7 +1034,7 @@ mod tests {
         .unwrap();
         assert!(check(&foreign, "app.example.com", now).await.is_none());
         assert!(check("garbage", "app.example.com", now).await.is_none());
-        assert_eq!(a.opened.lock().unwrap().len(), 1);
+        assert_eq!(a.opened.lock().unwrap().count, 1);
     }
 
     #[test]
@@ -1025,24 +1064,24 @@ mod tests {
         };
         // Expired sessions are never kept.
         assert!(a.open_session(sealer, &sealed(0, now), now).is_some());
-        assert_eq!(a.opened.lock().unwrap().len(), 0);
+        assert_eq!(a.opened.lock().unwrap().count, 0);
         // Full of live sessions: start over.
         for i in 0..OPENED_CAPACITY {
             a.open_session(sealer, &sealed(i, now + 60), now).unwrap();
         }
-        assert_eq!(a.opened.lock().unwrap().len(), OPENED_CAPACITY);
+        assert_eq!(a.opened.lock().unwrap().count, OPENED_CAPACITY);
         a.open_session(sealer, &sealed(OPENED_CAPACITY, now + 60), now)
             .unwrap();
-        assert_eq!(a.opened.lock().unwrap().len(), 1);
+        assert_eq!(a.opened.lock().unwrap().count, 1);
         // Full of sessions that have ended since: only those are dropped.
-        a.opened.lock().unwrap().clear();
+        *a.opened.lock().unwrap() = OpenedSessions::default();
         for i in 0..OPENED_CAPACITY {
             let exp = if i % 2 == 0 { now + 10 } else { now + 60 };
             a.open_session(sealer, &sealed(i, exp), now).unwrap();
         }
         a.open_session(sealer, &sealed(OPENED_CAPACITY, now + 60), now + 30)
             .unwrap();
-        assert_eq!(a.opened.lock().unwrap().len(), OPENED_CAPACITY / 2 + 1);
+        assert_eq!(a.opened.lock().unwrap().count, OPENED_CAPACITY / 2 + 1);
     }
 
     #[test]

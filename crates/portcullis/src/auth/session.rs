@@ -204,7 +204,7 @@ pub fn read_chunked<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<Cow<
 }
 
 /// All cookies of a request as (name, value), in order, borrowed from the headers.
-/// Values that are not visible ASCII are skipped, as browsers never send them.
+/// A `Cookie` field that is not visible ASCII is skipped whole: browsers never send one.
 pub fn cookie_pairs(headers: &http::HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(http::header::COOKIE)
