@@ -246,3 +246,72 @@ async fn ingress_nginx_client_certificates_on_the_ingress_routes_only() {
         "{out}"
     );
 }
+
+/// `auth-tls-verify-depth`, as nginx with OpenSSL 3: depth N accepts N intermediate
+/// certificates between the client's and the CA of `ca.crt`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_nginx_client_certificate_verify_depth() {
+    type Issuer = rcgen::CertifiedIssuer<'static, rcgen::KeyPair>;
+    let ca = |name: &str, parent: Option<&Issuer>| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        match parent {
+            None => rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
+            Some(p) => rcgen::CertifiedIssuer::signed_by(params, key, p).unwrap(),
+        }
+    };
+    let root = ca("root", None);
+    let middle = ca("middle", Some(&root));
+    let lower = ca("lower", Some(&middle));
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "deep");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let leaf = params.signed_by(&key, &lower).unwrap();
+    // What the client sends: its certificate and both intermediates.
+    let client = (
+        format!("{}{}{}", leaf.pem(), lower.pem(), middle.pem()),
+        key.serialize_pem(),
+    );
+
+    let server = Pki::new();
+    let web = Backend::named("web").await;
+    let indented: String = root.pem().lines().map(|l| format!("    {l}\n")).collect();
+    let root_secret = format!("---\napiVersion: v1\nkind: Secret\nmetadata: {{name: root-ca, namespace: ns}}\ntype: Opaque\nstringData:\n  ca.crt: |\n{indented}");
+    let with_tls = |y: String| format!("{y}  tls:\n  - hosts: [mtls.test]\n    secretName: tls\n");
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            server.tls_secret("ns", "tls", &["mtls.test"]),
+            root_secret,
+            with_tls(nginx_ingress(
+                "default-depth",
+                false,
+                &[("auth-tls-secret", "root-ca")],
+                "mtls.test",
+                &[("/one", "web")],
+            )),
+            with_tls(nginx_ingress(
+                "depth-two",
+                false,
+                &[("auth-tls-secret", "root-ca"), ("auth-tls-verify-depth", "2")],
+                "mtls.test",
+                &[("/two", "web")],
+            )),
+        ]),
+        "ingressClass: nginx\n",
+    );
+    let r = get(&gw, &server, "mtls.test", "mtls.test", "/two", Some(&client), &[]).await;
+    assert_eq!(r.text(), "web /two");
+    let r = get(&gw, &server, "mtls.test", "mtls.test", "/one", Some(&client), &[]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.text().contains("The SSL certificate error"), "{}", r.text());
+    assert!(
+        gw.wait_for_log("certificate chain too long (auth-tls-verify-depth 1)"),
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(web.requests().len(), 1);
+}
