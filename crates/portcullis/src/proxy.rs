@@ -331,7 +331,8 @@ impl ServerCertVerifier for DepthLimited {
 
 /// Headers that describe one connection, never forwarded (RFC 9110 section 7.6.1).
 /// As `HeaderName`s, not strings: a string name is parsed on every lookup.
-const HOP_BY_HOP: [HeaderName; 9] = [
+const HOP_BY_HOP_LEN: usize = 9;
+static HOP_BY_HOP: [HeaderName; HOP_BY_HOP_LEN] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -343,27 +344,56 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// The position of `name` (lowercase, as `HeaderName::as_str` gives it) in
+/// [`HOP_BY_HOP`]: one string match instead of nine `HeaderName` comparisons per header.
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    })
+}
+
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
+/// Allocates nothing in the usual case (`Connection: keep-alive` or `close`): every
+/// message through the gateway, request and response, goes through here.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
+    // Names Connection lists beyond its options and the fixed hop-by-hop set.
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for token in headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+    {
+        let fixed = token.eq_ignore_ascii_case("close")
+            || HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h.as_str()));
+        if !fixed {
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                listed.push(name);
+            }
         }
     }
-    // One pass to find them: most requests carry none, and a removal costs a lookup.
-    let present: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| HOP_BY_HOP.contains(k))
-        .cloned()
-        .collect();
-    for name in present {
+    for name in listed {
+        headers.remove(name);
+    }
+    // One pass to find the fixed set: a removal costs a lookup, and most messages carry
+    // one of them at most.
+    let mut present = [false; HOP_BY_HOP_LEN];
+    for key in headers.keys() {
+        if let Some(i) = hop_by_hop_index(key.as_str()) {
+            present[i] = true;
+        }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
 }
@@ -795,13 +825,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_hop_by_hop_index_follows_the_list() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name.as_str()), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop_index("content-length"), None);
+    }
+
+    #[test]
     fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
         let mut h = HeaderMap::new();
         h.insert(
             "connection",
-            HeaderValue::from_static("keep-alive, X-Secret, close"),
+            HeaderValue::from_static("keep-alive, X-Secret, close, Upgrade"),
         );
+        h.append("connection", HeaderValue::from_static("x-other-secret"));
         h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other-secret", HeaderValue::from_static("1"));
+        h.insert("upgrade", HeaderValue::from_static("websocket"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         h.insert("te", HeaderValue::from_static("trailers"));
