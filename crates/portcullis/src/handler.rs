@@ -1815,14 +1815,12 @@ impl RequestIds {
         }
         let n = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // 32 hex digits: the prefix, then the counter.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut id = [0u8; 32];
-        let digits = |value: u64| {
-            (0..16)
-                .rev()
-                .map(move |i| b"0123456789abcdef"[(value >> (i * 4)) as usize & 15])
-        };
-        for (slot, digit) in id.iter_mut().zip(digits(self.prefix).chain(digits(n))) {
-            *slot = digit;
+        for (half, value) in id.chunks_exact_mut(16).zip([self.prefix, n]) {
+            for (i, slot) in half.iter_mut().enumerate() {
+                *slot = HEX[(value >> (60 - 4 * i)) as usize & 15];
+            }
         }
         RequestId(HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-")))
     }
