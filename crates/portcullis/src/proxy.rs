@@ -938,17 +938,7 @@ mod tests {
 
     #[test]
     fn backend_chains_are_held_to_proxy_ssl_verify_depth() {
-        type Issuer = rcgen::CertifiedIssuer<'static, rcgen::KeyPair>;
-        let ca = |name: &str, parent: Option<&Issuer>| {
-            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            params.distinguished_name.push(rcgen::DnType::CommonName, name);
-            let key = rcgen::KeyPair::generate().unwrap();
-            match parent {
-                None => rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
-                Some(p) => rcgen::CertifiedIssuer::signed_by(params, key, p).unwrap(),
-            }
-        };
+        use crate::tls::tests::ca;
         let root = ca("root", None);
         let middle = ca("middle", Some(&root));
         let lower = ca("lower", Some(&middle));

@@ -317,3 +317,16 @@ impl Gateway {
         self.ready.store(false, Ordering::Release);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_authorities_are_address_and_port() {
+        for text in ["10.0.0.1:80", "0.0.0.0:0", "255.255.255.255:65535", "[::1]:8443"] {
+            let upstream = Upstream::Address(text.parse().expect("address"));
+            assert_eq!(upstream.authority().expect("authority").as_str(), text);
+        }
+    }
+}

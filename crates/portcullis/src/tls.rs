@@ -409,13 +409,14 @@ pub fn public_client_config() -> Result<rustls::ClientConfig, rustls::Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use portcullis_config::client_auth::{ClientAuth, VerifyClient};
 
-    type Issuer = rcgen::CertifiedIssuer<'static, rcgen::KeyPair>;
+    pub(crate) type Issuer = rcgen::CertifiedIssuer<'static, rcgen::KeyPair>;
 
-    fn ca(name: &str, parent: Option<&Issuer>) -> Issuer {
+    /// A CA named `name`, self-signed or signed by `parent` (also for backend TLS tests).
+    pub(crate) fn ca(name: &str, parent: Option<&Issuer>) -> Issuer {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params.distinguished_name.push(rcgen::DnType::CommonName, name);

@@ -251,41 +251,18 @@ async fn ingress_nginx_client_certificates_on_the_ingress_routes_only() {
 /// certificates between the client's and the CA of `ca.crt`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_nginx_client_certificate_verify_depth() {
-    type Issuer = rcgen::CertifiedIssuer<'static, rcgen::KeyPair>;
-    let ca = |name: &str, parent: Option<&Issuer>| {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        let key = rcgen::KeyPair::generate().unwrap();
-        match parent {
-            None => rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
-            Some(p) => rcgen::CertifiedIssuer::signed_by(params, key, p).unwrap(),
-        }
-    };
-    let root = ca("root", None);
-    let middle = ca("middle", Some(&root));
-    let lower = ca("lower", Some(&middle));
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "deep");
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let leaf = params.signed_by(&key, &lower).unwrap();
-    // What the client sends: its certificate and both intermediates.
-    let client = (
-        format!("{}{}{}", leaf.pem(), lower.pem(), middle.pem()),
-        key.serialize_pem(),
-    );
+    let root = Pki::new();
+    // The client sends its certificate, both intermediates and the root.
+    let client = root.intermediate("middle").intermediate("lower").client("deep");
 
     let server = Pki::new();
     let web = Backend::named("web").await;
-    let indented: String = root.pem().lines().map(|l| format!("    {l}\n")).collect();
-    let root_secret = format!("---\napiVersion: v1\nkind: Secret\nmetadata: {{name: root-ca, namespace: ns}}\ntype: Opaque\nstringData:\n  ca.crt: |\n{indented}");
     let with_tls = |y: String| format!("{y}  tls:\n  - hosts: [mtls.test]\n    secretName: tls\n");
     let gw = Gateway::start(
         &concat(&[
             service("ns", "web", &[web.addr]),
             server.tls_secret("ns", "tls", &["mtls.test"]),
-            root_secret,
+            ca_secret("root-ca", &root),
             with_tls(nginx_ingress(
                 "default-depth",
                 false,

@@ -20,6 +20,8 @@ use rustls_pki_types::CertificateDer;
 /// A CA that signs leaf certificates for test hosts.
 pub struct Pki {
     issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    /// What follows a leaf in the chains it signs: this CA, then the CAs above it.
+    chain_pem: String,
 }
 
 impl Pki {
@@ -30,8 +32,26 @@ impl Pki {
             .distinguished_name
             .push(rcgen::DnType::CommonName, "portcullis test CA");
         let key = rcgen::KeyPair::generate().unwrap();
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, key).unwrap();
         Pki {
-            issuer: rcgen::CertifiedIssuer::self_signed(params, key).unwrap(),
+            chain_pem: issuer.pem(),
+            issuer,
+        }
+    }
+
+    /// An intermediate CA signed by this one; the chains it signs carry both.
+    pub fn intermediate(&self, common_name: &str) -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let issuer = rcgen::CertifiedIssuer::signed_by(params, key, &self.issuer).unwrap();
+        Pki {
+            chain_pem: format!("{}{}", issuer.pem(), self.chain_pem),
+            issuer,
         }
     }
 
@@ -45,10 +65,7 @@ impl Pki {
         let params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (
-            format!("{}{}", cert.pem(), self.issuer.pem()),
-            key.serialize_pem(),
-        )
+        (format!("{}{}", cert.pem(), self.chain_pem), key.serialize_pem())
     }
 
     /// (certificate chain PEM, key PEM) of a client certificate with this common name,
@@ -62,10 +79,7 @@ impl Pki {
             .push(rcgen::DnType::CommonName, common_name);
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (
-            format!("{}{}", cert.pem(), self.issuer.pem()),
-            key.serialize_pem(),
-        )
+        (format!("{}{}", cert.pem(), self.chain_pem), key.serialize_pem())
     }
 
     /// The CA certificate as PEM.
