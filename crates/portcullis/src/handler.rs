@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::audit::{AccessEvent, AuditIdentity, AuditRoute};
 use crate::auth::external::{Grant, Outcome};
 use crate::auth::{Auth, Decision, Identity, RequestFacts};
+use crate::h1::{ClientBody, UpgradeSlot};
 use crate::limits::{ConcurrencyLimiter, GlobalLimiter, RateLimiter, Slot};
 use crate::metrics::{DecisionLabels, IngressLabel, IngressName, RequestLabels, UpstreamErrorLabels};
 use crate::proxy::{self, Body, ReadTimeout, UpstreamFailure, Upstreams};
@@ -217,7 +218,7 @@ struct Record {
 pub async fn handle(
     proxy: Arc<Proxy>,
     conn: Arc<ClientConn>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let runtime = proxy.gateway.runtime();
@@ -247,9 +248,7 @@ pub async fn handle(
         slot: None,
     };
 
-    // Boxed: hyper keeps room for this future on every connection, idle or not, and
-    // `serve` is large; boxed it takes memory only while a request is in flight.
-    let mut response = match Box::pin(serve(&proxy, &runtime, &conn, req, &request_id, &mut record)).await {
+    let mut response = match serve(&proxy, &runtime, &conn, req, &request_id, &mut record).await {
         Ok(response) => response,
         Err(refusal) => {
             record.detail.get_or_insert_with(|| refusal.message.clone());
@@ -435,7 +434,7 @@ async fn serve(
     proxy: &Proxy,
     runtime: &Runtime,
     conn: &ClientConn,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     request_id: &RequestId,
     record: &mut Record,
 ) -> Result<Response<Body>, Refusal> {
@@ -770,7 +769,7 @@ async fn serve(
     );
     let client_upgrade = proxy::upgrade_requested(req.headers())
         .filter(|_| req.version() == Version::HTTP_11)
-        .map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
+        .and_then(|protocol| Some((protocol, UpgradeSlot::take(&mut req)?)));
     let mut outgoing = Outgoing::new(
         proxy,
         conn,
@@ -1012,7 +1011,7 @@ fn check_client_cert(
 fn answer_early(
     conn: &ClientConn,
     route: &Route,
-    req: &Request<Incoming>,
+    req: &Request<ClientBody>,
     authority: &str,
     matched: &str,
 ) -> Option<Response<Body>> {
@@ -1142,7 +1141,7 @@ async fn rate_limit(
 
 /// Requests whose framing two parsers could read differently are refused, and the
 /// connection closed (request smuggling).
-fn check_framing(req: &Request<Incoming>) -> Result<(), Refusal> {
+fn check_framing(req: &Request<ClientBody>) -> Result<(), Refusal> {
     let h = req.headers();
     if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
         return Err(Refusal {
@@ -1185,7 +1184,7 @@ fn check_framing(req: &Request<Incoming>) -> Result<(), Refusal> {
 }
 
 /// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header.
-fn request_authority(req: &Request<Incoming>) -> Result<String, Refusal> {
+fn request_authority(req: &Request<ClientBody>) -> Result<String, Refusal> {
     let authority = match req.uri().authority() {
         Some(a) => a.as_str().to_string(),
         None => req
@@ -1231,7 +1230,7 @@ fn redirect_to_https(proxy: &Proxy, host: &str, path: &str, uri: &Uri) -> Refusa
     }
 }
 
-fn content_length(req: &Request<Incoming>) -> Option<u64> {
+fn content_length(req: &Request<ClientBody>) -> Option<u64> {
     req.headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -1348,7 +1347,7 @@ impl Outgoing {
     fn new(
         proxy: &Proxy,
         conn: &ClientConn,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         authority: &str,
         path_and_query: http::uri::PathAndQuery,
         request_id: &RequestId,
@@ -1697,14 +1696,14 @@ fn relay_response(
     response: Response<Incoming>,
     route: &Route,
     conn: &ClientConn,
-    client_upgrade: Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
+    client_upgrade: Option<(HeaderValue, UpgradeSlot)>,
 ) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         if let Some((_, client)) = client_upgrade {
             let mut backend_response = Response::from_parts(parts, body);
             let backend = hyper::upgrade::on(&mut backend_response);
-            proxy::spawn_tunnel(client, backend, conn.drain.clone());
+            proxy::spawn_tunnel(client.accept(), backend, conn.drain.clone());
             let (parts, _) = backend_response.into_parts();
             return Response::from_parts(parts, proxy::empty());
         }

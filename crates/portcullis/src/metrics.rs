@@ -81,6 +81,7 @@ pub struct Metrics {
     pub reloads: Family<ResultLabel, Counter>,
     pub active_connections: Family<ListenerLabel, Gauge>,
     pub refused_connections: Family<ListenerLabel, Counter>,
+    pub parked_connections: Family<ListenerLabel, Gauge>,
     pub config_problems: Family<SeverityLabel, Gauge>,
     pub decisions: Family<DecisionLabels, Counter>,
     pub rate_limited: Family<IngressLabel, Counter>,
@@ -131,6 +132,12 @@ impl Metrics {
             "Client connections closed at once because their address already holds limits.maxConnectionsPerClient",
             refused_connections.clone(),
         );
+        let parked_connections = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "parked_connections",
+            "Idle HTTP/1.1 keep-alive client connections holding no HTTP buffers, by listener",
+            parked_connections.clone(),
+        );
         let config_problems = Family::<SeverityLabel, Gauge>::default();
         registry.register(
             "config_problems",
@@ -180,6 +187,7 @@ impl Metrics {
             reloads,
             active_connections,
             refused_connections,
+            parked_connections,
             config_problems,
         }
     }

@@ -801,15 +801,20 @@ fn certificate_failure(io: &std::io::Error) -> bool {
 /// and copies bytes both ways until either side closes. The drain guard keeps
 /// graceful shutdown waiting for the tunnel.
 pub fn spawn_tunnel(
-    client: hyper::upgrade::OnUpgrade,
+    client: tokio::sync::oneshot::Receiver<crate::h1::Upgraded>,
     backend: hyper::upgrade::OnUpgrade,
     drain: tokio::sync::mpsc::Sender<()>,
 ) {
     tokio::spawn(async move {
         let _drain = drain;
+        let client = async {
+            client
+                .await
+                .map_err(|_| "the client connection closed before switching".into())
+        };
+        let backend = async { backend.await.map_err(BoxError::from) };
         match tokio::try_join!(client, backend) {
-            Ok((client, backend)) => {
-                let mut client = hyper_util::rt::TokioIo::new(client);
+            Ok((mut client, backend)) => {
                 let mut backend = hyper_util::rt::TokioIo::new(backend);
                 if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
                     tracing::debug!(error = %e, "upgraded connection ended");

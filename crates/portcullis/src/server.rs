@@ -7,13 +7,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::Request;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::LazyConfigAcceptor;
 
+use crate::h1::{self, ClientBody};
 use crate::handler::{self, ClientConn, Proxy};
 use crate::metrics::ListenerLabel;
 
@@ -107,16 +111,17 @@ pub fn inherited_listeners() -> anyhow::Result<Option<(TcpListener, TcpListener)
     Ok(Some((take(http, "http")?, take(https, "https")?)))
 }
 
-/// The HTTP connection builders, all with the same settings. A TLS client that named
-/// its protocol with ALPN is served with it directly; `any` sniffs the first bytes
-/// (plain HTTP, and TLS clients without ALPN). Sniffing costs a read and hands hyper a
-/// short first read, after which its request buffer doubles to 16 KiB for the rest of
-/// the connection.
+/// The HTTP connection builders, with the same settings. A TLS client that named its
+/// protocol with ALPN is served with it directly; otherwise (plain HTTP, and TLS clients
+/// without ALPN) the first bytes tell HTTP/2's preface from HTTP/1.
 struct Builders {
-    any: auto::Builder<TokioExecutor>,
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    timing: h1::Timing,
 }
+
+/// How long an HTTP/1 keep-alive connection stays idle before its buffers go back.
+const PARK_AFTER: Duration = Duration::from_secs(1);
 
 impl Builders {
     fn new(settings: &portcullis_config::Settings) -> Self {
@@ -125,34 +130,26 @@ impl Builders {
             .unwrap_or(64 << 10)
             .max(8192);
         let max_header_list = u32::try_from(settings.limits.max_header_size.0).unwrap_or(65536);
-        // hyper-util's auto builder and hyper's own take the same settings under the
-        // same names; one list for both.
-        macro_rules! http1 {
-            ($builder:expr) => {
-                $builder
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout)
-                    .max_buf_size(max_buf_size)
-            };
-        }
-        macro_rules! http2 {
-            ($builder:expr) => {
-                $builder
-                    .timer(TokioTimer::new())
-                    .max_concurrent_streams(250)
-                    .max_header_list_size(max_header_list)
-                    .keep_alive_interval(Duration::from_secs(30))
-                    .keep_alive_timeout(Duration::from_secs(20))
-            };
-        }
-        let mut any = auto::Builder::new(TokioExecutor::new());
-        http1!(any.http1());
-        http2!(any.http2());
         let mut http1 = hyper::server::conn::http1::Builder::new();
-        http1!(http1);
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(max_buf_size);
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        http2!(http2);
-        Builders { any, http1, http2 }
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(250)
+            .max_header_list_size(max_header_list)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Builders {
+            http1,
+            http2,
+            timing: h1::Timing {
+                park_after: PARK_AFTER,
+                header_timeout,
+            },
+        }
     }
 }
 
@@ -282,32 +279,55 @@ async fn connection(
                 proxy,
                 &builders,
                 Negotiated::Unknown,
-                TokioIo::new(stream),
+                stream,
                 conn,
                 shutdown,
+                listener,
             )
             .await
         }
-        Some(configs) => match Box::pin(tokio::time::timeout(
-            handshake_timeout,
-            handshake(&configs, stream),
-        ))
-        .await
-        {
-            Ok(Ok((stream, server_name, client_chain))) => {
-                let conn = Arc::new(ClientConn::new(
-                    conn.peer,
-                    true,
-                    conn.drain.clone(),
-                    server_name,
-                    client_chain,
-                ));
-                let protocol = Negotiated::from_alpn(stream.get_ref().1.alpn_protocol());
-                serve_http(proxy, &builders, protocol, TokioIo::new(stream), conn, shutdown).await
-            }
-            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-        },
+        Some(configs) => {
+            // Taken apart in a `let`: a value matched on across the await below would
+            // keep room for the whole handshake in the task for the connection's life.
+            let (stream, server_name, client_chain) = match Box::pin(tokio::time::timeout(
+                handshake_timeout,
+                handshake(&configs, stream),
+            ))
+            .await
+            {
+                Ok(Ok(done)) => done,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    gauge.dec();
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    gauge.dec();
+                    return;
+                }
+            };
+            let conn = Arc::new(ClientConn::new(
+                conn.peer,
+                true,
+                conn.drain.clone(),
+                server_name,
+                client_chain,
+            ));
+            let protocol = Negotiated::from_alpn(stream.get_ref().1.alpn_protocol());
+            // Boxed: every async function the stream passes through keeps a copy of
+            // what it was given for as long as it runs; a pointer costs 8 bytes each.
+            serve_http(
+                proxy,
+                &builders,
+                protocol,
+                Box::new(stream),
+                conn,
+                shutdown,
+                listener,
+            )
+            .await
+        }
     }
     gauge.dec();
 }
@@ -422,51 +442,100 @@ async fn handshake(configs: &crate::tls::Configs, stream: TcpStream) -> std::io:
     Ok((stream, server_name, client_chain))
 }
 
-async fn serve_http<I>(
+async fn serve_http<I: h1::Transport>(
     proxy: Arc<Proxy>,
     builders: &Builders,
     protocol: Negotiated,
-    io: TokioIo<I>,
+    mut io: I,
     conn: Arc<ClientConn>,
     shutdown: Shutdown,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+    listener: &'static str,
+) {
     let peer = conn.peer;
-    let header_timeout = proxy.gateway.settings.timeouts.client_header.0;
-    // Told when the first request arrives.
-    let first_request = Arc::new(tokio::sync::Notify::new());
-    let arrived = first_request.clone();
-    let service = service_fn(move |req| {
-        arrived.notify_one();
-        handler::handle(proxy.clone(), conn.clone(), req)
-    });
-    let served = Served {
-        shutdown,
-        header_timeout,
-        first_request,
-        peer,
+    let timing = builders.timing;
+    let (http2, unread) = match protocol {
+        Negotiated::Http1 => (false, Bytes::new()),
+        Negotiated::Http2 => (true, Bytes::new()),
+        Negotiated::Unknown => match sniff(&mut io, timing.header_timeout).await {
+            Ok(sniffed) => sniffed,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "no request");
+                return;
+            }
+        },
     };
-    match protocol {
-        Negotiated::Http1 => {
-            let connection = builders.http1.serve_connection(io, service).with_upgrades();
-            served
-                .drive(Box::pin(connection), |c| c.graceful_shutdown())
-                .await
+    if http2 {
+        // Told when the first request arrives.
+        let first_request = Arc::new(tokio::sync::Notify::new());
+        let arrived = first_request.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            arrived.notify_one();
+            handler::handle(proxy.clone(), conn.clone(), req.map(ClientBody::new))
+        });
+        let io = TokioIo::new(h1::ClientStream::new(io, unread));
+        // Made and boxed outside this future, which would otherwise keep room for it.
+        let connection = boxed(|| builders.http2.serve_connection(io, service));
+        let served = Served {
+            shutdown,
+            header_timeout: timing.header_timeout,
+            first_request,
+            peer,
+        };
+        return served.drive(connection, |c| c.graceful_shutdown()).await;
+    }
+    let parked = proxy
+        .gateway
+        .metrics
+        .parked_connections
+        .get_or_create(&ListenerLabel { listener })
+        .clone();
+    // Boxed: the task keeps room for one request's future only while it is in flight.
+    let service = service_fn(move |req| Box::pin(handler::handle(proxy.clone(), conn.clone(), req)));
+    h1::serve(
+        &builders.http1,
+        io,
+        unread,
+        service,
+        timing,
+        shutdown,
+        peer,
+        parked,
+    )
+    .await;
+}
+
+/// Makes a value on the heap, out of any async function's state.
+#[inline(never)]
+fn boxed<T>(make: impl FnOnce() -> T) -> Pin<Box<T>> {
+    Box::pin(make())
+}
+
+/// Reads until the first bytes tell HTTP/2's connection preface from HTTP/1, as
+/// hyper-util's `auto` does; returns whether it is HTTP/2, and the bytes read.
+async fn sniff<I: AsyncRead + Unpin>(io: &mut I, within: Duration) -> std::io::Result<(bool, Bytes)> {
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    let mut n = 0;
+    let read = async {
+        while n < PREFACE.len() {
+            let got = io.read(&mut buf[n..]).await?;
+            n += got;
+            if got == 0 || buf[..n] != PREFACE[..n] {
+                break;
+            }
         }
-        Negotiated::Http2 => {
-            let connection = builders.http2.serve_connection(io, service);
-            served
-                .drive(Box::pin(connection), |c| c.graceful_shutdown())
-                .await
-        }
-        Negotiated::Unknown => {
-            let connection = builders.any.serve_connection_with_upgrades(io, service);
-            served
-                .drive(Box::pin(connection), |c| c.graceful_shutdown())
-                .await
+        Ok::<_, std::io::Error>(())
+    };
+    match tokio::time::timeout(within, read).await {
+        Ok(read) => read?,
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "nothing sent within the header timeout",
+            ))
         }
     }
+    Ok((buf[..n] == PREFACE[..], Bytes::copy_from_slice(&buf[..n])))
 }
 
 /// Runs one connection to its end, and through a graceful shutdown.

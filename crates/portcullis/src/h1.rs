@@ -1,0 +1,955 @@
+//! HTTP/1.1 client connections that give their buffers back while idle.
+//!
+//! hyper keeps, for the whole life of an HTTP/1 connection, an 8 KiB read buffer, an
+//! 8 KiB write buffer and the last request's header map, idle or not. Here a keep-alive
+//! connection that has been idle for a while is taken back from hyper between two
+//! messages ("parked"): only the socket and its TLS state stay until the client sends
+//! again. Then a new hyper connection takes over, fed first with any bytes the old one
+//! had already read.
+//!
+//! A connection is taken back only when hyper is provably between messages: every
+//! request body was read to its end, hyper has dropped every response body, nothing it
+//! wrote is still waiting for the socket, and hyper, asked to stop, stops at once (it
+//! does that only when idle). Anything else (a request body left unread, an upgrade, a
+//! write the client is not reading) leaves hyper in charge until the connection ends.
+
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{header, Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+use crate::proxy::Body;
+use crate::server::Shutdown;
+
+/// A client's transport: plain TCP or TLS over TCP.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Ready when the client has sent something (or closed).
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl Transport for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl Transport for Box<tokio_rustls::server::TlsStream<TcpStream>> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_ref().0.poll_read_ready(cx)
+    }
+}
+
+/// What hyper is doing with one connection, as far as parking needs to know.
+#[derive(Default)]
+struct Tracker {
+    /// Request bodies not yet read to their end, responses hyper has not finished, and
+    /// a 101 (whose connection is never parked).
+    open: AtomicUsize,
+    /// Requests begun by the current hyper connection.
+    requests: AtomicU64,
+    /// Whether the current hyper connection has read anything.
+    read_any: AtomicBool,
+    /// A request body was dropped before its end. hyper then drains it or closes the
+    /// connection; which one cannot be seen from outside, so this hyper connection is
+    /// never parked.
+    unread_body: AtomicBool,
+    /// The last write or flush hyper asked for could not complete: its write buffer
+    /// holds bytes that must not be lost.
+    write_blocked: AtomicBool,
+    /// A 101 went out: the socket goes to the tunnel once hyper lets go of it.
+    upgrade: Mutex<Option<oneshot::Sender<Upgraded>>>,
+}
+
+impl Tracker {
+    fn begin(self: &Arc<Self>) -> Open {
+        self.open.fetch_add(1, Relaxed);
+        Open(self.clone())
+    }
+
+    /// Whether hyper, asked to stop now, would stop between two messages with nothing
+    /// left to write. After a request, hyper is idle once everything is done; before
+    /// any, only if it has read nothing (not half a head).
+    fn parkable(&self) -> bool {
+        (self.requests.load(Relaxed) > 0 || !self.read_any.load(Relaxed))
+            && self.open.load(Relaxed) == 0
+            && !self.unread_body.load(Relaxed)
+            && !self.write_blocked.load(Relaxed)
+    }
+}
+
+/// One open request body, response, or upgrade.
+struct Open(Arc<Tracker>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+    }
+}
+
+/// A request body as the handler sees it: hyper's, and on HTTP/1 a note of whether it
+/// was read to its end.
+pub struct ClientBody {
+    inner: Incoming,
+    open: Option<Open>,
+}
+
+impl ClientBody {
+    /// A body nothing needs to watch (HTTP/2: each stream ends on its own).
+    pub fn new(inner: Incoming) -> Self {
+        ClientBody { inner, open: None }
+    }
+
+    fn tracked(inner: Incoming, tracker: &Arc<Tracker>) -> Self {
+        let open = (!inner.is_end_stream()).then(|| tracker.begin());
+        ClientBody { inner, open }
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        if let Some(open) = &self.open {
+            open.0.unread_body.store(true, Relaxed);
+        }
+    }
+}
+
+impl HttpBody for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        // hyper has read the whole body (and so stands at the next message) before it
+        // hands out the last frame; a reader may stop at `is_end_stream` without asking
+        // for the end.
+        if frame.is_none() || self.inner.is_end_stream() {
+            self.open = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body, and the note that hyper still has it.
+pub struct Answer {
+    inner: Body,
+    _open: Option<Open>,
+}
+
+impl HttpBody for Answer {
+    type Data = Bytes;
+    type Error = crate::proxy::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The handler's service, with every request and response counted.
+struct Tracked<S> {
+    inner: S,
+    tracker: Arc<Tracker>,
+}
+
+impl<S> hyper::service::Service<Request<Incoming>> for Tracked<S>
+where
+    S: hyper::service::Service<Request<ClientBody>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Unpin,
+{
+    type Response = Response<Answer>;
+    type Error = Infallible;
+    type Future = Answering<S::Future>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let tracker = &self.tracker;
+        tracker.requests.fetch_add(1, Relaxed);
+        let open = tracker.begin();
+        let mut req = req.map(|body| ClientBody::tracked(body, tracker));
+        if req.headers().contains_key(header::UPGRADE) {
+            req.extensions_mut().insert(UpgradeSlot(tracker.clone()));
+        }
+        Answering {
+            inner: self.inner.call(req),
+            open: Some(open),
+        }
+    }
+}
+
+struct Answering<F> {
+    inner: F,
+    open: Option<Open>,
+}
+
+impl<F> Future for Answering<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>> + Unpin,
+{
+    type Output = Result<Response<Answer>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let response = ready!(Pin::new(&mut self.inner).poll(cx));
+        let open = self.open.take();
+        Poll::Ready(response.map(|r| r.map(|inner| Answer { inner, _open: open })))
+    }
+}
+
+/// A client connection after its 101 response: hyper has let go of it.
+pub type Upgraded = Box<dyn Tunnel>;
+
+/// Anything a tunnel can copy bytes through.
+pub trait Tunnel: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Tunnel for T {}
+
+/// Put in every HTTP/1.1 request that names an `Upgrade`; taken by the handler when the
+/// backend agrees to switch protocols.
+#[derive(Clone)]
+pub struct UpgradeSlot(Arc<Tracker>);
+
+impl UpgradeSlot {
+    pub fn take<B>(req: &mut Request<B>) -> Option<UpgradeSlot> {
+        req.extensions_mut().remove()
+    }
+
+    /// The 101 is going out: the connection will come through the receiver.
+    pub fn accept(self) -> oneshot::Receiver<Upgraded> {
+        let (tx, rx) = oneshot::channel();
+        // Never released: a connection that switched protocols is never parked.
+        std::mem::forget(self.0.begin());
+        *self.0.upgrade.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
+        rx
+    }
+}
+
+/// The client's transport with bytes read ahead put back in front, and every write
+/// that could not complete noted.
+pub struct ClientStream<T> {
+    io: T,
+    unread: Bytes,
+    tracker: Option<Arc<Tracker>>,
+}
+
+impl<T> ClientStream<T> {
+    pub fn new(io: T, unread: Bytes) -> Self {
+        ClientStream {
+            io,
+            unread,
+            tracker: None,
+        }
+    }
+
+    fn note_write<R>(&self, poll: Poll<R>) -> Poll<R> {
+        if let Some(t) = &self.tracker {
+            t.write_blocked.store(poll.is_pending(), Relaxed);
+        }
+        poll
+    }
+
+    /// Puts `buf` (read but not used by hyper) back in front of what is still unread.
+    fn unread(&mut self, buf: Bytes) {
+        if buf.is_empty() {
+            return;
+        }
+        if self.unread.is_empty() {
+            self.unread = buf;
+        } else {
+            let mut joined = BytesMut::with_capacity(buf.len() + self.unread.len());
+            joined.extend_from_slice(&buf);
+            joined.extend_from_slice(&self.unread);
+            self.unread = joined.freeze();
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ClientStream<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if let Some(t) = &this.tracker {
+            t.read_any.store(true, Relaxed);
+        }
+        if this.unread.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = this.unread.len().min(buf.remaining());
+        buf.put_slice(&this.unread[..n]);
+        this.unread.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ClientStream<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.note_write(poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.note_write(poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.io).poll_flush(cx);
+        self.note_write(poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// How long a connection stays with hyper while idle, and how long it may then wait.
+#[derive(Clone, Copy)]
+pub struct Timing {
+    /// Idle this long (at least; at most twice this), a keep-alive connection is parked.
+    pub park_after: Duration,
+    /// How long a client may take to send a request's headers: hyper counts it from the
+    /// end of the previous response, so it is also how long a connection may stay idle.
+    pub header_timeout: Duration,
+}
+
+type Conn<T, S> = http1::Connection<TokioIo<ClientStream<T>>, Tracked<S>>;
+
+enum Event {
+    Closed(hyper::Result<()>),
+    Park,
+    Shutdown,
+}
+
+/// Serves HTTP/1.1 on one client connection until it closes, parking it whenever it
+/// has been idle for `timing.park_after`. `unread` holds bytes already read from the
+/// client (while telling HTTP/1 from HTTP/2). Returns how many times hyper let go of
+/// the connection.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve<T, S>(
+    builder: &http1::Builder,
+    io: T,
+    unread: Bytes,
+    service: S,
+    timing: Timing,
+    mut shutdown: Shutdown,
+    peer: SocketAddr,
+    parked: Gauge,
+) -> u32
+where
+    T: Transport,
+    S: hyper::service::Service<Request<ClientBody>, Response = Response<Body>, Error = Infallible>
+        + Unpin
+        + Send
+        + 'static,
+    S::Future: Unpin + Send + 'static,
+{
+    let tracker = Arc::new(Tracker::default());
+    let mut stream = ClientStream::new(io, unread);
+    stream.tracker = Some(tracker.clone());
+    let mut service = service;
+    // Whether the client has been served before: a connection shut down before its
+    // first request gets the header timeout for that request to arrive.
+    let mut served = false;
+    let mut parks = 0;
+    loop {
+        tracker.requests.store(0, Relaxed);
+        tracker.read_any.store(false, Relaxed);
+        tracker.write_blocked.store(false, Relaxed);
+        let tracked = Tracked {
+            inner: service,
+            tracker: tracker.clone(),
+        };
+        // Boxed: the task keeps only a pointer while the connection is parked.
+        let mut conn = start(builder, stream, tracked);
+        match run(&mut conn, &tracker, timing, &mut shutdown, served).await {
+            Some(result) => {
+                close(conn, &tracker, result, peer, timing).await;
+                return parks;
+            }
+            None => {
+                parks += 1;
+                (stream, service) = take_back(*conn);
+                served |= tracker.requests.load(Relaxed) > 0;
+            }
+        }
+        if !stream.unread.is_empty() {
+            // The next request has begun: straight back to hyper.
+            continue;
+        }
+        parked.inc();
+        let waited = timing.header_timeout.saturating_sub(timing.park_after);
+        let woke = tokio::select! {
+            ready = poll_fn(|cx| stream.io.poll_read_ready(cx)) => ready.is_ok(),
+            () = tokio::time::sleep(waited) => false,
+            () = shutdown.wait() => false,
+        };
+        parked.dec();
+        if !woke {
+            // Idle past the keep-alive time, or shutting down: close as hyper would.
+            let _ = tokio::time::timeout(timing.header_timeout, stream.io.shutdown()).await;
+            return parks;
+        }
+    }
+}
+
+/// A hyper connection, made on the heap and not in the caller's async state.
+#[inline(never)]
+fn start<T, S>(builder: &http1::Builder, stream: ClientStream<T>, service: Tracked<S>) -> Box<Conn<T, S>>
+where
+    T: Transport,
+    S: hyper::service::Service<Request<ClientBody>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Unpin,
+{
+    Box::new(builder.serve_connection(TokioIo::new(stream), service))
+}
+
+/// The transport and the service back from a hyper connection that has stopped, with
+/// the bytes it read and did not use put back in front.
+fn take_back<T, S>(conn: Conn<T, S>) -> (ClientStream<T>, S)
+where
+    T: Transport,
+    S: hyper::service::Service<Request<ClientBody>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Unpin,
+{
+    let parts = conn.into_parts();
+    let mut stream = parts.io.into_inner();
+    stream.unread(parts.read_buf);
+    (stream, parts.service.inner)
+}
+
+/// Runs hyper until the connection ends (`Some`) or is parked (`None`: hyper stopped
+/// at a message boundary with everything flushed, and the parts may be taken).
+async fn run<T, S>(
+    conn: &mut Conn<T, S>,
+    tracker: &Tracker,
+    timing: Timing,
+    shutdown: &mut Shutdown,
+    served: bool,
+) -> Option<hyper::Result<()>>
+where
+    T: Transport,
+    S: hyper::service::Service<Request<ClientBody>, Response = Response<Body>, Error = Infallible> + Unpin,
+    S::Future: Unpin,
+{
+    let timer = tokio::time::sleep(timing.park_after);
+    tokio::pin!(timer);
+    // The number of requests when the park timer was last set; it is set again, not
+    // on every request, but when it fires and requests came since.
+    let mut armed: Option<u64> = None;
+    let mut may_park = true;
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    let mut stopping = false;
+    loop {
+        let event = poll_fn(|cx| {
+            if let Poll::Ready(result) = conn.poll_without_shutdown(cx) {
+                return Poll::Ready(Event::Closed(result));
+            }
+            let requests = tracker.requests.load(Relaxed);
+            if may_park && tracker.parkable() {
+                if armed.is_none() {
+                    timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + timing.park_after);
+                    armed = Some(requests);
+                }
+                while timer.as_mut().poll(cx).is_ready() {
+                    if armed == Some(requests) {
+                        return Poll::Ready(Event::Park);
+                    }
+                    timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + timing.park_after);
+                    armed = Some(requests);
+                }
+            }
+            if !stopping && stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Shutdown);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Closed(result) => return Some(result),
+            Event::Park => {
+                Pin::new(&mut *conn).graceful_shutdown();
+                // hyper stops at once only when idle between messages; otherwise it
+                // finishes what it is doing and the connection closes as usual.
+                match poll_fn(|cx| Poll::Ready(conn.poll_without_shutdown(cx))).await {
+                    Poll::Ready(Ok(())) if !tracker.write_blocked.load(Relaxed) => return None,
+                    Poll::Ready(result) => return Some(result),
+                    Poll::Pending => may_park = false,
+                }
+            }
+            Event::Shutdown => {
+                stopping = true;
+                may_park = false;
+                // A connection accepted just now has its first request on the way;
+                // closing it as idle would fail that request, so it gets until the
+                // header timeout to arrive (bounded by the shutdown grace like
+                // everything else).
+                if !served && tracker.requests.load(Relaxed) == 0 {
+                    let arrived = tokio::time::timeout(
+                        timing.header_timeout,
+                        poll_fn(|cx| {
+                            if tracker.requests.load(Relaxed) > 0 {
+                                return Poll::Ready(None);
+                            }
+                            conn.poll_without_shutdown(cx).map(Some)
+                        }),
+                    )
+                    .await;
+                    if let Ok(Some(result)) = arrived {
+                        return Some(result);
+                    }
+                }
+                // Finish the request in flight, then close.
+                Pin::new(&mut *conn).graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// The connection has ended: hand it to its tunnel after a 101, or close it.
+async fn close<T, S>(
+    conn: Box<Conn<T, S>>,
+    tracker: &Tracker,
+    result: hyper::Result<()>,
+    peer: SocketAddr,
+    timing: Timing,
+) where
+    T: Transport,
+    S: hyper::service::Service<Request<ClientBody>, Response = Response<Body>, Error = Infallible> + Unpin,
+    S::Future: Unpin,
+{
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+        return;
+    }
+    let upgrade = tracker
+        .upgrade
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    let (mut stream, _) = take_back(*conn);
+    stream.tracker = None;
+    match upgrade {
+        Some(tunnel) => {
+            let _ = tunnel.send(Box::new(stream));
+        }
+        None => {
+            let _ = tokio::time::timeout(timing.header_timeout, stream.shutdown()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+    use hyper::service::service_fn;
+    use std::sync::Mutex as StdMutex;
+    use std::time::Instant;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    async fn answer(
+        mut req: Request<ClientBody>,
+        seen: Arc<StdMutex<Vec<String>>>,
+    ) -> Result<Response<Body>, Infallible> {
+        let path = req.uri().path().to_owned();
+        seen.lock().unwrap().push(path.clone());
+        Ok(match path.as_str() {
+            "/big" => Response::new(crate::proxy::full(vec![b'x'; 4 << 20])),
+            "/switch" => {
+                let Some(slot) = UpgradeSlot::take(&mut req) else {
+                    return Ok(Response::new(crate::proxy::full("no slot")));
+                };
+                let tunnel = slot.accept();
+                tokio::spawn(async move {
+                    let Ok(mut io) = tunnel.await else { return };
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut r = Response::new(crate::proxy::empty());
+                *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                r.headers_mut()
+                    .insert(header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+                r.headers_mut()
+                    .insert(header::UPGRADE, http::HeaderValue::from_static("echo"));
+                r
+            }
+            _ => Response::new(crate::proxy::full(path)),
+        })
+    }
+
+    struct Server {
+        addr: SocketAddr,
+        parked: Gauge,
+        paths: Arc<StdMutex<Vec<String>>>,
+        /// How often each closed connection was parked.
+        parks: Arc<StdMutex<Vec<u32>>>,
+        stop: tokio::sync::watch::Sender<bool>,
+    }
+
+    impl Server {
+        async fn parked_now(&self, want: i64) {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while self.parked.get() != want {
+                assert!(
+                    Instant::now() < deadline,
+                    "parked connections: {} (wanted {want})",
+                    self.parked.get()
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+
+        fn paths(&self) -> Vec<String> {
+            self.paths.lock().unwrap().clone()
+        }
+    }
+
+    /// A server whose handler answers `/big` with 4 MiB, `/switch` with a 101 and an
+    /// echo tunnel, and anything else with its path, without reading request bodies.
+    async fn server(park_after_ms: u64, header_timeout_ms: u64) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let parked = Gauge::default();
+        let paths = Arc::new(StdMutex::new(Vec::new()));
+        let (stop, shutdown) = Shutdown::new();
+        let timing = Timing {
+            park_after: Duration::from_millis(park_after_ms),
+            header_timeout: Duration::from_millis(header_timeout_ms),
+        };
+        let parks = Arc::new(StdMutex::new(Vec::new()));
+        let (gauge, seen, counts) = (parked.clone(), paths.clone(), parks.clone());
+        tokio::spawn(async move {
+            let builder = {
+                let mut b = http1::Builder::new();
+                b.timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(timing.header_timeout);
+                Arc::new(b)
+            };
+            loop {
+                let (stream, peer) = listener.accept().await.unwrap();
+                let seen = seen.clone();
+                let service = service_fn(move |req| Box::pin(answer(req, seen.clone())));
+                let (builder, shutdown, gauge, counts) =
+                    (builder.clone(), shutdown.clone(), gauge.clone(), counts.clone());
+                tokio::spawn(async move {
+                    let n = serve(
+                        &builder,
+                        stream,
+                        Bytes::new(),
+                        service,
+                        timing,
+                        shutdown,
+                        peer,
+                        gauge,
+                    )
+                    .await;
+                    counts.lock().unwrap().push(n);
+                });
+            }
+        });
+        Server {
+            addr,
+            parked,
+            paths,
+            parks,
+            stop,
+        }
+    }
+
+    /// Reads one response with a Content-Length body; returns its head and body.
+    async fn response(s: &mut TcpStream) -> (String, Vec<u8>) {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            assert_eq!(
+                s.read(&mut b).await.unwrap(),
+                1,
+                "closed after {:?}",
+                String::from_utf8_lossy(&head)
+            );
+            head.push(b[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let len = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(|v| v.parse::<usize>().unwrap())
+            })
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.unwrap();
+        (head, body)
+    }
+
+    async fn get(s: &mut TcpStream, path: &str) -> (String, Vec<u8>) {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        response(s).await
+    }
+
+    /// Whether the server closes the connection within `within`.
+    async fn closes(s: &mut TcpStream, within: Duration) -> bool {
+        let mut b = [0u8; 256];
+        loop {
+            match tokio::time::timeout(within, s.read(&mut b)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_parked_and_serves_again() {
+        let srv = server(50, 5000).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        assert_eq!(get(&mut s, "/one").await.1, b"/one");
+        srv.parked_now(1).await;
+        let (head, body) = get(&mut s, "/two").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, b"/two");
+        srv.parked_now(0).await;
+        // And once more, through a second parking.
+        srv.parked_now(1).await;
+        assert_eq!(get(&mut s, "/three").await.1, b"/three");
+        assert_eq!(srv.paths(), ["/one", "/two", "/three"]);
+    }
+
+    #[tokio::test]
+    async fn a_head_split_across_a_parking_is_read_whole() {
+        let srv = server(50, 5000).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        // Half of the next head arrives before the connection is parked: hyper holds
+        // it when it lets go, and the new hyper connection starts with it.
+        get(&mut s, "/one").await;
+        s.write_all(b"GET /two HTTP/1.1\r\nHo").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.write_all(b"st: t\r\n\r\n").await.unwrap();
+        assert_eq!(response(&mut s).await.1, b"/two");
+        // Half a head wakes a parked connection, which then waits for the rest.
+        srv.parked_now(1).await;
+        s.write_all(b"GET /three HTTP/1.1\r\nHo").await.unwrap();
+        srv.parked_now(0).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.write_all(b"st: t\r\n\r\nGET /four HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(response(&mut s).await.1, b"/three");
+        assert_eq!(response(&mut s).await.1, b"/four");
+        assert_eq!(srv.paths(), ["/one", "/two", "/three", "/four"]);
+        drop(s);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while srv.parks.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the connection did not end");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Parked with half of /two, then idle after /two.
+        assert_eq!(*srv.parks.lock().unwrap(), [2]);
+    }
+
+    #[tokio::test]
+    async fn a_slow_head_is_cut_off_at_the_header_timeout() {
+        // Parking restarts hyper's clock only once per head: a client that trickles
+        // one is still closed about one header timeout after it starts.
+        let srv = server(50, 600).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        let started = Instant::now();
+        s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let mut closed = false;
+        for i in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if s.write_all(format!("X-{i}: v\r\n").as_bytes()).await.is_err() {
+                closed = true;
+                break;
+            }
+            if closes(&mut s, Duration::from_millis(1)).await {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "still open after 4 s");
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(srv.paths().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_request_body_left_unread_is_never_taken_for_a_request() {
+        let srv = server(50, 5000).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n";
+        s.write_all(
+            format!(
+                "POST /post HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                10 + smuggled.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        s.write_all(b"0123456789").await.unwrap();
+        let (head, _) = response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        // The rest of the body, after the time it takes to park an idle connection.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = s.write_all(smuggled).await;
+        closes(&mut s, Duration::from_secs(2)).await;
+        assert_eq!(srv.paths(), ["/post"]);
+        assert_eq!(srv.parked.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_response_the_client_has_not_read_is_not_cut() {
+        let srv = server(50, 5000).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        // 4 MiB does not fit in the socket buffers: hyper waits to write the rest, and
+        // the connection, though nothing is in flight, is not parked.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(srv.parked.get(), 0);
+        let (_, body) = response(&mut s).await;
+        assert_eq!(body.len(), 4 << 20);
+        assert!(body.iter().all(|&b| b == b'x'));
+        srv.parked_now(1).await;
+        assert_eq!(get(&mut s, "/after").await.1, b"/after");
+    }
+
+    #[tokio::test]
+    async fn a_switched_connection_goes_to_its_tunnel_with_the_bytes_sent_early() {
+        let srv = server(50, 5000).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        get(&mut s, "/first").await;
+        srv.parked_now(1).await;
+        s.write_all(b"GET /switch HTTP/1.1\r\nHost: t\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\nearly ")
+            .await
+            .unwrap();
+        let (head, _) = response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        s.write_all(b"late").await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < b"early late".len() {
+            let mut b = [0u8; 64];
+            let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut b))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&b[..n]);
+        }
+        assert_eq!(got, b"early late");
+        // A tunnel is never parked.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(srv.parked.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_parked_connection_closes_at_the_keep_alive_time_and_at_shutdown() {
+        let srv = server(50, 400).await;
+        let mut idle = TcpStream::connect(srv.addr).await.unwrap();
+        get(&mut idle, "/").await;
+        srv.parked_now(1).await;
+        assert!(
+            closes(&mut idle, Duration::from_secs(2)).await,
+            "open past the header timeout"
+        );
+        srv.parked_now(0).await;
+
+        let srv = server(50, 5000).await;
+        let mut idle = TcpStream::connect(srv.addr).await.unwrap();
+        get(&mut idle, "/").await;
+        srv.parked_now(1).await;
+        srv.stop.send(true).unwrap();
+        assert!(
+            closes(&mut idle, Duration::from_secs(1)).await,
+            "open after shutdown"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_busy_connection_is_not_parked() {
+        let srv = server(100, 5000).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        let until = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < until {
+            get(&mut s, "/").await;
+            assert_eq!(srv.parked.get(), 0);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_report_their_end() {
+        // The handler's view of a body: it ends where hyper's does.
+        let srv = server(50, 5000).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(response(&mut s).await.1, b"/a");
+        // A body of zero length is not an unread body: the connection parks.
+        srv.parked_now(1).await;
+    }
+}
