@@ -282,6 +282,12 @@ impl<T> ClientStream<T> {
         poll
     }
 
+    fn note_read(&self) {
+        if let Some(t) = &self.tracker {
+            t.read_any.store(true, Relaxed);
+        }
+    }
+
     /// Puts `buf` (read but not used by hyper) back in front of what is still unread.
     fn unread(&mut self, buf: Bytes) {
         if buf.is_empty() {
@@ -305,12 +311,15 @@ impl<T: AsyncRead + Unpin> AsyncRead for ClientStream<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if let Some(t) = &this.tracker {
-            t.read_any.store(true, Relaxed);
-        }
         if this.unread.is_empty() {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
+            let before = buf.filled().len();
+            let poll = Pin::new(&mut this.io).poll_read(cx, buf);
+            if buf.filled().len() > before {
+                this.note_read();
+            }
+            return poll;
         }
+        this.note_read();
         let n = this.unread.len().min(buf.remaining());
         buf.put_slice(&this.unread[..n]);
         this.unread.advance(n);
@@ -926,6 +935,14 @@ mod tests {
             closes(&mut idle, Duration::from_secs(1)).await,
             "open after shutdown"
         );
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_has_sent_nothing_is_parked() {
+        let srv = server(50, 5000).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        srv.parked_now(1).await;
+        assert_eq!(get(&mut s, "/late").await.1, b"/late");
     }
 
     #[tokio::test]

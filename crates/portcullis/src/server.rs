@@ -131,10 +131,13 @@ impl Builders {
             .max(8192);
         let max_header_list = u32::try_from(settings.limits.max_header_size.0).unwrap_or(65536);
         let mut http1 = hyper::server::conn::http1::Builder::new();
+        // Both limits: hyper checks its buffer's size only while a head is incomplete,
+        // so a head that arrives in one large read could pass `max_buf_size` alone.
         http1
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
-            .max_buf_size(max_buf_size);
+            .max_buf_size(max_buf_size)
+            .max_header_size(max_buf_size);
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
