@@ -492,7 +492,8 @@ async fn serve_http<I: h1::Transport>(
         .parked_connections
         .get_or_create(&ListenerLabel { listener })
         .clone();
-    // Boxed: the task keeps room for one request's future only while it is in flight.
+    // Boxed: hyper keeps the request's future only while it is in flight, and taking a
+    // connection back from hyper needs a future that can move.
     let service = service_fn(move |req| Box::pin(handler::handle(proxy.clone(), conn.clone(), req)));
     h1::serve(
         &builders.http1,
