@@ -58,9 +58,10 @@ impl Transport for Box<tokio_rustls::server::TlsStream<TcpStream>> {
 /// What hyper is doing with one connection, as far as parking needs to know.
 #[derive(Default)]
 struct Tracker {
-    /// Request bodies not yet read to their end, responses hyper has not finished, and
-    /// a 101 (whose connection is never parked).
+    /// Request bodies not yet read to their end, and responses hyper has not finished.
     open: AtomicUsize,
+    /// A 101 went out: this connection is never parked.
+    switching: AtomicBool,
     /// Requests begun by the current hyper connection.
     requests: AtomicU64,
     /// Whether the current hyper connection has read anything.
@@ -88,6 +89,7 @@ impl Tracker {
     fn parkable(&self) -> bool {
         (self.requests.load(Relaxed) > 0 || !self.read_any.load(Relaxed))
             && self.open.load(Relaxed) == 0
+            && !self.switching.load(Relaxed)
             && !self.unread_body.load(Relaxed)
             && !self.write_blocked.load(Relaxed)
     }
@@ -251,8 +253,7 @@ impl UpgradeSlot {
     /// The 101 is going out: the connection will come through the receiver.
     pub fn accept(self) -> oneshot::Receiver<Upgraded> {
         let (tx, rx) = oneshot::channel();
-        // Never released: a connection that switched protocols is never parked.
-        std::mem::forget(self.0.begin());
+        self.0.switching.store(true, Relaxed);
         *self.0.upgrade.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
         rx
     }
@@ -405,6 +406,10 @@ where
     // first request gets the header timeout for that request to arrive.
     let mut served = false;
     let mut parks = 0;
+    // When an idle client must have started its next request. Set when a connection
+    // that served a request is parked; a wake-up that brings no request (a TLS record
+    // with no data, say) does not move it.
+    let mut deadline = tokio::time::Instant::now();
     loop {
         tracker.requests.store(0, Relaxed);
         tracker.read_any.store(false, Relaxed);
@@ -417,13 +422,18 @@ where
         let mut conn = start(builder, stream, tracked);
         match run(&mut conn, &tracker, timing, &mut shutdown, served).await {
             Some(result) => {
-                close(conn, &tracker, result, peer, timing).await;
+                close(conn, &tracker, result, peer).await;
                 return parks;
             }
             None => {
                 parks += 1;
+                let requested = tracker.requests.load(Relaxed) > 0;
+                if requested || parks == 1 {
+                    deadline =
+                        tokio::time::Instant::now() + timing.header_timeout.saturating_sub(timing.park_after);
+                }
+                served |= requested;
                 (stream, service) = take_back(*conn);
-                served |= tracker.requests.load(Relaxed) > 0;
             }
         }
         if !stream.unread.is_empty() {
@@ -431,10 +441,9 @@ where
             continue;
         }
         parked.inc();
-        let waited = timing.header_timeout.saturating_sub(timing.park_after);
         let woke = tokio::select! {
             ready = poll_fn(|cx| stream.io.poll_read_ready(cx)) => ready.is_ok(),
-            () = tokio::time::sleep(waited) => false,
+            () = tokio::time::sleep_until(deadline) => false,
             () = shutdown.wait() => false,
         };
         parked.dec();
@@ -546,10 +555,13 @@ where
                     let arrived = tokio::time::timeout(
                         timing.header_timeout,
                         poll_fn(|cx| {
-                            if tracker.requests.load(Relaxed) > 0 {
+                            let polled = conn.poll_without_shutdown(cx).map(Some);
+                            // Checked after polling: the request may have begun (and
+                            // ended) in that very poll, with nothing left to wake us.
+                            if polled.is_pending() && tracker.requests.load(Relaxed) > 0 {
                                 return Poll::Ready(None);
                             }
-                            conn.poll_without_shutdown(cx).map(Some)
+                            polled
                         }),
                     )
                     .await;
@@ -566,35 +578,42 @@ where
 
 /// The connection has ended: hand it to its tunnel after a 101, or close it.
 async fn close<T, S>(
-    conn: Box<Conn<T, S>>,
+    mut conn: Box<Conn<T, S>>,
     tracker: &Tracker,
     result: hyper::Result<()>,
     peer: SocketAddr,
-    timing: Timing,
 ) where
     T: Transport,
     S: hyper::service::Service<Request<ClientBody>, Response = Response<Body>, Error = Infallible> + Unpin,
     S::Future: Unpin,
 {
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
-        return;
-    }
+    // Taken on every path: dropping it tells a waiting tunnel that nothing is coming.
     let upgrade = tracker
         .upgrade
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .take();
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+        return;
+    }
+    let Some(tunnel) = upgrade else {
+        // "Done" is not "flushed": the end of a response may still be in hyper's write
+        // buffer. Polled as a future, hyper flushes it, then shuts the transport down.
+        if let Err(e) = poll_fn(|cx| Pin::new(&mut *conn).poll(cx)).await {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+        return;
+    };
+    // hyper stops after a 101 even if the socket took only part of it; what it still
+    // held would be lost, and the client would read the tunnel as the rest of a head.
+    if tracker.write_blocked.load(Relaxed) {
+        tracing::debug!(%peer, "the client did not take the whole 101 response; connection closed");
+        return;
+    }
     let (mut stream, _) = take_back(*conn);
     stream.tracker = None;
-    match upgrade {
-        Some(tunnel) => {
-            let _ = tunnel.send(Box::new(stream));
-        }
-        None => {
-            let _ = tokio::time::timeout(timing.header_timeout, stream.shutdown()).await;
-        }
-    }
+    let _ = tunnel.send(Box::new(stream));
 }
 
 #[cfg(test)]
@@ -671,6 +690,54 @@ mod tests {
     /// A server whose handler answers `/big` with 4 MiB, `/switch` with a 101 and an
     /// echo tunnel, and anything else with its path, without reading request bodies.
     async fn server(park_after_ms: u64, header_timeout_ms: u64) -> Server {
+        server_with(park_after_ms, header_timeout_ms, false).await
+    }
+
+    /// A transport that drops NUL bytes, as TLS drops records that carry no data: the
+    /// socket turns readable, and nothing reaches hyper.
+    struct Noisy(TcpStream);
+
+    impl AsyncRead for Noisy {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            loop {
+                let mut raw = [0u8; 512];
+                let mut got = ReadBuf::new(&mut raw);
+                ready!(Pin::new(&mut self.0).poll_read(cx, &mut got))?;
+                if got.filled().is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                let data: Vec<u8> = got.filled().iter().copied().filter(|&b| b != 0).collect();
+                if !data.is_empty() {
+                    buf.put_slice(&data);
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    }
+
+    impl AsyncWrite for Noisy {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    impl Transport for Noisy {
+        fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.0.poll_read_ready(cx)
+        }
+    }
+
+    async fn server_with(park_after_ms: u64, header_timeout_ms: u64, noisy: bool) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let parked = Gauge::default();
@@ -696,17 +763,32 @@ mod tests {
                 let (builder, shutdown, gauge, counts) =
                     (builder.clone(), shutdown.clone(), gauge.clone(), counts.clone());
                 tokio::spawn(async move {
-                    let n = serve(
-                        &builder,
-                        stream,
-                        Bytes::new(),
-                        service,
-                        timing,
-                        shutdown,
-                        peer,
-                        gauge,
-                    )
-                    .await;
+                    let n = if noisy {
+                        let stream = Noisy(stream);
+                        serve(
+                            &builder,
+                            stream,
+                            Bytes::new(),
+                            service,
+                            timing,
+                            shutdown,
+                            peer,
+                            gauge,
+                        )
+                        .await
+                    } else {
+                        serve(
+                            &builder,
+                            stream,
+                            Bytes::new(),
+                            service,
+                            timing,
+                            shutdown,
+                            peer,
+                            gauge,
+                        )
+                        .await
+                    };
                     counts.lock().unwrap().push(n);
                 });
             }
@@ -935,6 +1017,49 @@ mod tests {
             closes(&mut idle, Duration::from_secs(1)).await,
             "open after shutdown"
         );
+    }
+
+    #[tokio::test]
+    async fn wake_ups_without_a_request_do_not_extend_the_keep_alive_time() {
+        // Every 100 ms a byte the transport swallows (TLS does that to records without
+        // data) wakes the parked connection; it still closes at the keep-alive time.
+        let srv = server_with(50, 600, true).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        get(&mut s, "/").await;
+        srv.parked_now(1).await;
+        let parked_at = Instant::now();
+        let mut closed = false;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if s.write_all(b"\0").await.is_err() || closes(&mut s, Duration::from_millis(1)).await {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "still open after 4 s of noise");
+        assert!(
+            parked_at.elapsed() < Duration::from_millis(1200),
+            "{:?}",
+            parked_at.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closing_response_is_flushed_whole() {
+        // Shutdown while the socket has not taken the end of a `Connection: close`
+        // response: hyper is done with the exchange, but the end must still go out.
+        let srv = server(50, 5000).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        srv.stop.send(true).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (head, body) = response(&mut s).await;
+        assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+        assert_eq!(body.len(), 4 << 20);
+        assert!(closes(&mut s, Duration::from_secs(2)).await);
     }
 
     #[tokio::test]
