@@ -277,6 +277,77 @@ async fn websockets_are_tunnelled() {
     socket.close(None).await.unwrap();
 }
 
+/// A keep-alive connection idle for a second gives its HTTP buffers back, then serves
+/// the next request, here a WebSocket, on the same TLS connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_parked_then_switches_to_a_websocket() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let pki = Pki::new();
+    let web = Backend::named("web").await;
+    let ws = Backend::websocket_echo().await;
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[web.addr]),
+            service("ns", "ws", &[ws.addr]),
+            pki.tls_secret("ns", "t", &["p.test"]),
+            ingress(
+                "ns",
+                "p",
+                &[],
+                &[("p.test", "t")],
+                &[("p.test", "/", "web"), ("p.test", "/chat", "ws")],
+            ),
+        ]),
+        "",
+    );
+    let parked = "portcullis_parked_connections{listener=\"https\"}";
+    let mut stream = client::tls(gw.https, "p.test", trusting(&pki, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /first HTTP/1.1\r\nHost: p.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).ends_with("web /first") {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&gw, parked).await != 1.0 {
+        assert!(Instant::now() < deadline, "the idle connection was not parked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut socket, response) = tokio_tungstenite::client_async("wss://p.test/chat", stream)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    socket.send(Message::text("after parking")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), socket.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), "after parking");
+    // A tunnel is never parked.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(metric(&gw, parked).await, 0.0);
+    socket.send(Message::text("still here")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), socket.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), "still here");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_stream_without_the_gateway_holding_them() {
     const SIZE: u64 = 100 << 20;
