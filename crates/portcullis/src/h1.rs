@@ -763,31 +763,26 @@ mod tests {
                 let (builder, shutdown, gauge, counts) =
                     (builder.clone(), shutdown.clone(), gauge.clone(), counts.clone());
                 tokio::spawn(async move {
+                    // The same call on two transport types.
+                    macro_rules! serve_on {
+                        ($io:expr) => {
+                            serve(
+                                &builder,
+                                $io,
+                                Bytes::new(),
+                                service,
+                                timing,
+                                shutdown,
+                                peer,
+                                gauge,
+                            )
+                            .await
+                        };
+                    }
                     let n = if noisy {
-                        let stream = Noisy(stream);
-                        serve(
-                            &builder,
-                            stream,
-                            Bytes::new(),
-                            service,
-                            timing,
-                            shutdown,
-                            peer,
-                            gauge,
-                        )
-                        .await
+                        serve_on!(Noisy(stream))
                     } else {
-                        serve(
-                            &builder,
-                            stream,
-                            Bytes::new(),
-                            service,
-                            timing,
-                            shutdown,
-                            peer,
-                            gauge,
-                        )
-                        .await
+                        serve_on!(stream)
                     };
                     counts.lock().unwrap().push(n);
                 });
