@@ -248,9 +248,8 @@ pub async fn handle(
         slot: None,
     };
 
-    // Boxed: `serve` is large, and HTTP/2 moves each stream's future several times
-    // before it runs (3.9k instructions of memcpy per request when it was inline).
-    let mut response = match Box::pin(serve(&proxy, &runtime, &conn, req, &request_id, &mut record)).await {
+    // Not boxed here: both protocols box this whole future once (server.rs).
+    let mut response = match serve(&proxy, &runtime, &conn, req, &request_id, &mut record).await {
         Ok(response) => response,
         Err(refusal) => {
             record.detail.get_or_insert_with(|| refusal.message.clone());
