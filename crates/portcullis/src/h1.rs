@@ -60,7 +60,8 @@ impl Transport for Box<tokio_rustls::server::TlsStream<TcpStream>> {
 struct Tracker {
     /// Request bodies not yet read to their end, and responses hyper has not finished.
     open: AtomicUsize,
-    /// A 101 went out: this connection is never parked.
+    /// A 101 went out: this connection is never parked. (`upgrade` says as much, but
+    /// behind a lock that `parkable` should not take on every poll.)
     switching: AtomicBool,
     /// Requests begun by the current hyper connection.
     requests: AtomicU64,
@@ -95,7 +96,7 @@ impl Tracker {
     }
 }
 
-/// One open request body, response, or upgrade.
+/// One request body or response hyper still has.
 struct Open(Arc<Tracker>);
 
 impl Drop for Open {
@@ -384,7 +385,7 @@ pub async fn serve<T, S>(
     builder: &http1::Builder,
     io: T,
     unread: Bytes,
-    service: S,
+    mut service: S,
     timing: Timing,
     mut shutdown: Shutdown,
     peer: SocketAddr,
@@ -401,7 +402,6 @@ where
     let tracker = Arc::new(Tracker::default());
     let mut stream = ClientStream::new(io, unread);
     stream.tracker = Some(tracker.clone());
-    let mut service = service;
     // Whether the client has been served before: a connection shut down before its
     // first request gets the header timeout for that request to arrive.
     let mut served = false;
