@@ -8,10 +8,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::future::Either;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use portcullis_config::client_auth::{escaped_pem, CertNames, VerifyClient};
 use portcullis_config::path;
 use portcullis_config::routes::{normalize_host, HostMatch, Route};
@@ -25,6 +25,7 @@ use crate::auth::{Auth, Decision, Identity, RequestFacts};
 use crate::h1::{ClientBody, UpgradeSlot};
 use crate::limits::{ConcurrencyLimiter, GlobalLimiter, RateLimiter, Slot};
 use crate::metrics::{DecisionLabels, IngressLabel, IngressName, RequestLabels, UpstreamErrorLabels};
+use crate::pool::UpstreamBody;
 use crate::proxy::{self, Body, ReadTimeout, UpstreamFailure, Upstreams};
 use crate::state::{Gateway, Runtime, Upstream};
 use crate::sticky::Balance;
@@ -1449,15 +1450,20 @@ impl Outgoing {
         let bad = |e: &dyn std::fmt::Display| {
             Refusal::new(StatusCode::BAD_REQUEST, format!("cannot build upstream URI: {e}"))
         };
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(if protocol.is_tls() {
-            http::uri::Scheme::HTTPS
+        let uri = if Upstreams::pooled(protocol, upstream).is_some() {
+            // The pool connects to the address itself: HTTP/1.1's origin form.
+            Uri::from(self.path_and_query.clone())
         } else {
-            http::uri::Scheme::HTTP
-        });
-        parts.authority = Some(upstream.authority().map_err(|e| bad(&e))?);
-        parts.path_and_query = Some(self.path_and_query.clone());
-        let uri = Uri::from_parts(parts).map_err(|e| bad(&e))?;
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(if protocol.is_tls() {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            });
+            parts.authority = Some(upstream.authority().map_err(|e| bad(&e))?);
+            parts.path_and_query = Some(self.path_and_query.clone());
+            Uri::from_parts(parts).map_err(|e| bad(&e))?
+        };
         let body = if self.bodiless {
             proxy::empty()
         } else {
@@ -1533,7 +1539,7 @@ async fn forward(
     mut outgoing: Outgoing,
     balance: &Balance,
     record: &mut Record,
-) -> Result<(Response<Incoming>, Upstream, Option<String>), Refusal> {
+) -> Result<(Response<UpstreamBody>, Upstream, Option<String>), Refusal> {
     let protocol = route.options.backend_protocol;
     let ingress = &route.ingress;
     let failed = |kind: &'static str| {
@@ -1560,16 +1566,17 @@ async fn forward(
             Some(tls) => {
                 let b = runtime.snapshot.backend(route.backend);
                 let service_name = format!("{}.{}.svc", b.service, b.namespace);
-                proxy
+                let sent = proxy
                     .upstreams
                     .send_tls(protocol, tls, &service_name, request)
                     .map_err(|e| {
                         failed("tls");
                         tracing::error!(ingress = %ingress, error = %e, "backend TLS configuration could not be built");
                         Refusal::new(StatusCode::BAD_GATEWAY, format!("backend TLS configuration failed: {e}"))
-                    })?
+                    })?;
+                Either::Left(proxy::unpooled(sent))
             }
-            None => proxy.upstreams.send(protocol, request),
+            None => Either::Right(proxy.upstreams.send(protocol, &upstream, request)),
         };
         let sent = tokio::time::timeout(route.options.read_timeout, response).await;
         match sent {
@@ -1694,7 +1701,7 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 
 /// The backend's response, cleaned for the client; a 101 starts the tunnel.
 fn relay_response(
-    response: Response<Incoming>,
+    response: Response<UpstreamBody>,
     route: &Route,
     conn: &ClientConn,
     client_upgrade: Option<(HeaderValue, UpgradeSlot)>,

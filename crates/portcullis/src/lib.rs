@@ -13,6 +13,7 @@ pub mod handler;
 pub mod limits;
 pub mod metrics;
 pub mod migrate;
+pub mod pool;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod report;

@@ -3,6 +3,7 @@
 //! wrappers for size limits and read timeouts, and WebSocket/Upgrade tunnels.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,6 +26,9 @@ use rustls::DigitallySignedStruct;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::time::{Instant, Sleep};
 
+use crate::pool::{Pool, SendError, UpstreamBody};
+use crate::state::Upstream;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every request and response the gateway produces.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -46,6 +50,9 @@ type TlsClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// Pooled clients, one per way of speaking to a backend.
 pub struct Upstreams {
+    /// Plain HTTP/1.1 to endpoint addresses: most requests.
+    pool: Pool,
+    /// Plain HTTP/1.1 to names (ExternalName Services).
     http1: Client<HttpConnector, Body>,
     h2c: Client<HttpConnector, Body>,
     https: TlsClient,
@@ -103,6 +110,11 @@ impl Upstreams {
             .enable_http2()
             .wrap_connector(tcp.clone());
         Ok(Upstreams {
+            pool: Pool::new(
+                settings.timeouts.connect.0,
+                settings.timeouts.upstream_idle.0,
+                256,
+            ),
             http1: builder(false).build(tcp.clone()),
             h2c: builder(true).build(tcp.clone()),
             https: builder(false).build(https),
@@ -209,18 +221,88 @@ impl Upstreams {
         Ok(b.build(connector))
     }
 
-    /// Sends a request on the pool for its protocol.
-    pub fn send(
+    /// The endpoint address whose connections [`Pool`] keeps, when a request for
+    /// `upstream` goes there; its URI is then in origin form.
+    pub fn pooled(protocol: BackendProtocol, upstream: &Upstream) -> Option<SocketAddr> {
+        match (protocol, upstream) {
+            (BackendProtocol::Http, Upstream::Address(addr)) => Some(*addr),
+            _ => None,
+        }
+    }
+
+    /// Sends a request on the pool for its protocol and upstream.
+    pub async fn send(
         &self,
         protocol: BackendProtocol,
+        upstream: &Upstream,
         request: http::Request<Body>,
-    ) -> hyper_util::client::legacy::ResponseFuture {
-        match protocol {
+    ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
+        if let Some(addr) = Self::pooled(protocol, upstream) {
+            let mut request = request;
+            if !request.headers().contains_key(header::HOST) {
+                // HTTP/1.1 requires one; an origin-form URI does not carry it.
+                if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
+                    request.headers_mut().insert(header::HOST, host);
+                }
+            }
+            return self.pool.send(addr, request).await.map_err(UpstreamError::Pooled);
+        }
+        let sent = match protocol {
             BackendProtocol::Http => self.http1.request(request),
             BackendProtocol::H2c | BackendProtocol::Grpc => self.h2c.request(request),
             BackendProtocol::Https => self.https.request(request),
             BackendProtocol::Grpcs => self.h2_tls.request(request),
+        };
+        unpooled(sent).await
+    }
+
+    /// Idle pooled connections to `addr` (tests).
+    pub fn idle_connections(&self, addr: SocketAddr) -> usize {
+        self.pool.idle(addr)
+    }
+}
+
+/// The response of one of hyper-util's clients, as the pool's.
+pub async fn unpooled(
+    sent: hyper_util::client::legacy::ResponseFuture,
+) -> Result<http::Response<UpstreamBody>, UpstreamError> {
+    sent.await
+        .map(|r| r.map(UpstreamBody::unpooled))
+        .map_err(UpstreamError::Client)
+}
+
+/// Why a request got no response from the backend.
+#[derive(Debug)]
+pub enum UpstreamError {
+    Client(hyper_util::client::legacy::Error),
+    Pooled(SendError),
+}
+
+impl UpstreamError {
+    fn is_connect(&self) -> bool {
+        match self {
+            UpstreamError::Client(e) => e.is_connect(),
+            UpstreamError::Pooled(e) => matches!(e, SendError::Connect(_)),
         }
+    }
+
+    fn inner(&self) -> &(dyn std::error::Error + 'static) {
+        match self {
+            UpstreamError::Client(e) => e,
+            UpstreamError::Pooled(e) => e,
+        }
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self.inner(), f)
+    }
+}
+
+impl std::error::Error for UpstreamError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner().source()
     }
 }
 
@@ -726,8 +808,8 @@ pub enum UpstreamFailure {
 }
 
 impl UpstreamFailure {
-    pub fn classify(err: &hyper_util::client::legacy::Error) -> Self {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    pub fn classify(err: &UpstreamError) -> Self {
+        let mut source = Some(err.inner());
         let mut timed_out = false;
         let mut too_large = false;
         let mut body_error = false;

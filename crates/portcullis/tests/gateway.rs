@@ -2328,6 +2328,75 @@ async fn stalled_request_bodies_time_out_steady_slow_ones_do_not() {
     assert!(reply.ends_with("12"), "{reply}");
 }
 
+/// Requests share one backend connection, one after another; a response the client
+/// abandons half-read closes its backend connection rather than leave the rest of it
+/// to be read as the next request's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_connections_are_reused_only_when_their_response_was_read() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let backend = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                        let body = match req.uri().path() {
+                            "/big" => Bytes::from(vec![b'x'; 4 << 20]),
+                            path => Bytes::from(format!("answer for {path}")),
+                        };
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(body)))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let gw = Gateway::start(
+        &concat(&[
+            service("ns", "web", &[addr]),
+            ingress("ns", "i", &[], &[], &[("reuse.test", "/", "web")]),
+        ]),
+        "",
+    );
+    for i in 0..20 {
+        let r = http_get(gw.http, "reuse.test", &format!("/{i}")).await;
+        assert_eq!(r.body, format!("answer for /{i}"));
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one backend connection for 20 requests"
+    );
+
+    // Abandoned after the head and a little of the body.
+    let mut client = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nHost: reuse.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    let n = client.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..20 {
+        let r = http_get(gw.http, "reuse.test", &format!("/after/{i}")).await;
+        assert_eq!(r.body, format!("answer for /after/{i}"));
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the abandoned response's connection was closed, and one new one serves the rest"
+    );
+    backend.abort();
+}
+
 /// A backend that closes each keep-alive connection right after answering races the
 /// gateway reusing it: idempotent requests without a body are sent again, requests
 /// that may not be repeated never are.
