@@ -172,11 +172,15 @@ impl Inner {
                     )))
                 }
             };
-        stream.set_nodelay(true).map_err(SendError::Connect)?;
+        // The connection works without them: a failure here is no reason to give up
+        // on the endpoint.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::warn!(endpoint = %addr, error = %e, "TCP_NODELAY not set on backend connection");
+        }
         let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_PROBE);
-        socket2::SockRef::from(&stream)
-            .set_tcp_keepalive(&keepalive)
-            .map_err(SendError::Connect)?;
+        if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+            tracing::warn!(endpoint = %addr, error = %e, "TCP keep-alive not set on backend connection");
+        }
         let (sender, connection) = self
             .builder
             .handshake(TokioIo::new(stream))
@@ -202,8 +206,12 @@ impl Inner {
                 since: Instant::now(),
             });
         }
-        if !self.sweeping.swap(true, Ordering::Relaxed) {
-            tokio::spawn(sweep(Arc::downgrade(self)));
+        if !self.sweeping.load(Ordering::Relaxed) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                if !self.sweeping.swap(true, Ordering::Relaxed) {
+                    runtime.spawn(sweep(Arc::downgrade(self)));
+                }
+            }
         }
     }
 }
@@ -263,8 +271,9 @@ impl Lease {
 }
 
 /// A backend's response body. When it has been read to its end, the connection goes
-/// back to the pool; dropped before that, the connection is closed (hyper cannot
-/// reuse a connection with a response left unread).
+/// back to the pool. Dropped before that, the connection goes back only if hyper could
+/// read off the rest of the response, which it does when the rest has already arrived;
+/// otherwise hyper closes it.
 pub struct UpstreamBody {
     inner: Incoming,
     lease: Option<Lease>,
@@ -294,8 +303,9 @@ impl HttpBody for UpstreamBody {
         let this = &mut *self;
         let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {
+            // Trailers end a body too; after them, readers stop asking.
             None => this.finish(),
-            Some(Ok(_)) if this.inner.is_end_stream() => this.finish(),
+            Some(Ok(f)) if f.is_trailers() || this.inner.is_end_stream() => this.finish(),
             Some(Ok(_)) => {}
             Some(Err(_)) => this.lease = None,
         }
@@ -313,11 +323,10 @@ impl HttpBody for UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        // A body with nothing left to read (none at all, or read to its length) is
-        // often dropped without the poll that would have said so.
-        if self.inner.is_end_stream() {
-            self.finish();
-        }
+        // Often dropped without the poll that would have found the end (no body, or
+        // one read to its length), or unread: hyper decides, and the lease waits for
+        // hyper to be ready or to close.
+        self.finish();
     }
 }
 
@@ -402,6 +411,18 @@ mod tests {
         String::from_utf8(body.to_vec()).unwrap()
     }
 
+    /// Until `n` connections to `addr` are idle: at once when hyper was ready as the
+    /// body ended, through the lease's task otherwise.
+    async fn wait_idle(pool: &Pool, addr: SocketAddr, n: usize) {
+        for _ in 0..200 {
+            if pool.idle(addr) == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(pool.idle(addr), n);
+    }
+
     #[tokio::test]
     async fn a_connection_is_reused_once_its_response_is_read() {
         let (addr, accepted, _task) = backend(|_| OK, usize::MAX).await;
@@ -427,6 +448,45 @@ mod tests {
         let response = pool.send(addr, get("/")).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_small_body_dropped_unread_is_read_off_and_its_connection_reused() {
+        let (addr, accepted, _task) = backend(
+            |_| b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789",
+            usize::MAX,
+        )
+        .await;
+        let pool = pool();
+        for _ in 0..3 {
+            let response = pool.send(addr, get("/")).await.unwrap();
+            drop(response);
+            wait_idle(&pool, addr, 1).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_ending_in_trailers_gives_the_connection_back() {
+        let (addr, accepted, _task) = backend(
+            |_| b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n2\r\nok\r\n0\r\nx-sum: 1\r\n\r\n",
+            usize::MAX,
+        )
+        .await;
+        let pool = pool();
+        for _ in 0..3 {
+            let mut body = pool.send(addr, get("/")).await.unwrap().into_body();
+            // As hyper's servers do: no poll after the trailers.
+            loop {
+                let frame = body.frame().await.unwrap().unwrap();
+                if frame.is_trailers() {
+                    break;
+                }
+            }
+            wait_idle(&pool, addr, 1).await;
+            drop(body);
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
