@@ -24,7 +24,7 @@ use crate::auth::external::{Grant, Outcome};
 use crate::auth::{Auth, Decision, Identity, RequestFacts};
 use crate::h1::{ClientBody, UpgradeSlot};
 use crate::limits::{ConcurrencyLimiter, GlobalLimiter, RateLimiter, Slot};
-use crate::metrics::{DecisionLabels, IngressLabel, IngressName, RequestLabels, UpstreamErrorLabels};
+use crate::metrics::{IngressLabel, IngressName, UpstreamErrorLabels};
 use crate::pool::UpstreamBody;
 use crate::proxy::{self, Body, ReadTimeout, UpstreamFailure, Upstreams};
 use crate::state::{Gateway, Runtime, Upstream};
@@ -268,26 +268,12 @@ pub async fn handle(
     let status = response.status();
     let (decision, reason) = record.decision.unwrap_or(("allow", "allowed"));
     let ingress = record.ingress.take().unwrap_or_else(IngressName::none);
-    let metrics = &proxy.gateway.metrics;
-    metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            ingress: ingress.clone(),
-            status: status.as_u16(),
-        })
-        .inc();
-    metrics
-        .decisions
-        .get_or_create(&DecisionLabels {
-            ingress: ingress.clone(),
-            decision,
-            reason,
-        })
-        .inc();
-    metrics
-        .request_duration
-        .get_or_create(&IngressLabel { ingress })
-        .observe(started.elapsed().as_secs_f64());
+    proxy.gateway.metrics.record_request(
+        ingress,
+        status.as_u16(),
+        (decision, reason),
+        started.elapsed().as_secs_f64(),
+    );
     if !detailed && record.slot.is_none() {
         return Ok(response);
     }

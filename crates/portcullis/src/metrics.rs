@@ -1,6 +1,7 @@
 //! Prometheus metrics, served as text on the admin listener's `/metrics`.
 
-use std::sync::{Arc, LazyLock};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -88,6 +89,21 @@ pub struct Metrics {
     pub audit_dropped: Counter,
     pub redis_fallbacks: Counter,
     pub redis_up: Gauge,
+    /// The series most requests update, per Ingress; see [`Metrics::record_request`].
+    usual: RwLock<HashMap<IngressName, Arc<Usual>, foldhash::fast::RandomState>>,
+}
+
+/// An Ingress's series that most of its requests update, shared with the families:
+/// found with one lookup on a fast hash instead of three on SipHash (each hashes a
+/// whole label set). Each is made on first use, so no series appears before its first
+/// request, as with the families alone.
+#[derive(Default)]
+struct Usual {
+    duration: OnceLock<Histogram>,
+    /// `requests{status="200"}`.
+    ok: OnceLock<Counter>,
+    /// `access_decisions{decision="allow",reason="allowed"}`.
+    allowed: OnceLock<Counter>,
 }
 
 impl Default for Metrics {
@@ -189,7 +205,72 @@ impl Metrics {
             refused_connections,
             parked_connections,
             config_problems,
+            usual: RwLock::default(),
         }
+    }
+
+    /// Counts an answered request: its status, the access decision, and the time to
+    /// the response head.
+    pub fn record_request(
+        &self,
+        ingress: IngressName,
+        status: u16,
+        (decision, reason): (&'static str, &'static str),
+        seconds: f64,
+    ) {
+        let usual = self.usual(&ingress);
+        usual
+            .duration
+            .get_or_init(|| {
+                self.request_duration
+                    .get_or_create(&IngressLabel {
+                        ingress: ingress.clone(),
+                    })
+                    .clone()
+            })
+            .observe(seconds);
+        let requests = || RequestLabels {
+            ingress: ingress.clone(),
+            status,
+        };
+        if status == 200 {
+            usual
+                .ok
+                .get_or_init(|| self.requests.get_or_create(&requests()).clone())
+                .inc();
+        } else {
+            self.requests.get_or_create(&requests()).inc();
+        }
+        let decisions = || DecisionLabels {
+            ingress: ingress.clone(),
+            decision,
+            reason,
+        };
+        if (decision, reason) == ("allow", "allowed") {
+            usual
+                .allowed
+                .get_or_init(|| self.decisions.get_or_create(&decisions()).clone())
+                .inc();
+        } else {
+            self.decisions.get_or_create(&decisions()).inc();
+        }
+    }
+
+    fn usual(&self, ingress: &IngressName) -> Arc<Usual> {
+        let found = self
+            .usual
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(ingress)
+            .cloned();
+        found.unwrap_or_else(|| {
+            self.usual
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(ingress.clone())
+                .or_default()
+                .clone()
+        })
     }
 
     /// Prometheus text exposition format.
@@ -198,5 +279,42 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(text: &str) -> IngressName {
+        IngressName(Arc::from(text))
+    }
+
+    #[test]
+    fn requests_are_counted_by_ingress_status_and_decision() {
+        let metrics = Metrics::new();
+        for _ in 0..3 {
+            metrics.record_request(name("ns/web"), 200, ("allow", "allowed"), 0.001);
+        }
+        metrics.record_request(name("ns/web"), 503, ("deny", "no_endpoints"), 0.002);
+        metrics.record_request(name("ns/admin"), 403, ("deny", "group_not_allowed"), 0.001);
+        metrics.record_request(IngressName::none(), 404, ("deny", "no_route"), 0.001);
+        let text = metrics.encode();
+        for line in [
+            r#"portcullis_requests_total{ingress="ns/web",status="200"} 3"#,
+            r#"portcullis_requests_total{ingress="ns/web",status="503"} 1"#,
+            r#"portcullis_requests_total{ingress="ns/admin",status="403"} 1"#,
+            r#"portcullis_requests_total{ingress="-",status="404"} 1"#,
+            r#"portcullis_access_decisions_total{ingress="ns/web",decision="allow",reason="allowed"} 3"#,
+            r#"portcullis_access_decisions_total{ingress="ns/web",decision="deny",reason="no_endpoints"} 1"#,
+            r#"portcullis_access_decisions_total{ingress="ns/admin",decision="deny",reason="group_not_allowed"} 1"#,
+            r#"portcullis_request_duration_seconds_count{ingress="ns/web"} 4"#,
+            r#"portcullis_request_duration_seconds_count{ingress="ns/admin"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+        // No series before its first request: ns/admin was never allowed nor answered 200.
+        assert!(!text.contains(r#"ingress="ns/admin",status="200""#), "{text}");
+        assert!(!text.contains(r#"ingress="ns/admin",decision="allow""#), "{text}");
     }
 }
