@@ -497,7 +497,7 @@ where
     let timer = tokio::time::sleep(timing.park_after);
     tokio::pin!(timer);
     // The number of requests when the park timer was last set; it is set again, not
-    // on every request, but when it fires and requests came since.
+    // on every request, but when it fires and requests came since or hyper is busy.
     let mut armed: Option<u64> = None;
     let mut may_park = true;
     let stop = shutdown.wait();
@@ -509,7 +509,10 @@ where
                 return Poll::Ready(Event::Closed(result));
             }
             let requests = tracker.requests.load(Relaxed);
-            if may_park && tracker.parkable() {
+            // The timer runs while hyper is busy too: what ends a busy spell (a request
+            // body read to its end by the backend's connection, after the response) may
+            // happen in another task, with nothing to wake this one.
+            if may_park {
                 if armed.is_none() {
                     timer
                         .as_mut()
@@ -517,7 +520,7 @@ where
                     armed = Some(requests);
                 }
                 while timer.as_mut().poll(cx).is_ready() {
-                    if armed == Some(requests) {
+                    if armed == Some(requests) && tracker.parkable() {
                         return Poll::Ready(Event::Park);
                     }
                     timer
@@ -620,6 +623,7 @@ async fn close<T, S>(
 mod tests {
     use super::*;
     use http::StatusCode;
+    use http_body_util::BodyExt;
     use hyper::service::service_fn;
     use std::sync::Mutex as StdMutex;
     use std::time::Instant;
@@ -634,6 +638,15 @@ mod tests {
         seen.lock().unwrap().push(path.clone());
         Ok(match path.as_str() {
             "/big" => Response::new(crate::proxy::full(vec![b'x'; 4 << 20])),
+            "/body-later" => {
+                // The body is read to its end in another task, after the response.
+                let body = req.into_body();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let _ = body.collect().await;
+                });
+                Response::new(crate::proxy::full("late"))
+            }
             "/switch" => {
                 let Some(slot) = UpgradeSlot::take(&mut req) else {
                     return Ok(Response::new(crate::proxy::full("no slot")));
@@ -918,6 +931,27 @@ mod tests {
             started.elapsed()
         );
         assert!(srv.paths().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_request_body_read_to_its_end_after_the_response_lets_the_connection_park() {
+        let srv = server(100, 5000).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        // Chunked: the end of the body is the sender's drop, which hyper does in its own
+        // task; the reader sees it later, in another task.
+        s.write_all(
+            b"POST /body-later HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let (head, body) = response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, b"late");
+        // Nothing comes from the client after the response: the end of the body, in
+        // the handler's task 300 ms later, is all that changes.
+        srv.parked_now(1).await;
+        assert_eq!(get(&mut s, "/next").await.1, b"/next");
+        assert_eq!(srv.paths(), ["/body-later", "/next"]);
     }
 
     #[tokio::test]
