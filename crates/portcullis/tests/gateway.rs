@@ -2328,9 +2328,9 @@ async fn stalled_request_bodies_time_out_steady_slow_ones_do_not() {
     assert!(reply.ends_with("12"), "{reply}");
 }
 
-/// Requests share one backend connection, one after another; a response the client
-/// abandons half-read closes its backend connection rather than leave the rest of it
-/// to be read as the next request's answer.
+/// Requests one after another share a backend connection; a response the client
+/// abandons half-read is read off or its backend connection closed, never left to be
+/// read as the next request's answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_connections_are_reused_only_when_their_response_was_read() {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -2368,10 +2368,13 @@ async fn backend_connections_are_reused_only_when_their_response_was_read() {
         let r = http_get(gw.http, "reuse.test", &format!("/{i}")).await;
         assert_eq!(r.body, format!("answer for /{i}"));
     }
-    assert_eq!(
-        accepted.load(Ordering::SeqCst),
-        1,
-        "one backend connection for 20 requests"
+    // One connection, or two: a connection whose response the gateway has read before
+    // hyper's own task caught up comes back to the pool a moment later, through a task,
+    // and a request in that moment opens another.
+    let first = accepted.load(Ordering::SeqCst);
+    assert!(
+        first <= 2,
+        "{first} backend connections for 20 requests one after another"
     );
 
     // Abandoned after the head and a little of the body.
@@ -2389,10 +2392,12 @@ async fn backend_connections_are_reused_only_when_their_response_was_read() {
         let r = http_get(gw.http, "reuse.test", &format!("/after/{i}")).await;
         assert_eq!(r.body, format!("answer for /after/{i}"));
     }
-    assert_eq!(
-        accepted.load(Ordering::SeqCst),
-        2,
-        "the abandoned response's connection was closed, and one new one serves the rest"
+    // The abandoned response's connection was read off (if the rest had arrived) and
+    // reused, or closed and replaced.
+    let after = accepted.load(Ordering::SeqCst) - first;
+    assert!(
+        after <= 2,
+        "{after} new backend connections for the last 20 requests"
     );
     backend.abort();
 }
