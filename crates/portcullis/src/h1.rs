@@ -60,6 +60,9 @@ impl Transport for Box<tokio_rustls::server::TlsStream<TcpStream>> {
 struct Tracker {
     /// Request bodies not yet read to their end, and responses hyper has not finished.
     open: AtomicUsize,
+    /// The request bodies among them: their end may come in another task (whoever
+    /// reads them), with nothing to wake the connection.
+    bodies: AtomicUsize,
     /// A 101 went out: this connection is never parked. (`upgrade` says as much, but
     /// behind a lock that `parkable` should not take on every poll.)
     switching: AtomicBool,
@@ -81,7 +84,13 @@ struct Tracker {
 impl Tracker {
     fn begin(self: &Arc<Self>) -> Open {
         self.open.fetch_add(1, Relaxed);
-        Open(self.clone())
+        Open(self.clone(), false)
+    }
+
+    fn begin_body(self: &Arc<Self>) -> Open {
+        self.bodies.fetch_add(1, Relaxed);
+        self.open.fetch_add(1, Relaxed);
+        Open(self.clone(), true)
     }
 
     /// Whether hyper, asked to stop now, would stop between two messages with nothing
@@ -96,12 +105,15 @@ impl Tracker {
     }
 }
 
-/// One request body or response hyper still has.
-struct Open(Arc<Tracker>);
+/// One request body (`true`) or response hyper still has.
+struct Open(Arc<Tracker>, bool);
 
 impl Drop for Open {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Relaxed);
+        if self.1 {
+            self.0.bodies.fetch_sub(1, Relaxed);
+        }
     }
 }
 
@@ -119,7 +131,7 @@ impl ClientBody {
     }
 
     fn tracked(inner: Incoming, tracker: &Arc<Tracker>) -> Self {
-        let open = (!inner.is_end_stream()).then(|| tracker.begin());
+        let open = (!inner.is_end_stream()).then(|| tracker.begin_body());
         ClientBody { inner, open }
     }
 }
@@ -509,10 +521,11 @@ where
                 return Poll::Ready(Event::Closed(result));
             }
             let requests = tracker.requests.load(Relaxed);
-            // The timer runs while hyper is busy too: what ends a busy spell (a request
-            // body read to its end by the backend's connection, after the response) may
-            // happen in another task, with nothing to wake this one.
-            if may_park {
+            // The timer also runs while a request body is open: its end (read by the
+            // backend's connection, after the response) may come in another task, with
+            // nothing to wake this one. Whatever else keeps a connection busy ends in
+            // this task's own polls.
+            if may_park && (tracker.parkable() || tracker.bodies.load(Relaxed) > 0) {
                 if armed.is_none() {
                     timer
                         .as_mut()
