@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{Builder, SendRequest};
@@ -119,15 +119,7 @@ fn reusable(response: &Response<Incoming>) -> bool {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         return false;
     }
-    let has = |token: &str| {
-        response
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
+    let has = |token| crate::proxy::connection_has(response.headers(), token);
     match response.version() {
         Version::HTTP_11 => !has("close"),
         Version::HTTP_10 => has("keep-alive"),
@@ -351,6 +343,7 @@ impl std::error::Error for SendError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
     use http_body_util::BodyExt;
     use std::sync::atomic::AtomicUsize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

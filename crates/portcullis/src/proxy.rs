@@ -238,13 +238,7 @@ impl Upstreams {
         request: http::Request<Body>,
     ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
         if let Some(addr) = Self::pooled(protocol, upstream) {
-            let mut request = request;
-            if !request.headers().contains_key(header::HOST) {
-                // HTTP/1.1 requires one; an origin-form URI does not carry it.
-                if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
-                    request.headers_mut().insert(header::HOST, host);
-                }
-            }
+            // The request carries `Host`: the handler sets it on every request.
             return self.pool.send(addr, request).await.map_err(UpstreamError::Pooled);
         }
         let sent = match protocol {
@@ -254,11 +248,6 @@ impl Upstreams {
             BackendProtocol::Grpcs => self.h2_tls.request(request),
         };
         unpooled(sent).await
-    }
-
-    /// Idle pooled connections to `addr` (tests).
-    pub fn idle_connections(&self, addr: SocketAddr) -> usize {
-        self.pool.idle(addr)
     }
 }
 
@@ -615,15 +604,19 @@ fn identity_headers(identity: &crate::auth::Identity) -> Vec<(HeaderName, Header
     out
 }
 
-/// Whether a request asks for a protocol upgrade (WebSocket and the like).
-pub fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
-    let connection_upgrade = headers
+/// Whether the `Connection` header lists `token` (any case, any of its fields).
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if connection_upgrade {
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Whether a request asks for a protocol upgrade (WebSocket and the like).
+pub fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
+    if connection_has(headers, "upgrade") {
         headers.get(header::UPGRADE).cloned()
     } else {
         None
