@@ -2329,31 +2329,48 @@ async fn stalled_request_bodies_time_out_steady_slow_ones_do_not() {
 }
 
 /// Requests one after another share a backend connection; a response the client
-/// abandons half-read is read off or its backend connection closed, never left to be
-/// read as the next request's answer.
+/// abandons half-read, whose rest never comes, closes its backend connection rather
+/// than leave it to be read as the next request's answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_connections_are_reused_only_when_their_response_was_read() {
+    use futures_util::StreamExt;
+    use http_body_util::{combinators::BoxBody, StreamBody};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = std::sync::Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
+    let closed = std::sync::Arc::new(AtomicUsize::new(0));
+    let (count, ended) = (accepted.clone(), closed.clone());
     let backend = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
+            let ended = ended.clone();
             tokio::spawn(async move {
                 let service =
                     hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                        let body = match req.uri().path() {
-                            "/big" => Bytes::from(vec![b'x'; 4 << 20]),
-                            path => Bytes::from(format!("answer for {path}")),
+                        let body: BoxBody<Bytes, std::convert::Infallible> = match req.uri().path() {
+                            // 4 MiB announced, 64 KiB sent, and then nothing.
+                            "/big" => {
+                                let first = Ok(hyper::body::Frame::data(Bytes::from(vec![b'x'; 64 << 10])));
+                                let stalled = futures_util::stream::iter([first])
+                                    .chain(futures_util::stream::pending());
+                                BodyExt::boxed(StreamBody::new(stalled))
+                            }
+                            path => Full::new(Bytes::from(format!("answer for {path}"))).boxed(),
                         };
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(body)))
+                        let mut response = http::Response::new(body);
+                        if req.uri().path() == "/big" {
+                            response
+                                .headers_mut()
+                                .insert(http::header::CONTENT_LENGTH, (4u32 << 20).into());
+                        }
+                        Ok::<_, std::convert::Infallible>(response)
                     });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                     .await;
+                ended.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
@@ -2368,14 +2385,15 @@ async fn backend_connections_are_reused_only_when_their_response_was_read() {
         let r = http_get(gw.http, "reuse.test", &format!("/{i}")).await;
         assert_eq!(r.body, format!("answer for /{i}"));
     }
-    // One connection, or two: a connection whose response the gateway has read before
-    // hyper's own task caught up comes back to the pool a moment later, through a task,
-    // and a request in that moment opens another.
+    // One connection, or two: on the gateway's multi-threaded runtime, a connection
+    // whose response body the handler finished before hyper's own task caught up comes
+    // back to the pool through a task, and a request in that moment opens another.
     let first = accepted.load(Ordering::SeqCst);
     assert!(
         first <= 2,
         "{first} backend connections for 20 requests one after another"
     );
+    assert_eq!(closed.load(Ordering::SeqCst), 0);
 
     // Abandoned after the head and a little of the body.
     let mut client = tokio::net::TcpStream::connect(gw.http).await.unwrap();
@@ -2387,13 +2405,23 @@ async fn backend_connections_are_reused_only_when_their_response_was_read() {
     let n = client.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     drop(client);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while closed.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned response's backend connection stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for i in 0..20 {
         let r = http_get(gw.http, "reuse.test", &format!("/after/{i}")).await;
         assert_eq!(r.body, format!("answer for /after/{i}"));
     }
-    // The abandoned response's connection was read off (if the rest had arrived) and
-    // reused, or closed and replaced.
+    assert_eq!(
+        closed.load(Ordering::SeqCst),
+        1,
+        "only the abandoned connection closed"
+    );
     let after = accepted.load(Ordering::SeqCst) - first;
     assert!(
         after <= 2,
