@@ -12,6 +12,7 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -111,13 +112,36 @@ pub fn inherited_listeners() -> anyhow::Result<Option<(TcpListener, TcpListener)
     Ok(Some((take(http, "http")?, take(https, "https")?)))
 }
 
-/// The HTTP connection builders, with the same settings. A TLS client that named its
-/// protocol with ALPN is served with it directly; otherwise (plain HTTP, and TLS clients
-/// without ALPN) the first bytes tell HTTP/2's preface from HTTP/1.
+/// How connections are served. A TLS client that named its protocol with ALPN is served
+/// with it directly; otherwise (plain HTTP, and TLS clients without ALPN) the first bytes
+/// tell HTTP/2's preface from HTTP/1.
 struct Builders {
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     timing: h1::Timing,
+}
+
+/// A listener's connection gauges.
+#[derive(Clone)]
+struct Gauges {
+    active: Gauge,
+    parked: Gauge,
+}
+
+/// One open connection in `portcullis_active_connections`, for as long as it lives.
+struct Active(Gauge);
+
+impl Active {
+    fn new(gauge: Gauge) -> Self {
+        gauge.inc();
+        Active(gauge)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// How long an HTTP/1 keep-alive connection stays idle before its buffers go back.
@@ -179,6 +203,15 @@ pub async fn serve(proxy: Arc<Proxy>, listener: Listener, mut shutdown: Shutdown
     let settings = &proxy.gateway.settings;
     let handshake_timeout = settings.timeouts.client_header.0;
     let builders = Arc::new(Builders::new(settings));
+    // Looked up once: the label is the listener's.
+    let label = ListenerLabel {
+        listener: listener.name,
+    };
+    let metrics = &proxy.gateway.metrics;
+    let gauges = Gauges {
+        active: metrics.active_connections.get_or_create(&label).clone(),
+        parked: metrics.parked_connections.get_or_create(&label).clone(),
+    };
     loop {
         let accepted = tokio::select! {
             accepted = listener.listener.accept() => accepted,
@@ -211,6 +244,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: Listener, mut shutdown: Shutdown
             handshake_timeout,
             listener.name,
             listener.proxy_protocol,
+            gauges.clone(),
         );
         tokio::spawn(task);
     }
@@ -228,19 +262,13 @@ async fn connection(
     handshake_timeout: Duration,
     listener: &'static str,
     proxy_protocol: bool,
+    gauges: Gauges,
 ) {
-    let gauge = proxy
-        .gateway
-        .metrics
-        .active_connections
-        .get_or_create(&ListenerLabel { listener })
-        .clone();
-    gauge.inc();
+    let _active = Active::new(gauges.active);
     if proxy_protocol {
         let trusted = &proxy.gateway.settings.trusted_proxies;
         if !trusted.iter().any(|n| n.contains(&conn.peer.ip())) {
             tracing::warn!(peer = %conn.peer, listener, "PROXY protocol connection from a peer not in trustedProxies: closed");
-            gauge.dec();
             return;
         }
         match Box::pin(crate::proxy_protocol::read_header(&mut stream, handshake_timeout)).await {
@@ -250,7 +278,6 @@ async fn connection(
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(peer = %conn.peer, listener, error = %e, "PROXY protocol header refused: connection closed");
-                gauge.dec();
                 return;
             }
         }
@@ -264,7 +291,6 @@ async fn connection(
             .refused_connections
             .get_or_create(&ListenerLabel { listener })
             .inc();
-        gauge.dec();
         return;
     };
     if tls.is_some() {
@@ -272,7 +298,6 @@ async fn connection(
         // for as long as the connection lives, and these are done after the handshake.
         if let Some(target) = Box::pin(passthrough_target(&proxy, &stream, handshake_timeout)).await {
             Box::pin(relay(&proxy, stream, target, &conn)).await;
-            gauge.dec();
             return;
         }
     }
@@ -285,7 +310,7 @@ async fn connection(
                 stream,
                 conn,
                 shutdown,
-                listener,
+                gauges.parked,
             )
             .await
         }
@@ -301,12 +326,10 @@ async fn connection(
                 Ok(Ok(done)) => done,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    gauge.dec();
                     return;
                 }
                 Err(_) => {
                     tracing::debug!(%peer, "TLS handshake timed out");
-                    gauge.dec();
                     return;
                 }
             };
@@ -327,12 +350,11 @@ async fn connection(
                 Box::new(stream),
                 conn,
                 shutdown,
-                listener,
+                gauges.parked,
             )
             .await
         }
     }
-    gauge.dec();
 }
 
 /// Where a TLS connection goes unterminated (ingress-nginx's `ssl-passthrough`): the
@@ -452,7 +474,7 @@ async fn serve_http<I: h1::Transport>(
     mut io: I,
     conn: Arc<ClientConn>,
     shutdown: Shutdown,
-    listener: &'static str,
+    parked: Gauge,
 ) {
     let peer = conn.peer;
     let timing = builders.timing;
@@ -492,12 +514,6 @@ async fn serve_http<I: h1::Transport>(
         };
         return served.drive(connection, |c| c.graceful_shutdown()).await;
     }
-    let parked = proxy
-        .gateway
-        .metrics
-        .parked_connections
-        .get_or_create(&ListenerLabel { listener })
-        .clone();
     // Boxed: hyper keeps the request's future only while it is in flight, and taking a
     // connection back from hyper needs a future that can move.
     let service = service_fn(move |req| Box::pin(handler::handle(proxy.clone(), conn.clone(), req)));
@@ -548,7 +564,8 @@ async fn sniff<I: AsyncRead + Unpin>(io: &mut I, within: Duration) -> std::io::R
     Ok((buf[..n] == PREFACE[..], Bytes::copy_from_slice(&buf[..n])))
 }
 
-/// Runs one connection to its end, and through a graceful shutdown.
+/// Runs one HTTP/2 connection to its end, and through a graceful shutdown (`h1::run`
+/// does the same for HTTP/1, which it also parks).
 struct Served {
     shutdown: Shutdown,
     header_timeout: Duration,

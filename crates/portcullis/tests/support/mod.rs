@@ -26,21 +26,15 @@ pub struct Pki {
 
 impl Pki {
     pub fn new() -> Pki {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "portcullis test CA");
-        let key = rcgen::KeyPair::generate().unwrap();
-        let issuer = rcgen::CertifiedIssuer::self_signed(params, key).unwrap();
-        Pki {
-            chain_pem: issuer.pem(),
-            issuer,
-        }
+        Pki::ca("portcullis test CA", None)
     }
 
     /// An intermediate CA signed by this one; the chains it signs carry both.
     pub fn intermediate(&self, common_name: &str) -> Pki {
+        Pki::ca(common_name, Some(self))
+    }
+
+    fn ca(common_name: &str, parent: Option<&Pki>) -> Pki {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params.distinguished_name = rcgen::DistinguishedName::new();
@@ -48,10 +42,21 @@ impl Pki {
             .distinguished_name
             .push(rcgen::DnType::CommonName, common_name);
         let key = rcgen::KeyPair::generate().unwrap();
-        let issuer = rcgen::CertifiedIssuer::signed_by(params, key, &self.issuer).unwrap();
-        Pki {
-            chain_pem: format!("{}{}", issuer.pem(), self.chain_pem),
-            issuer,
+        match parent {
+            None => {
+                let issuer = rcgen::CertifiedIssuer::self_signed(params, key).unwrap();
+                Pki {
+                    chain_pem: issuer.pem(),
+                    issuer,
+                }
+            }
+            Some(parent) => {
+                let issuer = rcgen::CertifiedIssuer::signed_by(params, key, &parent.issuer).unwrap();
+                Pki {
+                    chain_pem: format!("{}{}", issuer.pem(), parent.chain_pem),
+                    issuer,
+                }
+            }
         }
     }
 
