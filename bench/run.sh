@@ -5,7 +5,9 @@
 #   BENCH_ROUNDS=3        rounds; each round runs every variant once (A B [C]), alternating
 #   BENCH_SECONDS=10      length of each measured run
 #   BENCH_IDLE_CONNS=10000  idle TLS connections in scenario 6 (lowered to fit `ulimit -n`)
-#   BENCH_SCENARIOS="1 2 3 3n 3r 4 5 6 7"  which scenarios to run
+#   BENCH_SCENARIOS="1 2 3 3f 3n 3r 4 5 6 7"  which scenarios to run
+#   BENCH_HANDSHAKE_RATE=1000  scenario 3f's new connections per second: a divisor of
+#                         1000 (one every 1000/RATE ms) or a multiple of it (RATE/1000 every ms)
 #   BENCH_OUT=DIR         where raw outputs and results.jsonl go (default: a new temp dir)
 #   BENCH_REV=COMMIT      build that commit from a clean `git archive` export (in
 #                         BENCH_SRC_DIR, default /tmp/portcullis-bench-src) instead of
@@ -31,6 +33,9 @@
 #   1   HTTPS keep-alive HTTP/1.1, "ok\n"        wrk -t1 -c50 --latency       (A B C)
 #   2   HTTPS HTTP/2 multiplexed, "ok\n"         h2load -c10 -m10 -D SECS     (A B)
 #   3   full TLS handshake per request           wrk ... -H 'Connection: close' (A B)
+#   3f  the same at a fixed rate (open loop): BENCH_HANDSHAKE_RATE new connections/s,
+#       one request each, whatever the proxy's speed, so both carry the same load
+#       and neither saturates a CPU      h2load --h1 -r 1 --rate-period 1ms      (A B)
 #   3n  full handshakes, one at a time           openssl s_time -new          (A B)
 #   3r  resumed handshakes, one at a time        openssl s_time -reuse        (A B)
 #   4   1 MiB responses                          wrk -t1 -c10 /1m             (A A' B)
@@ -60,7 +65,18 @@ BENCH="$REPO/bench"
 ROUNDS="${BENCH_ROUNDS:-3}"
 SECS="${BENCH_SECONDS:-10}"
 IDLE_CONNS="${BENCH_IDLE_CONNS:-10000}"
-SCENARIOS="${BENCH_SCENARIOS:-1 2 3 3n 3r 4 5 6 7}"
+SCENARIOS="${BENCH_SCENARIOS:-1 2 3 3f 3n 3r 4 5 6 7}"
+HANDSHAKE_RATE="${BENCH_HANDSHAKE_RATE:-1000}"
+# h2load starts -r connections every --rate-period, a whole number of milliseconds: one
+# at a time keeps arrivals smooth (bursts would queue behind each other's handshakes).
+if (( HANDSHAKE_RATE > 0 && 1000 % HANDSHAKE_RATE == 0 )); then
+  RATE_ARGS=(-r 1 --rate-period "$((1000 / HANDSHAKE_RATE))ms")
+elif (( HANDSHAKE_RATE > 0 && HANDSHAKE_RATE % 1000 == 0 )); then
+  RATE_ARGS=(-r "$((HANDSHAKE_RATE / 1000))" --rate-period 1ms)
+else
+  echo "BENCH_HANDSHAKE_RATE must divide 1000 or be a multiple of 1000, not $HANDSHAKE_RATE" >&2
+  exit 2
+fi
 SCALE_INGRESSES="${BENCH_SCALE_INGRESSES:-10000}"
 has_scenario() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 OUT="${BENCH_OUT:-$(mktemp -d /tmp/portcullis-bench.XXXXXX)}"
@@ -734,6 +750,12 @@ load_cmd() { # SCENARIO PORT LOGFILE DURATION VARIANT -> prints nothing, sets LO
       ;;
     2) TOOL=h2load; LOAD=(h2load -c10 -m10 -D "$d" --log-file="$logf" "https://bench.test:$port/") ;;
     3) TOOL=wrk; LOAD=(wrk -t1 -c50 -d"${d}s" --latency -H 'Connection: close' "https://bench.test:$port/") ;;
+    3f)
+      # -c is the number of connections, each making -n/-c = 1 request.
+      TOOL=h2load
+      local n=$((HANDSHAKE_RATE * d))
+      LOAD=(h2load --h1 -n "$n" -c "$n" "${RATE_ARGS[@]}" --log-file="$logf" "https://bench.test:$port/")
+      ;;
     3n) TOOL=s_time; LOAD=(openssl s_time -connect "127.0.0.1:$port" -new -time "$d" -www "$S_TIME_PAGE") ;;
     3r) TOOL=s_time; LOAD=(openssl s_time -connect "127.0.0.1:$port" -reuse -time "$d" -www "$S_TIME_PAGE") ;;
     4) TOOL=wrk; LOAD=(wrk -t1 -c10 -d"${d}s" --latency "https://bench.test:$port/1m") ;;
@@ -940,7 +962,7 @@ for sc in $SCENARIOS; do
   case $sc in
     1) variants=(nginx portcullis portcullis-audit) ;;
     4) variants=(nginx nginx-64k portcullis) ;;
-    2 | 3 | 3n | 3r | 6) variants=(nginx portcullis) ;;
+    2 | 3 | 3f | 3n | 3r | 6) variants=(nginx portcullis) ;;
     5) variants=(nginx nginx-authreq nginx-authreq-ka portcullis portcullis-jwt portcullis-session)
        start_auth ;;
     7) variants=(portcullis portcullis-10k portcullis-10k-reload) ;;
