@@ -98,14 +98,6 @@ def parse_h2load(out, log):
     m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
     if m:
         r["errors"] = r.get("errors", 0) + int(m.group(3)) + int(m.group(4))
-    # "time to 1st byte:  min  max  mean  sd  +/- sd", from the start of the connection:
-    # with one request per connection (scenario 3f) it includes the TLS handshake, which
-    # the request log below does not.
-    for key, label in (("connect", "time for connect"), ("ttfb", "time to 1st byte")):
-        m = re.search(r"^%s:\s+(\S+)\s+(\S+)\s+(\S+)\s+(\S+)" % label, out, re.M)
-        if m:
-            r[key + "_mean_ms"] = _dur_ms(m.group(3))
-            r[key + "_max_ms"] = _dur_ms(m.group(2))
     lat = []
     if log and os.path.exists(log):
         # h2load --log-file: start time (us), status, request time (us)
@@ -142,6 +134,13 @@ def parse_s_time(out, wall_s):
     return r
 
 
+def parse_handshakes(out):
+    # bench/handshakes prints one JSON line with its own percentiles.
+    r = json.loads(out.strip().splitlines()[-1])
+    keep = ("rps", "requests", "errors", "mean_ms", "p50_ms", "p99_ms", "p999_ms", "max_ms", "max_start_lag_ms")
+    return {k: r.get(k) for k in keep}
+
+
 def cmd_record(a):
     with open(a.out, errors="replace") as f:
         out = f.read()
@@ -151,6 +150,8 @@ def cmd_record(a):
         r = parse_h2load(out, a.log)
     elif a.tool == "s_time":
         r = parse_s_time(out, a.wall_s)
+    elif a.tool == "handshakes":
+        r = parse_handshakes(out)
     else:
         raise SystemExit("unknown tool " + a.tool)
     r.update(scenario=a.scenario, variant=a.variant, round=a.round, cpu_s=a.cpu_s, hwm_kb=a.hwm_kb)
@@ -383,7 +384,7 @@ TITLES = {
     "1": "Scenario 1: HTTPS keep-alive, small response, HTTP/1.1 (wrk -t1 -c50 --latency)",
     "2": "Scenario 2: HTTPS HTTP/2 multiplexed, small response (h2load -c10 -m10)",
     "3": "Scenario 3a: new full TLS handshake per request (wrk -t1 -c50 -H 'Connection: close')",
-    "3f": "Scenario 3a at a fixed rate: a new full TLS handshake per request, BENCH_HANDSHAKE_RATE connections/s started on schedule (h2load --h1 -r); latency percentiles are from the request log, after the handshake; time to first byte includes it",
+    "3f": "Scenario 3a at a fixed rate: a new full TLS handshake per request, BENCH_HANDSHAKE_RATE connections/s started on schedule (bench/handshakes); latency from when each connection was due to the end of its response",
     "3n": "Scenario 3b: full handshakes, one connection at a time (openssl s_time -new, HTTP/1.0)",
     "3r": "Scenario 3c: resumed handshakes, one connection at a time (openssl s_time -reuse, HTTP/1.0)",
     "4": "Scenario 4: 1 MB responses over keep-alive HTTP/1.1 (wrk -t1 -c10 /1m)",
@@ -414,10 +415,10 @@ METRICS = [
     ("mb_s", "MB/s", 1, "%.1f"),
     ("p50_ms", "p50 latency ms", 1, "%.3f"),
     ("p99_ms", "p99 latency ms", 1, "%.3f"),
+    ("p999_ms", "p99.9 latency ms", 1, "%.3f"),
+    ("max_ms", "max latency ms", 1, "%.3f"),
     ("mean_ms", "mean latency ms", 1, "%.3f"),
-    ("connect_mean_ms", "mean connect+handshake ms", 1, "%.3f"),
-    ("ttfb_mean_ms", "mean time to first byte ms", 1, "%.3f"),
-    ("ttfb_max_ms", "max time to first byte ms", 1, "%.3f"),
+    ("max_start_lag_ms", "load generator's largest start delay ms", 1, "%.3f"),
     ("hwm_kb", "peak RSS MB", 1 / 1024, "%.1f"),
     ("cpu_s", "proxy CPU s", 1, "%.2f"),
     ("cpu_us_per_req", "proxy CPU us/req", 1, "%.1f"),

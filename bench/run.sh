@@ -6,8 +6,7 @@
 #   BENCH_SECONDS=10      length of each measured run
 #   BENCH_IDLE_CONNS=10000  idle TLS connections in scenario 6 (lowered to fit `ulimit -n`)
 #   BENCH_SCENARIOS="1 2 3 3f 3n 3r 4 5 6 7"  which scenarios to run
-#   BENCH_HANDSHAKE_RATE=1000  scenario 3f's new connections per second: a divisor of
-#                         1000 (one every 1000/RATE ms) or a multiple of it (RATE/1000 every ms)
+#   BENCH_HANDSHAKE_RATE=2000  scenario 3f's new connections per second
 #   BENCH_OUT=DIR         where raw outputs and results.jsonl go (default: a new temp dir)
 #   BENCH_REV=COMMIT      build that commit from a clean `git archive` export (in
 #                         BENCH_SRC_DIR, default /tmp/portcullis-bench-src) instead of
@@ -34,8 +33,9 @@
 #   2   HTTPS HTTP/2 multiplexed, "ok\n"         h2load -c10 -m10 -D SECS     (A B)
 #   3   full TLS handshake per request           wrk ... -H 'Connection: close' (A B)
 #   3f  the same at a fixed rate (open loop): BENCH_HANDSHAKE_RATE new connections/s,
-#       one request each, whatever the proxy's speed, so both carry the same load
-#       and neither saturates a CPU      h2load --h1 -r 1 --rate-period 1ms      (A B)
+#       one request each, whatever the proxy's speed, so both carry the same load and
+#       neither saturates a CPU; latency per connection, from when it was due to the
+#       end of its response           bench/handshakes (built here)            (A B)
 #   3n  full handshakes, one at a time           openssl s_time -new          (A B)
 #   3r  resumed handshakes, one at a time        openssl s_time -reuse        (A B)
 #   4   1 MiB responses                          wrk -t1 -c10 /1m             (A A' B)
@@ -51,7 +51,7 @@
 #       load on B with the 1-Ingress config, the 10k config, and the 10k config with
 #       one of its files rewritten every second (each rewrite is a reload); errors
 #       must be 0. The criterion micro-benchmark is separate: see bench/routes.
-# Defaults take about 18 minutes plus the build (scenarios 5 and 7: about 6 of them).
+# Defaults take about 19 minutes plus the build (scenarios 5 and 7: about 6 of them).
 # wrk and h2load need bench.test to resolve to 127.0.0.1: a line is added to /etc/hosts
 # if missing and removed at exit.
 # Each measured run starts the proxy fresh, warms it up for 1 s, then measures: the
@@ -66,17 +66,9 @@ ROUNDS="${BENCH_ROUNDS:-3}"
 SECS="${BENCH_SECONDS:-10}"
 IDLE_CONNS="${BENCH_IDLE_CONNS:-10000}"
 SCENARIOS="${BENCH_SCENARIOS:-1 2 3 3f 3n 3r 4 5 6 7}"
-HANDSHAKE_RATE="${BENCH_HANDSHAKE_RATE:-1000}"
-# h2load starts -r connections every --rate-period, a whole number of milliseconds: one
-# at a time keeps arrivals smooth (bursts would queue behind each other's handshakes).
-if (( HANDSHAKE_RATE > 0 && 1000 % HANDSHAKE_RATE == 0 )); then
-  RATE_ARGS=(-r 1 --rate-period "$((1000 / HANDSHAKE_RATE))ms")
-elif (( HANDSHAKE_RATE > 0 && HANDSHAKE_RATE % 1000 == 0 )); then
-  RATE_ARGS=(-r "$((HANDSHAKE_RATE / 1000))" --rate-period 1ms)
-else
-  echo "BENCH_HANDSHAKE_RATE must divide 1000 or be a multiple of 1000, not $HANDSHAKE_RATE" >&2
-  exit 2
-fi
+HANDSHAKE_RATE="${BENCH_HANDSHAKE_RATE:-2000}"
+[[ $HANDSHAKE_RATE =~ ^[1-9][0-9]*$ ]] ||
+  { echo "BENCH_HANDSHAKE_RATE must be a whole number of connections per second, not '$HANDSHAKE_RATE'" >&2; exit 2; }
 SCALE_INGRESSES="${BENCH_SCALE_INGRESSES:-10000}"
 has_scenario() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 OUT="${BENCH_OUT:-$(mktemp -d /tmp/portcullis-bench.XXXXXX)}"
@@ -198,6 +190,12 @@ else
   BIN="${CARGO_TARGET_DIR:-$REPO/target}/dist/portcullis"
 fi
 [[ -x $BIN ]] || { echo "no binary at $BIN" >&2; exit 1; }
+
+if has_scenario 3f; then
+  log "building bench/handshakes (scenario 3f's load generator)"
+  (cd "$BENCH/handshakes" && cargo build --release)
+  HANDSHAKES_BIN="${CARGO_TARGET_DIR:-$BENCH/handshakes/target}/release/portcullis-bench-handshakes"
+fi
 
 # File descriptors: 10,000 idle connections need 10k on both sides.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -750,12 +748,7 @@ load_cmd() { # SCENARIO PORT LOGFILE DURATION VARIANT -> prints nothing, sets LO
       ;;
     2) TOOL=h2load; LOAD=(h2load -c10 -m10 -D "$d" --log-file="$logf" "https://bench.test:$port/") ;;
     3) TOOL=wrk; LOAD=(wrk -t1 -c50 -d"${d}s" --latency -H 'Connection: close' "https://bench.test:$port/") ;;
-    3f)
-      # -c is the number of connections, each making -n/-c = 1 request.
-      TOOL=h2load
-      local n=$((HANDSHAKE_RATE * d))
-      LOAD=(h2load --h1 -n "$n" -c "$n" "${RATE_ARGS[@]}" --log-file="$logf" "https://bench.test:$port/")
-      ;;
+    3f) TOOL=handshakes; LOAD=("$HANDSHAKES_BIN" --addr "127.0.0.1:$port" --host bench.test --rate "$HANDSHAKE_RATE" --seconds "$d") ;;
     3n) TOOL=s_time; LOAD=(openssl s_time -connect "127.0.0.1:$port" -new -time "$d" -www "$S_TIME_PAGE") ;;
     3r) TOOL=s_time; LOAD=(openssl s_time -connect "127.0.0.1:$port" -reuse -time "$d" -www "$S_TIME_PAGE") ;;
     4) TOOL=wrk; LOAD=(wrk -t1 -c10 -d"${d}s" --latency "https://bench.test:$port/1m") ;;
