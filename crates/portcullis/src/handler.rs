@@ -73,7 +73,11 @@ impl ClientConn {
 
 /// An address as a header value (an address's text is always a valid one).
 fn ip_value(ip: IpAddr) -> HeaderValue {
-    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    let value = match ip {
+        IpAddr::V4(v4) => HeaderValue::from_str(crate::state::AddrText::ipv4(v4).as_str()),
+        IpAddr::V6(v6) => HeaderValue::from_str(&v6.to_string()),
+    };
+    value.unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// A request's id (see [`RequestIds`]), kept as the header value it is sent as, both
@@ -277,46 +281,49 @@ pub async fn handle(
     if !detailed && record.slot.is_none() {
         return Ok(response);
     }
-    let backend = record.backend.map(|id| runtime.snapshot.backend(id).to_string());
-    let upstream = record.upstream.as_ref().map(Upstream::to_string);
-    tracing::info!(
-        target: "portcullis::access",
-        request_id = %request_id,
-        client = %record.client,
-        tls = conn.tls,
-        version = ?version,
-        method = %method,
-        host = %record.host,
-        path = %record.path,
-        status = status.as_u16(),
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-        ingress = record.route.as_ref().map_or("-", |r| r.ingress.as_str()),
-        backend = backend.as_deref().unwrap_or("-"),
-        upstream = upstream.as_deref().unwrap_or("-"),
-        user = record.identity.as_ref().map_or("-", |i| i.subject.as_str()),
-        auth = record.identity.as_ref().map_or("-", |i| i.method),
-        detail = record.detail.as_deref().unwrap_or(""),
-    );
+    // The backend's and endpoint's names are text only for the access log.
+    if tracing::enabled!(target: "portcullis::access", tracing::Level::INFO) {
+        let backend = record.backend.map(|id| runtime.snapshot.backend(id).to_string());
+        let upstream = record.upstream.as_ref().map(Upstream::to_string);
+        tracing::info!(
+            target: "portcullis::access",
+            request_id = %request_id,
+            client = %record.client,
+            tls = conn.tls,
+            version = ?version,
+            method = %method,
+            host = %record.host,
+            path = %record.path,
+            status = status.as_u16(),
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            ingress = record.route.as_ref().map_or("-", |r| &*r.ingress),
+            backend = backend.as_deref().unwrap_or("-"),
+            upstream = upstream.as_deref().unwrap_or("-"),
+            user = record.identity.as_ref().map_or("-", |i| i.subject.as_str()),
+            auth = record.identity.as_ref().map_or("-", |i| i.method),
+            detail = record.detail.as_deref().unwrap_or(""),
+        );
+    }
     if !proxy.gateway.audit.is_enabled() && record.slot.is_none() {
         return Ok(response);
     }
     let event = proxy.gateway.audit.is_enabled().then(|| AccessEvent {
         kind: "access",
-        time: crate::audit::timestamp(),
-        request_id: request_id.as_str().to_string(),
-        client: record.client.to_string(),
-        method: method.to_string(),
+        time: std::time::SystemTime::now(),
+        request_id: request_id.0.clone(),
+        client: record.client,
+        method,
         host: record.host,
         path: record.path,
         route: record.route,
         identity: record.identity,
         decision,
-        reason: (decision != "allow").then(|| reason.to_string()),
+        reason: (decision != "allow").then_some(reason),
         status: status.as_u16(),
         bytes_in: 0,
         bytes_out: 0,
         duration_ms: 0.0,
-        upstream,
+        upstream: record.upstream,
     });
     // The audit event is written when the response body is done, with its size; the
     // connection slot (max-connections) is released then too.
@@ -385,7 +392,7 @@ impl Drop for Audited {
                 event.bytes_in = p.bytes_in.load(Ordering::Relaxed);
                 event.bytes_out = p.bytes_out;
                 event.duration_ms = p.started.elapsed().as_secs_f64() * 1000.0;
-                p.gateway.audit.record(&event);
+                p.gateway.audit.record_access(&event);
             }
         }
     }
@@ -507,7 +514,7 @@ async fn serve(
         record.ingress = Some(IngressName(route.ingress.label().clone()));
         if record.detailed {
             record.route = Some(AuditRoute {
-                ingress: route.ingress.to_string(),
+                ingress: route.ingress.label().clone(),
                 rule: route.field.clone(),
                 path: route.path.clone(),
             });

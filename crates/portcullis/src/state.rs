@@ -37,42 +37,74 @@ impl Upstream {
     pub fn authority(&self) -> Result<http::uri::Authority, http::uri::InvalidUri> {
         match self {
             Upstream::Address(std::net::SocketAddr::V4(a)) => {
-                // At most "255.255.255.255:65535".
-                let mut text = [0u8; 21];
-                let mut len = 0;
-                for (i, octet) in a.ip().octets().into_iter().enumerate() {
-                    if i > 0 {
-                        text[len] = b'.';
-                        len += 1;
-                    }
-                    len += write_decimal(&mut text[len..], octet.into());
-                }
-                text[len] = b':';
-                len += 1;
-                len += write_decimal(&mut text[len..], a.port());
-                http::uri::Authority::try_from(&text[..len])
+                http::uri::Authority::try_from(AddrText::socket_v4(a).as_str())
             }
             other => http::uri::Authority::try_from(other.to_string()),
         }
     }
 }
 
-/// Writes `n` in decimal at the start of `out` (room for 5 digits), returning its length.
-fn write_decimal(out: &mut [u8], n: u16) -> usize {
-    let mut digits = [0u8; 5];
-    let mut start = digits.len();
-    let mut n = n;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+/// An IPv4 address, or address and port, as text on the stack. `Display` for the std
+/// address types goes through the formatting machinery (it supports padding), about
+/// 1,500 instructions for an address; this is what requests pay for every time.
+pub struct AddrText {
+    // At most "255.255.255.255:65535".
+    text: [u8; 21],
+    len: usize,
+}
+
+impl AddrText {
+    pub fn ipv4(ip: std::net::Ipv4Addr) -> AddrText {
+        let mut t = AddrText {
+            text: [0; 21],
+            len: 0,
+        };
+        for (i, octet) in ip.octets().into_iter().enumerate() {
+            if i > 0 {
+                t.push(b'.');
+            }
+            t.decimal(octet.into());
+        }
+        t
+    }
+
+    pub fn socket_v4(addr: &std::net::SocketAddrV4) -> AddrText {
+        let mut t = AddrText::ipv4(*addr.ip());
+        t.push(b':');
+        t.decimal(addr.port());
+        t
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Digits, dots and a colon only.
+        std::str::from_utf8(&self.text[..self.len]).unwrap_or_default()
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.text[..self.len]
+    }
+
+    fn push(&mut self, b: u8) {
+        self.text[self.len] = b;
+        self.len += 1;
+    }
+
+    fn decimal(&mut self, n: u16) {
+        let mut digits = [0u8; 5];
+        let mut start = digits.len();
+        let mut n = n;
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for &d in &digits[start..] {
+            self.push(d);
         }
     }
-    let len = digits.len() - start;
-    out[..len].copy_from_slice(&digits[start..]);
-    len
 }
 
 impl std::fmt::Display for Upstream {
