@@ -37,72 +37,9 @@ impl Upstream {
     pub fn authority(&self) -> Result<http::uri::Authority, http::uri::InvalidUri> {
         match self {
             Upstream::Address(std::net::SocketAddr::V4(a)) => {
-                http::uri::Authority::try_from(AddrText::socket_v4(a).as_str())
+                http::uri::Authority::try_from(crate::text::AddrText::socket_v4(a).as_str())
             }
             other => http::uri::Authority::try_from(other.to_string()),
-        }
-    }
-}
-
-/// An IPv4 address, or address and port, as text on the stack. `Display` for the std
-/// address types goes through the formatting machinery (it supports padding), about
-/// 1,500 instructions for an address; this is what requests pay for every time.
-pub struct AddrText {
-    // At most "255.255.255.255:65535".
-    text: [u8; 21],
-    len: usize,
-}
-
-impl AddrText {
-    pub fn ipv4(ip: std::net::Ipv4Addr) -> AddrText {
-        let mut t = AddrText {
-            text: [0; 21],
-            len: 0,
-        };
-        for (i, octet) in ip.octets().into_iter().enumerate() {
-            if i > 0 {
-                t.push(b'.');
-            }
-            t.decimal(octet.into());
-        }
-        t
-    }
-
-    pub fn socket_v4(addr: &std::net::SocketAddrV4) -> AddrText {
-        let mut t = AddrText::ipv4(*addr.ip());
-        t.push(b':');
-        t.decimal(addr.port());
-        t
-    }
-
-    pub fn as_str(&self) -> &str {
-        // Digits, dots and a colon only.
-        std::str::from_utf8(&self.text[..self.len]).unwrap_or_default()
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.text[..self.len]
-    }
-
-    fn push(&mut self, b: u8) {
-        self.text[self.len] = b;
-        self.len += 1;
-    }
-
-    fn decimal(&mut self, n: u16) {
-        let mut digits = [0u8; 5];
-        let mut start = digits.len();
-        let mut n = n;
-        loop {
-            start -= 1;
-            digits[start] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        for &d in &digits[start..] {
-            self.push(d);
         }
     }
 }
