@@ -235,8 +235,7 @@ pub async fn handle(
         req.headers(),
         &proxy.gateway.settings.trusted_proxies,
     );
-    let detailed = proxy.gateway.audit.is_enabled()
-        || tracing::enabled!(target: "portcullis::access", tracing::Level::INFO);
+    let detailed = proxy.gateway.audit.is_enabled() || crate::logging::access_enabled();
     let mut record = Record {
         detailed,
         client,
@@ -281,28 +280,24 @@ pub async fn handle(
     if !detailed && record.slot.is_none() {
         return Ok(response);
     }
-    // The backend's and endpoint's names are text only for the access log.
-    if tracing::enabled!(target: "portcullis::access", tracing::Level::INFO) {
-        let backend = record.backend.map(|id| runtime.snapshot.backend(id).to_string());
-        let upstream = record.upstream.as_ref().map(Upstream::to_string);
-        tracing::info!(
-            target: "portcullis::access",
-            request_id = %request_id,
-            client = %record.client,
-            tls = conn.tls,
-            version = ?version,
-            method = %method,
-            host = %record.host,
-            path = %record.path,
-            status = status.as_u16(),
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            ingress = record.route.as_ref().map_or("-", |r| &*r.ingress),
-            backend = backend.as_deref().unwrap_or("-"),
-            upstream = upstream.as_deref().unwrap_or("-"),
-            user = record.identity.as_ref().map_or("-", |i| i.subject.as_str()),
-            auth = record.identity.as_ref().map_or("-", |i| i.method),
-            detail = record.detail.as_deref().unwrap_or(""),
-        );
+    if crate::logging::access_enabled() {
+        crate::logging::access(&crate::logging::Access {
+            request_id: request_id.as_str(),
+            client: record.client,
+            tls: conn.tls,
+            version,
+            method: &method,
+            host: &record.host,
+            path: &record.path,
+            status: status.as_u16(),
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            ingress: record.route.as_ref().map_or("-", |r| &*r.ingress),
+            backend: record.backend.map(|id| runtime.snapshot.backend(id)),
+            upstream: record.upstream.as_ref(),
+            user: record.identity.as_ref().map_or("-", |i| i.subject.as_str()),
+            auth: record.identity.as_ref().map_or("-", |i| i.method),
+            detail: record.detail.as_deref().unwrap_or(""),
+        });
     }
     if !proxy.gateway.audit.is_enabled() && record.slot.is_none() {
         return Ok(response);

@@ -12,6 +12,7 @@ pub mod h1;
 pub mod handler;
 pub mod limits;
 pub mod lines;
+pub mod logging;
 pub mod metrics;
 pub mod migrate;
 pub mod pool;
