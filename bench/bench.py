@@ -395,6 +395,13 @@ TITLES = {
 }
 # Ratio columns per scenario (x/y); the default is every portcullis variant / every nginx.
 PAIRS = {
+    "1": [
+        ("portcullis", "nginx"),
+        ("portcullis-audit", "portcullis"),
+        ("portcullis-defaults", "nginx-log"),
+        ("portcullis-defaults", "portcullis"),
+        ("nginx-log", "nginx"),
+    ],
     "5": [
         ("portcullis", "nginx"),
         ("portcullis-jwt", "portcullis"),
@@ -444,10 +451,12 @@ IDLE_METRICS = [
 VARIANT_LABEL = {
     "nginx": "nginx (A)",
     "nginx-64k": "nginx 64k buffer (A')",
+    "nginx-log": "nginx with access log (A)",
     "nginx-authreq": "nginx auth_request (A)",
     "nginx-authreq-ka": "nginx auth_request, keep-alive (A)",
     "portcullis": "portcullis (B)",
     "portcullis-audit": "portcullis+audit (C)",
+    "portcullis-defaults": "portcullis defaults: access+audit logs (D)",
     "portcullis-jwt": "portcullis JWT (B)",
     "portcullis-session": "portcullis session (B)",
     "portcullis-10k": "portcullis 10k (B)",
@@ -456,6 +465,8 @@ VARIANT_LABEL = {
 SHORT = {
     "portcullis": "P",
     "portcullis-audit": "P+audit",
+    "portcullis-defaults": "P defaults",
+    "nginx-log": "nginx+log",
     "nginx": "nginx",
     "nginx-64k": "nginx64k",
     "nginx-authreq": "nginx+authreq",

@@ -24,12 +24,16 @@
 #   A'      the same nginx with proxy_buffer_size 64k instead of 4k (scenario 4 only)
 #   B       portcullis,   TOKIO_WORKER_THREADS=1, CPU 0, :24443 (admin :24180)
 #   C       B with the audit log on, to a file (scenario 1 only)
+#   A+log   A with ingress-nginx's default access log (upstreaminfo format, unbuffered,
+#           to a file; scenario 1 only)
+#   D       B out of the box: RUST_LOG unset (access log on), audit log on stdout,
+#           text logs on stderr, both to files (scenario 1 only)
 #   auth    scenario 5: nginx, 1 worker, CPU 1, :23081, answers 200 when the request has
 #           an Authorization header, else 401 (what nginx's auth_request calls); and the
 #           OpenID provider (node, CPU 1, :25090) that Portcullis checks tokens against
 #   load    wrk / h2load / openssl s_time / python, CPU 1 (shared with the origin)
 # Scenarios (issue 8's numbering):
-#   1   HTTPS keep-alive HTTP/1.1, "ok\n"        wrk -t1 -c50 --latency       (A B C)
+#   1   HTTPS keep-alive HTTP/1.1, "ok\n"        wrk -t1 -c50 --latency       (A B C A+log D)
 #   2   HTTPS HTTP/2 multiplexed, "ok\n"         h2load -c10 -m10 -D SECS     (A B)
 #   3   full TLS handshake per request           wrk ... -H 'Connection: close' (A B)
 #   3f  the same at a fixed rate (open loop): BENCH_HANDSHAKE_RATE new connections/s,
@@ -51,7 +55,7 @@
 #       load on B with the 1-Ingress config, the 10k config, and the 10k config with
 #       one of its files rewritten every second (each rewrite is a reload); errors
 #       must be 0. The criterion micro-benchmark is separate: see bench/routes.
-# Defaults take about 19 minutes plus the build (scenarios 5 and 7: about 6 of them).
+# Defaults take about 21 minutes plus the build (scenarios 5 and 7: about 6 of them).
 # wrk and h2load need bench.test to resolve to 127.0.0.1: a line is added to /etc/hosts
 # if missing and removed at exit.
 # Each measured run starts the proxy fresh, warms it up for 1 s, then measures: the
@@ -453,6 +457,14 @@ sed -e "s|$NGX/|$NGX64/|g" \
   -e 's|__PROXY_BUFFERS__|proxy_buffer_size 64k; proxy_buffers 8 64k; proxy_busy_buffers_size 128k;|' \
   "$NGX/nginx.conf" >"$NGX64/nginx.conf"
 sed -i 's|__PROXY_BUFFERS__|proxy_buffer_size 4k;|' "$NGX/nginx.conf"
+# A with its access log on, as ingress-nginx has it by default: its `upstreaminfo`
+# format (with the two upstream names its Lua sets written as constants), unbuffered,
+# to a file (ingress-nginx's goes to stdout). Scenario 1 only.
+NGXLOG="$OUT/nginx-proxy-log"
+mkdir -p "$NGXLOG/tmp"
+sed -e "s|$NGX/|$NGXLOG/|g" \
+  -e "s|^  access_log off;|  log_format upstreaminfo '\$remote_addr - \$remote_user [\$time_local] \"\$request\" \$status \$body_bytes_sent \"\$http_referer\" \"\$http_user_agent\" \$request_length \$request_time [bench-origin-80] [] \$upstream_addr \$upstream_response_length \$upstream_response_time \$upstream_status \$request_id';\\n  access_log $NGXLOG/access.log upstreaminfo;|" \
+  "$NGX/nginx.conf" >"$NGXLOG/nginx.conf"
 
 # ---------------------------------------------------------------- B: portcullis (CPU 0)
 MAN="$OUT/manifests"
@@ -533,9 +545,10 @@ EOF
 # maxConnectionsPerClient: every load generator connects from 127.0.0.1, and scenario 6
 # holds more connections than the default per-client limit (1024); nginx has no such
 # limit here.
-write_pc_config() { # FILE AUDIT(on|off)
+write_pc_config() { # FILE AUDIT(on|off|default)
   local audit='{enabled: false}'
   [[ $2 == on ]] && audit="{enabled: true, path: $OUT/audit.log}"
+  [[ $2 == default ]] && audit="{}"
   cat >"$1" <<EOF
 listen: {http: 127.0.0.1:$PC_HTTP, https: 127.0.0.1:$PC_HTTPS, admin: 127.0.0.1:$PC_ADMIN}
 ingressClass: portcullis
@@ -547,6 +560,7 @@ EOF
 }
 write_pc_config "$OUT/portcullis.yaml" off
 write_pc_config "$OUT/portcullis-audit.yaml" on
+write_pc_config "$OUT/portcullis-defaults.yaml" default
 "$BIN" check --manifests "$MAN" --config "$OUT/portcullis.yaml"
 
 # Scenario 5: the same Ingress plus two protected ones on bench.test (/jwt: bearer
@@ -655,9 +669,10 @@ PROXY_PIDS=()   # every process of the proxy: nginx master + worker, or portcull
 PROXY_PORT=
 start_proxy() { # VARIANT
   case $1 in
-    nginx | nginx-64k)
+    nginx | nginx-64k | nginx-log)
       local d=$NGX
       [[ $1 == nginx-64k ]] && d=$NGX64
+      [[ $1 == nginx-log ]] && d=$NGXLOG
       taskset -c 0 nginx -e "$d/error.log" -p "$d/" -c "$d/nginx.conf" -g 'daemon off;' \
         >>"$d/stderr.log" 2>&1 &
       PROXY_PID=$!
@@ -670,8 +685,15 @@ start_proxy() { # VARIANT
         portcullis-auth) cfg="$OUT/portcullis-auth.yaml"; man="$MAN_AUTH" ;;
         portcullis-10k) man="$SCALE" ;;
       esac
-      TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 "$BIN" serve --manifests "$man" \
-        --config "$cfg" --log-format json >>"$OUT/portcullis.stderr.log" 2>&1 &
+      if [[ $1 == portcullis-defaults ]]; then
+        # Out of the box: RUST_LOG unset (info: the access log on), text logs on
+        # stderr, the audit log on stdout; both to files here.
+        TOKIO_WORKER_THREADS=1 taskset -c 0 "$BIN" serve --manifests "$man" \
+          --config "$OUT/portcullis-defaults.yaml" >"$OUT/defaults.stdout.log" 2>"$OUT/defaults.stderr.log" &
+      else
+        TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 "$BIN" serve --manifests "$man" \
+          --config "$cfg" --log-format json >>"$OUT/portcullis.stderr.log" 2>&1 &
+      fi
       PROXY_PID=$!
       PROXY_PORT=$PC_HTTPS
       ;;
@@ -792,6 +814,10 @@ start_reload_loop() {
   PIDS+=("$RELOAD_PID")
 }
 
+log_lines() { # WHAT FILE: says how much a logging variant wrote, then removes it
+  log "  $1: $(wc -l <"$2" 2>/dev/null || echo 0) lines, $(du -h "$2" 2>/dev/null | cut -f1)"
+  rm -f "$2"
+}
 measure() { # SCENARIO VARIANT ROUND
   local sc=$1 v=$2 rd=$3
   local base="$OUT/s$sc-$v-r$rd"
@@ -823,10 +849,14 @@ measure() { # SCENARIO VARIANT ROUND
     extra+=(--extra "reloads=$(($(reloads_total) - reloads0))")
   fi
   stop_proxy
-  [[ $v == portcullis-audit ]] && {
-    log "  audit log: $(wc -l <"$OUT/audit.log" 2>/dev/null || echo 0) lines, $(du -h "$OUT/audit.log" 2>/dev/null | cut -f1)"
-    rm -f "$OUT/audit.log"
-  }
+  case $v in
+    portcullis-audit) log_lines "audit log" "$OUT/audit.log" ;;
+    portcullis-defaults)
+      log_lines "audit log (stdout)" "$OUT/defaults.stdout.log"
+      log_lines "access log (stderr)" "$OUT/defaults.stderr.log"
+      ;;
+    nginx-log) log_lines "access log" "$NGXLOG/access.log" ;;
+  esac
   python3 "$BENCH/bench.py" record --results "$RESULTS" --scenario "$sc" --variant "$v" --round "$rd" \
     --tool "$TOOL" --out "$base.txt" --log "$base.h2log" --wall-s "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" \
     --cpu-s "$(awk -v a="$cpu0" -v b="$cpu1" 'BEGIN { print b - a }')" \
@@ -953,7 +983,7 @@ measure_compile() { # ROUND: compile-stats, `portcullis check`, both on the 10k 
 
 for sc in $SCENARIOS; do
   case $sc in
-    1) variants=(nginx portcullis portcullis-audit) ;;
+    1) variants=(nginx portcullis portcullis-audit nginx-log portcullis-defaults) ;;
     4) variants=(nginx nginx-64k portcullis) ;;
     2 | 3 | 3f | 3n | 3r | 6) variants=(nginx portcullis) ;;
     5) variants=(nginx nginx-authreq nginx-authreq-ka portcullis portcullis-jwt portcullis-session)
