@@ -15,6 +15,8 @@
 //!
 //! Certificates are not checked (like wrk and h2load), but the server's handshake
 //! signature is, so the client does a real client's cryptography. Prints one JSON line.
+//! Connections that fail or time out are counted in `errors`, not in the percentiles:
+//! a run with errors is not a latency figure.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -184,7 +186,7 @@ async fn exchange(
                 return Err(format!("status {}", head.status))
             }
             Some(head) => match head.length {
-                Some(len) if buf.len() >= head.end + len => return Ok(()),
+                Some(len) if head.end.checked_add(len).is_some_and(|end| buf.len() >= end) => return Ok(()),
                 Some(_) if closed => return Err("closed before the end of the body".into()),
                 // No length: the body ends when the server closes.
                 None if closed => return Ok(()),
@@ -194,12 +196,13 @@ async fn exchange(
     }
 }
 
-/// Nearest rank, as bench.py computes its percentiles; JSON `null` when nothing succeeded.
-fn percentile(sorted: &[f64], p: f64) -> String {
+/// The nearest-rank percentile (`permille` thousandths), in integers so that p99.9 of
+/// 1,000 samples is the 999th; JSON `null` when nothing succeeded.
+fn percentile(sorted: &[f64], permille: usize) -> String {
     if sorted.is_empty() {
         return "null".into();
     }
-    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    let rank = (permille * sorted.len()).div_ceil(1000);
     format!("{:.3}", sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
@@ -260,7 +263,6 @@ async fn main() {
     .into();
 
     let total = u64::from(args.rate) * u64::from(args.seconds);
-    let interval = Duration::from_secs(1) / args.rate;
     let start = Instant::now();
     let mut tasks = JoinSet::new();
     let mut latencies_ms = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
@@ -286,7 +288,8 @@ async fn main() {
         tick.tick().await;
         let now = Instant::now();
         while started < total {
-            let due = start + interval * u32::try_from(started).unwrap_or(u32::MAX);
+            let since_start = u128::from(started) * 1_000_000_000 / u128::from(args.rate);
+            let due = start + Duration::from_nanos(u64::try_from(since_start).unwrap_or(u64::MAX));
             if due > now {
                 break;
             }
@@ -324,11 +327,11 @@ async fn main() {
          \"max_ms\": {}, \"max_start_lag_ms\": {:.3}, \"first_error\": {first_error}}}",
         args.rate,
         ok as f64 / wall,
-        percentile(&latencies_ms, 50.0),
-        percentile(&latencies_ms, 90.0),
-        percentile(&latencies_ms, 99.0),
-        percentile(&latencies_ms, 99.9),
-        percentile(&latencies_ms, 100.0),
+        percentile(&latencies_ms, 500),
+        percentile(&latencies_ms, 900),
+        percentile(&latencies_ms, 990),
+        percentile(&latencies_ms, 999),
+        percentile(&latencies_ms, 1000),
         max_lag.as_secs_f64() * 1000.0,
     );
 }
@@ -358,9 +361,11 @@ mod tests {
     #[test]
     fn percentiles_are_nearest_rank() {
         let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), "50.000");
-        assert_eq!(percentile(&v, 99.0), "99.000");
-        assert_eq!(percentile(&v, 100.0), "100.000");
-        assert_eq!(percentile(&[], 99.0), "null");
+        assert_eq!(percentile(&v, 500), "50.000");
+        assert_eq!(percentile(&v, 990), "99.000");
+        assert_eq!(percentile(&v, 1000), "100.000");
+        assert_eq!(percentile(&[], 990), "null");
+        let v: Vec<f64> = (1..=1000).map(f64::from).collect();
+        assert_eq!(percentile(&v, 999), "999.000");
     }
 }

@@ -7,7 +7,7 @@
 //! part of an event.
 
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -75,10 +75,7 @@ impl AccessEvent {
         o.plain("time", Rfc3339::millis(self.time).as_bytes());
         // Request ids are printable ASCII (made so, or checked when taken from a client).
         o.str("request_id", self.request_id.to_str().unwrap_or("-"));
-        match self.client {
-            IpAddr::V4(v4) => o.plain("client", AddrText::ipv4(v4).as_bytes()),
-            IpAddr::V6(v6) => o.str("client", &v6.to_string()),
-        }
+        o.plain("client", AddrText::ip(self.client).as_bytes());
         o.str("method", self.method.as_str());
         o.str("host", &self.host);
         o.str("path", &self.path);
@@ -104,15 +101,13 @@ impl AccessEvent {
         if let Some(reason) = self.reason {
             o.str("reason", reason);
         }
-        o.number("status", &self.status);
-        o.number("bytes_in", &self.bytes_in);
-        o.number("bytes_out", &self.bytes_out);
-        o.number("duration_ms", &self.duration_ms);
+        o.json("status", &self.status);
+        o.json("bytes_in", &self.bytes_in);
+        o.json("bytes_out", &self.bytes_out);
+        o.json("duration_ms", &self.duration_ms);
         match &self.upstream {
-            Some(Upstream::Address(SocketAddr::V4(a))) => {
-                o.plain("upstream", AddrText::socket_v4(a).as_bytes())
-            }
-            Some(other) => o.str("upstream", &other.to_string()),
+            Some(Upstream::Address(a)) => o.plain("upstream", AddrText::socket(*a).as_bytes()),
+            Some(named) => o.str("upstream", &named.to_string()),
             None => {}
         }
         o.end();
@@ -279,7 +274,10 @@ mod tests {
             bytes_in: 0,
             bytes_out: 12,
             duration_ms: 1.16,
-            upstream: Some(Upstream::Address(SocketAddr::from(([127, 0, 0, 1], 38741)))),
+            upstream: Some(Upstream::Address(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                38741,
+            )))),
         }
     }
 

@@ -73,11 +73,8 @@ impl ClientConn {
 
 /// An address as a header value (an address's text is always a valid one).
 fn ip_value(ip: IpAddr) -> HeaderValue {
-    let value = match ip {
-        IpAddr::V4(v4) => HeaderValue::from_str(crate::text::AddrText::ipv4(v4).as_str()),
-        IpAddr::V6(v6) => HeaderValue::from_str(&v6.to_string()),
-    };
-    value.unwrap_or_else(|_| HeaderValue::from_static("-"))
+    HeaderValue::from_str(crate::text::AddrText::ip(ip).as_str())
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// A request's id (see [`RequestIds`]), kept as the header value it is sent as, both

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Lines waiting for the writer before new ones are dropped.
 const QUEUE: usize = 65_536;
@@ -71,11 +71,25 @@ impl LineWriter {
     }
 
     /// Waits (up to `timeout`) until every line queued so far is written: at exit, so
-    /// that the last lines are not lost with the process.
+    /// that the last lines are not lost with the process. False if that took too long,
+    /// as when nobody reads the destination and the queue stays full.
     pub fn flush(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
         let (done, written) = std::sync::mpsc::channel();
-        // Blocks only while the queue is full, which the writer is emptying.
-        self.queue.send(Message::Flush(done)).is_ok() && written.recv_timeout(timeout).is_ok()
+        let mut message = Message::Flush(done);
+        loop {
+            match self.queue.try_send(message) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    message = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
+        }
+        written
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
     }
 }
 
@@ -178,5 +192,9 @@ mod tests {
         let writer = LineWriter::unread(1);
         assert!(writer.push(b"one\n".to_vec()));
         assert!(!writer.push(b"two\n".to_vec()));
+        // Nor does a flush wait for a queue nobody empties longer than it was told to.
+        let started = Instant::now();
+        assert!(!writer.flush(Duration::from_millis(100)));
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 }

@@ -37,17 +37,22 @@ static LOGS: OnceLock<Logs> = OnceLock::new();
 /// Lines dropped because stderr was not read fast enough, since the writer last said so.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
-/// Sets up the logs: the filter from `RUST_LOG` (default `info`), the format, and the
-/// writer thread. Colours only when stderr is a terminal, never into a log file.
-pub fn init(format: Format) {
-    if let Ok(writer) = LineWriter::start("portcullis-logs", Stderr { format }) {
-        let _ = LOGS.set(Logs { writer, format });
+/// Sets up the logs: the filter from `RUST_LOG` (default `info`) and the format.
+/// `batched`: through the writer thread (the gateway); otherwise straight to stderr, so
+/// that a command's logs and its other output on stderr stay in order. Colours only
+/// when stderr is a terminal and `NO_COLOR` is unset, never into a file or a pipe.
+pub fn init(format: Format, batched: bool) {
+    if batched {
+        if let Ok(writer) = LineWriter::start("portcullis-logs", StderrSink { format }) {
+            let _ = LOGS.set(Logs { writer, format });
+        }
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(colour)
         .with_writer(|| Queued);
     match format {
         Format::Json => builder.json().flatten_event(true).init(),
@@ -69,7 +74,7 @@ fn push(line: Vec<u8>) {
                 DROPPED.fetch_add(1, Ordering::Relaxed);
             }
         }
-        // Not set up (a test, or no thread could be started): as tracing would.
+        // Not batched (a command, a test, or no thread could be started): at once.
         None => {
             let _ = std::io::stderr().write_all(&line);
         }
@@ -91,11 +96,11 @@ impl Write for Queued {
     }
 }
 
-struct Stderr {
+struct StderrSink {
     format: Format,
 }
 
-impl Sink for Stderr {
+impl Sink for StderrSink {
     fn open(&mut self) -> std::io::Result<Box<dyn Write + Send>> {
         Ok(Box::new(std::io::stderr()))
     }
@@ -168,17 +173,20 @@ pub fn access(request: &Access<'_>) {
 impl Access<'_> {
     /// The line tracing would write for these fields (see the test), newline included.
     fn write(&self, format: Format, now: SystemTime, out: &mut Vec<u8>) {
-        let client = match self.client {
-            IpAddr::V4(v4) => AddrText::ipv4(v4).as_str().to_string(),
-            IpAddr::V6(v6) => v6.to_string(),
-        };
+        let client = AddrText::ip(self.client);
+        let client = client.as_str();
         let backend = self.backend.map_or_else(|| "-".to_string(), Backend::to_string);
+        let (address, named);
         let upstream = match self.upstream {
-            Some(Upstream::Address(std::net::SocketAddr::V4(a))) => {
-                AddrText::socket_v4(a).as_str().to_string()
+            Some(Upstream::Address(a)) => {
+                address = AddrText::socket(*a);
+                address.as_str()
             }
-            Some(other) => other.to_string(),
-            None => "-".to_string(),
+            Some(other) => {
+                named = other.to_string();
+                &named
+            }
+            None => "-",
         };
         // As tracing prints `?version`.
         let version = match self.version {
@@ -202,7 +210,7 @@ impl Access<'_> {
                 };
                 for (field, value) in [
                     ("request_id", self.request_id),
-                    ("client", &client),
+                    ("client", client),
                     ("tls", if self.tls { "true" } else { "false" }),
                     ("version", version),
                     ("method", self.method.as_str()),
@@ -217,7 +225,7 @@ impl Access<'_> {
                 for (field, value) in [
                     ("ingress", self.ingress),
                     ("backend", &backend),
-                    ("upstream", &upstream),
+                    ("upstream", upstream),
                     ("user", self.user),
                     ("auth", self.auth),
                     ("detail", self.detail),
@@ -231,17 +239,17 @@ impl Access<'_> {
                 o.plain("timestamp", Rfc3339::micros(now).as_bytes());
                 o.str("level", "INFO");
                 o.str("request_id", self.request_id);
-                o.str("client", &client);
-                o.number("tls", &self.tls);
+                o.str("client", client);
+                o.json("tls", &self.tls);
                 o.str("version", version);
                 o.str("method", self.method.as_str());
                 o.str("host", self.host);
                 o.str("path", self.path);
-                o.number("status", &self.status);
-                o.number("duration_ms", &self.duration_ms);
+                o.json("status", &self.status);
+                o.json("duration_ms", &self.duration_ms);
                 o.str("ingress", self.ingress);
                 o.str("backend", &backend);
-                o.str("upstream", &upstream);
+                o.str("upstream", upstream);
                 o.str("user", self.user);
                 o.str("auth", self.auth);
                 o.str("detail", self.detail);

@@ -240,12 +240,27 @@ fn failure_if(failed: bool) -> std::process::ExitCode {
     }
 }
 
+/// Writes out the logs still queued when `main` returns or unwinds.
+struct FlushLogs;
+
+impl Drop for FlushLogs {
+    fn drop(&mut self) {
+        portcullis::logging::flush();
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    portcullis::logging::init(match cli.log_format {
+    let format = match cli.log_format {
         LogFormat::Text => portcullis::logging::Format::Text,
         LogFormat::Json => portcullis::logging::Format::Json,
-    });
+    };
+    // The gateway's requests never wait on stderr; a command's logs come in order with
+    // what else it writes there.
+    let gateway = matches!(cli.command, Command::Serve { .. } | Command::Controller { .. });
+    portcullis::logging::init(format, gateway);
+    // Flushed on the way out, also when unwinding from a panic.
+    let _flush = FlushLogs;
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -254,7 +269,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(run(cli.command));
-    // What was logged comes out before the process goes, and before its last word.
+    // What was logged comes out before the process's last word.
     portcullis::logging::flush();
     match result {
         Ok(code) => code,

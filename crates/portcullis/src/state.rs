@@ -32,14 +32,14 @@ pub enum Upstream {
 }
 
 impl Upstream {
-    /// `address:port` as a URI authority, without the formatting machinery for the
-    /// common IPv4 case: it is built for every request sent upstream.
+    /// `address:port` as a URI authority, without the formatting machinery: it is built
+    /// for every request sent upstream.
     pub fn authority(&self) -> Result<http::uri::Authority, http::uri::InvalidUri> {
         match self {
-            Upstream::Address(std::net::SocketAddr::V4(a)) => {
-                http::uri::Authority::try_from(crate::text::AddrText::socket_v4(a).as_str())
+            Upstream::Address(a) => {
+                http::uri::Authority::try_from(crate::text::AddrText::socket(*a).as_str())
             }
-            other => http::uri::Authority::try_from(other.to_string()),
+            named => http::uri::Authority::try_from(named.to_string()),
         }
     }
 }
