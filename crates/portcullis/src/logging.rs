@@ -8,11 +8,12 @@
 use std::io::{IsTerminal, Write};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use http::{Method, Version};
 use portcullis_config::snapshot::Backend;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::lines::{LineWriter, Sink};
 use crate::state::Upstream;
@@ -36,6 +37,14 @@ static LOGS: OnceLock<Logs> = OnceLock::new();
 
 /// Lines dropped because stderr was not read fast enough, since the writer last said so.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// All lines dropped, for `portcullis_log_dropped_total`.
+static DROPPED_TOTAL: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// The counter of dropped log lines, for the metrics registry.
+pub fn dropped_total() -> Counter {
+    DROPPED_TOTAL.clone()
+}
 
 /// Sets up the logs: the filter from `RUST_LOG` (default `info`) and the format.
 /// `batched`: through the writer thread (the gateway); otherwise straight to stderr, so
@@ -72,6 +81,7 @@ fn push(line: Vec<u8>) {
         Some(logs) => {
             if !logs.writer.push(line) {
                 DROPPED.fetch_add(1, Ordering::Relaxed);
+                DROPPED_TOTAL.inc();
             }
         }
         // Not batched (a command, a test, or no thread could be started): at once.
@@ -112,26 +122,31 @@ impl Sink for StderrSink {
         let dropped = DROPPED.swap(0, Ordering::Relaxed);
         (dropped > 0).then(|| {
             let message = format!("{dropped} log lines dropped: stderr was not read fast enough");
-            let mut line = Vec::new();
-            match self.format {
-                Format::Text => {
-                    line.extend_from_slice(Rfc3339::micros(SystemTime::now()).as_bytes());
-                    line.extend_from_slice(b"  WARN portcullis::logging: ");
-                    line.extend_from_slice(message.as_bytes());
-                }
-                Format::Json => {
-                    let mut o = JsonObject::new(&mut line);
-                    o.plain("timestamp", Rfc3339::micros(SystemTime::now()).as_bytes());
-                    o.str("level", "WARN");
-                    o.str("message", &message);
-                    o.str("target", "portcullis::logging");
-                    o.end();
-                }
-            }
-            line.push(b'\n');
-            line
+            warning(self.format, SystemTime::now(), &message)
         })
     }
+}
+
+/// A warning line of the logging module's own, as tracing would write it.
+fn warning(format: Format, now: SystemTime, message: &str) -> Vec<u8> {
+    let mut line = Vec::new();
+    match format {
+        Format::Text => {
+            line.extend_from_slice(Rfc3339::micros(now).as_bytes());
+            line.extend_from_slice(b"  WARN portcullis::logging: ");
+            line.extend_from_slice(message.as_bytes());
+        }
+        Format::Json => {
+            let mut o = JsonObject::new(&mut line);
+            o.plain("timestamp", Rfc3339::micros(now).as_bytes());
+            o.str("level", "WARN");
+            o.str("message", message);
+            o.str("target", "portcullis::logging");
+            o.end();
+        }
+    }
+    line.push(b'\n');
+    line
 }
 
 /// Whether the access log is on (`RUST_LOG` decides, at target [`ACCESS`]).
@@ -267,14 +282,26 @@ mod tests {
 
     use super::*;
 
-    /// What a tracing subscriber of the given format writes for the access event as
-    /// the handler used to log it, through tracing's own formatter.
-    fn traced(format: Format, access: &Access<'_>) -> String {
+    /// What a tracing subscriber of the given format writes for what `emit` logs,
+    /// through tracing's own formatter.
+    fn traced(format: Format, emit: impl Fn()) -> String {
         let buffer = Arc::new(Mutex::new(Vec::new()));
         let sink = buffer.clone();
         let make = move || Captured(sink.clone());
         let builder = tracing_subscriber::fmt().with_ansi(false).with_writer(make);
-        let emit = || {
+        match format {
+            Format::Text => tracing::subscriber::with_default(builder.finish(), emit),
+            Format::Json => {
+                tracing::subscriber::with_default(builder.json().flatten_event(true).finish(), emit)
+            }
+        }
+        let text = String::from_utf8(buffer.lock().expect("buffer").clone()).expect("UTF-8");
+        text
+    }
+
+    /// The access event as the handler logged it through tracing.
+    fn traced_access(format: Format, access: &Access<'_>) -> String {
+        traced(format, || {
             let backend = access.backend.map(|b| b.to_string());
             let upstream = access.upstream.map(|u| u.to_string());
             tracing::info!(
@@ -295,15 +322,20 @@ mod tests {
                 auth = access.auth,
                 detail = access.detail,
             );
-        };
-        match format {
-            Format::Text => tracing::subscriber::with_default(builder.finish(), emit),
-            Format::Json => {
-                tracing::subscriber::with_default(builder.json().flatten_event(true).finish(), emit)
-            }
+        })
+    }
+
+    #[test]
+    fn the_dropped_lines_warning_is_what_tracing_writes() {
+        let message = "3 log lines dropped: stderr was not read fast enough";
+        for format in [Format::Text, Format::Json] {
+            let ours = String::from_utf8(warning(format, SystemTime::now(), message)).expect("UTF-8");
+            let theirs = traced(
+                format,
+                || tracing::warn!(target: "portcullis::logging", "{message}"),
+            );
+            assert_eq!(masked(&ours, format), masked(&theirs, format), "{format:?}");
         }
-        let text = String::from_utf8(buffer.lock().expect("buffer").clone()).expect("UTF-8");
-        text
     }
 
     struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -384,7 +416,7 @@ mod tests {
                 let mut ours = Vec::new();
                 access.write(format, SystemTime::now(), &mut ours);
                 let ours = String::from_utf8(ours).expect("UTF-8");
-                let theirs = traced(format, access);
+                let theirs = traced_access(format, access);
                 assert_eq!(masked(&ours, format), masked(&theirs, format), "{format:?}");
             }
         }

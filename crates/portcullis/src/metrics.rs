@@ -178,6 +178,11 @@ impl Metrics {
             "Audit events dropped because the writer fell behind",
             audit_dropped.clone(),
         );
+        registry.register(
+            "log_dropped",
+            "Log lines dropped because stderr was not read fast enough",
+            crate::logging::dropped_total(),
+        );
         let redis_fallbacks = Counter::default();
         registry.register(
             "rate_limit_redis_fallbacks",
