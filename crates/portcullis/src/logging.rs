@@ -1,9 +1,9 @@
 //! The logs, on stderr, as text or JSON. The gateway's own messages are formatted by
 //! tracing; the access log, a line for every request, is written by hand in the same
 //! two formats (tracing's formatter spent 41,000 instructions on each of its lines,
-//! as much as the rest of the request). Every line goes through one
-//! [`LineWriter`](crate::lines::LineWriter), in order, so that no request ever waits
-//! on stderr, a pipe that a container runtime may read late.
+//! as much as the rest of the request). In the gateway (`serve`, `controller`) every
+//! line goes through one [`LineWriter`](crate::lines::LineWriter), in order, so that no
+//! request ever waits on stderr, a pipe that a container runtime may read late.
 
 use std::io::{IsTerminal, Write};
 use std::net::IpAddr;
