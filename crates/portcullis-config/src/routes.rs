@@ -166,11 +166,16 @@ pub struct Route {
     pub fallback: Option<BackendId>,
 }
 
+/// Hosts and paths to routes. Looked up several times per request (a prefix path once
+/// per segment), with a fast hash: the keys come from the configuration, so a client
+/// choosing what to look up cannot crowd a bucket.
+type Map<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, Clone, Default)]
 struct PathTable {
-    exact: HashMap<String, RouteId>,
+    exact: Map<RouteId>,
     /// Prefix paths without trailing slashes; the root is the empty string.
-    prefix: HashMap<String, RouteId>,
+    prefix: Map<RouteId>,
     /// Regular-expression paths, longest pattern first (ties in insertion order), as
     /// ingress-nginx orders its `location ~*` blocks.
     regex: Vec<RegexPath>,
@@ -220,7 +225,7 @@ impl PathTable {
         }
     }
 
-    fn slot(&mut self, path_type: PathType) -> &mut HashMap<String, RouteId> {
+    fn slot(&mut self, path_type: PathType) -> &mut Map<RouteId> {
         if path_type.is_exact() {
             &mut self.exact
         } else {
@@ -242,8 +247,8 @@ fn path_key(path: &str, path_type: PathType) -> String {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
-    exact_hosts: HashMap<String, PathTable>,
-    wildcard_hosts: HashMap<String, PathTable>,
+    exact_hosts: Map<PathTable>,
+    wildcard_hosts: Map<PathTable>,
     any_host: PathTable,
     default_route: Option<RouteId>,
 }

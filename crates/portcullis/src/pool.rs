@@ -27,6 +27,9 @@ use tokio::time::Instant;
 
 use crate::proxy::Body;
 
+/// Idle connections by endpoint. Looked up twice per request, with a fast hash: the
+/// keys are endpoint addresses from the configuration, not chosen by clients.
+type IdleMap = HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>;
 /// Why a request sent through the pool got no response.
 #[derive(Debug)]
 pub enum SendError {
@@ -43,7 +46,7 @@ pub struct Pool {
 }
 
 struct Inner {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<IdleMap>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
@@ -128,7 +131,7 @@ fn reusable(response: &Response<Incoming>) -> bool {
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, IdleMap> {
         // The map holds no invariant a panicking holder could break.
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
