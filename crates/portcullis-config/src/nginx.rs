@@ -73,7 +73,7 @@ const BACKEND_TLS: Support = Differs(
 );
 
 const CUSTOM_HEADERS: Support = Differs(
-    "the ConfigMap must be in the Ingress's namespace (in controller mode the gateway reads only ConfigMaps labelled portcullis.dev/custom-headers: \"true\"); there is no global-allowed-response-headers list: every entry must be a valid HTTP header, and hop-by-hop and framing headers (Connection, Keep-Alive, TE, Trailer, Upgrade, Transfer-Encoding, Content-Length, Content-Encoding) and Set-Cookie are refused; the headers replace the backend's on proxied responses; a missing or invalid ConfigMap rejects the Ingress rather than serving it without its (often security) headers",
+    "the ConfigMap must be in the Ingress's namespace (in controller mode the gateway reads only ConfigMaps labelled portcullis.dev/custom-headers: \"true\"); there is no global-allowed-response-headers list: every entry must be a valid HTTP header, and hop-by-hop and framing headers (Connection, Keep-Alive, TE, Trailer, Upgrade, Transfer-Encoding, Content-Length, Content-Encoding) and Set-Cookie are refused; the headers replace the backend's on proxied responses and are set on the gateway's own answers for the route too (denials, errors); a missing or invalid ConfigMap rejects the Ingress rather than serving it without its (often security) headers",
 );
 
 /// Every annotation ingress-nginx documents, in the order of its documentation.

@@ -214,6 +214,8 @@ struct Record {
     bytes_in: Arc<AtomicU64>,
     /// Held until the response body is done (max-connections).
     slot: Option<Slot>,
+    /// The matched route's `custom-headers`, for the gateway's own answers too.
+    custom_headers: Option<Arc<portcullis_config::custom_headers::CustomHeaders>>,
 }
 
 /// Entry point for every request on the HTTP and HTTPS listeners.
@@ -247,6 +249,7 @@ pub async fn handle(
         decision: None,
         bytes_in: Arc::default(),
         slot: None,
+        custom_headers: None,
     };
 
     // Not boxed here: both protocols box this whole future once (server.rs).
@@ -260,7 +263,13 @@ pub async fn handle(
                 "deny"
             };
             record.decision.get_or_insert((decision, refusal.reason));
-            local_response(refusal, request_id.as_str())
+            let mut response = local_response(refusal, request_id.as_str());
+            // As ingress-nginx's `more_set_headers`, which also marks the pages nginx
+            // makes itself: a denial or an error page keeps e.g. its framing policy.
+            if let Some(custom) = &record.custom_headers {
+                set_custom_headers(response.headers_mut(), custom);
+            }
+            response
         }
     };
     finish_headers(&proxy, &conn, &mut response, &request_id);
@@ -504,6 +513,7 @@ async fn serve(
         .map(|id| runtime.snapshot.routes.route(id));
     if let Some(route) = route {
         record.ingress = Some(IngressName(route.ingress.label().clone()));
+        record.custom_headers.clone_from(&route.options.custom_headers);
         if record.detailed {
             record.route = Some(AuditRoute {
                 ingress: route.ingress.label().clone(),
@@ -848,10 +858,8 @@ async fn serve(
     if let (Some(cors), Some(origin)) = (&route.options.cors, &cors_origin) {
         set_cors_headers(response.headers_mut(), cors, origin);
     }
-    // `insert`, as ingress-nginx's `more_set_headers`: the Ingress's value replaces
-    // the backend's, so a backend cannot weaken e.g. a Content-Security-Policy.
-    for (name, value) in route.options.custom_headers.iter().flat_map(|c| &c.headers) {
-        response.headers_mut().insert(name.clone(), value.clone());
+    if let Some(custom) = &route.options.custom_headers {
+        set_custom_headers(response.headers_mut(), custom);
     }
     for cookie in grant.iter().flat_map(|g| g.set_cookies()) {
         response.headers_mut().append(header::SET_COOKIE, cookie.clone());
@@ -862,6 +870,18 @@ async fn serve(
         }
     }
     Ok(response)
+}
+
+/// A route's `custom-headers`. `insert`, as ingress-nginx's `more_set_headers`: the
+/// Ingress's value replaces the backend's, so a backend cannot weaken e.g. a
+/// Content-Security-Policy.
+fn set_custom_headers(
+    headers: &mut http::HeaderMap,
+    custom: &portcullis_config::custom_headers::CustomHeaders,
+) {
+    for (name, value) in &custom.headers {
+        headers.insert(name.clone(), value.clone());
+    }
 }
 
 /// What the backend is told about the client certificate of a route with

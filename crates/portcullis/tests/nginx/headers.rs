@@ -1,6 +1,7 @@
 //! `custom-headers`: the response headers of a ConfigMap in the Ingress's namespace
-//! are set on every proxied response of its routes, replacing the backend's; a
-//! missing, foreign or invalid ConfigMap rejects the Ingress.
+//! are set on every response of its routes, replacing the backend's, and on the
+//! gateway's own answers for them (denials, errors); a missing, foreign or invalid
+//! ConfigMap rejects the Ingress.
 
 use http::StatusCode;
 
@@ -42,6 +43,24 @@ async fn ingress_nginx_custom_headers() {
                 &[("/", "web")],
             ),
             nginx_ingress("plain", false, &[], "plain.test", &[("/", "web")]),
+            service("ns", "empty", &[]),
+            nginx_ingress(
+                "denied",
+                false,
+                &[
+                    ("custom-headers", "security"),
+                    ("whitelist-source-range", "10.0.0.0/8"),
+                ],
+                "denied.test",
+                &[("/", "web")],
+            ),
+            nginx_ingress(
+                "down",
+                false,
+                &[("custom-headers", "security")],
+                "down.test",
+                &[("/", "empty")],
+            ),
             nginx_ingress(
                 "missing",
                 false,
@@ -78,6 +97,24 @@ async fn ingress_nginx_custom_headers() {
 
     let r = get_with(&gw, "plain.test", "GET", "/", &[]).await;
     assert_eq!(r.header("x-backend"), "web");
+    assert_eq!(r.header("content-security-policy"), "");
+
+    // The gateway's own answers for the route carry them too, as nginx's pages do.
+    for (host, status) in [
+        ("denied.test", StatusCode::FORBIDDEN),
+        ("down.test", StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let r = get_with(&gw, host, "GET", "/", &[]).await;
+        assert_eq!(r.status, status, "{host}");
+        assert_eq!(
+            r.header("content-security-policy"),
+            "default-src 'self'",
+            "{host}"
+        );
+    }
+    // Not on answers for other routes, nor when no route matched.
+    let r = get_with(&gw, "nowhere.test", "GET", "/", &[]).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.header("content-security-policy"), "");
 
     for host in ["missing.test", "cookies.test", "foreign.test"] {
