@@ -234,7 +234,8 @@ pub async fn handle(
         req.headers(),
         &proxy.gateway.settings.trusted_proxies,
     );
-    let detailed = proxy.gateway.audit.is_enabled() || crate::logging::access_enabled();
+    let access_log = crate::logging::access_enabled();
+    let detailed = proxy.gateway.audit.is_enabled() || access_log;
     let mut record = Record {
         detailed,
         client,
@@ -286,7 +287,7 @@ pub async fn handle(
     if !detailed && record.slot.is_none() {
         return Ok(response);
     }
-    if crate::logging::access_enabled() {
+    if access_log {
         crate::logging::access(&crate::logging::Access {
             request_id: request_id.as_str(),
             client: record.client,

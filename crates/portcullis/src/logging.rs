@@ -29,7 +29,8 @@ pub enum Format {
 }
 
 struct Logs {
-    writer: LineWriter,
+    /// None when not batched: lines go straight to stderr.
+    writer: Option<LineWriter>,
     format: Format,
 }
 
@@ -51,11 +52,10 @@ pub fn dropped_total() -> Counter {
 /// that a command's logs and its other output on stderr stay in order. Colours only
 /// when stderr is a terminal and `NO_COLOR` is unset, never into a file or a pipe.
 pub fn init(format: Format, batched: bool) {
-    if batched {
-        if let Ok(writer) = LineWriter::start("portcullis-logs", StderrSink { format }) {
-            let _ = LOGS.set(Logs { writer, format });
-        }
-    }
+    let writer = batched
+        .then(|| LineWriter::start("portcullis-logs", StderrSink { format }).ok())
+        .flatten();
+    let _ = LOGS.set(Logs { writer, format });
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
@@ -71,15 +71,15 @@ pub fn init(format: Format, batched: bool) {
 
 /// Writes every line logged so far (up to 5 s): before the process exits.
 pub fn flush() {
-    if let Some(logs) = LOGS.get() {
-        logs.writer.flush(Duration::from_secs(5));
+    if let Some(writer) = LOGS.get().and_then(|l| l.writer.as_ref()) {
+        writer.flush(Duration::from_secs(5));
     }
 }
 
 fn push(line: Vec<u8>) {
-    match LOGS.get() {
-        Some(logs) => {
-            if !logs.writer.push(line) {
+    match LOGS.get().and_then(|l| l.writer.as_ref()) {
+        Some(writer) => {
+            if !writer.push(line) {
                 DROPPED.fetch_add(1, Ordering::Relaxed);
                 DROPPED_TOTAL.inc();
             }
