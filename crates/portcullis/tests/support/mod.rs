@@ -204,7 +204,13 @@ impl Gateway {
     /// Starts the gateway on 127.0.0.1:0 with these manifests (file `main.yaml`) and
     /// extra config-file lines; waits until it listens.
     pub fn start(manifests: &str, config: &str) -> Gateway {
-        let (command, dir) = Gateway::serve_command(manifests, config);
+        Gateway::start_with_env(manifests, config, &[])
+    }
+
+    /// As [`Gateway::start`], with these environment variables set.
+    pub fn start_with_env(manifests: &str, config: &str, env: &[(&str, &str)]) -> Gateway {
+        let (mut command, dir) = Gateway::serve_command(manifests, config);
+        command.envs(env.iter().copied());
         Gateway::spawn(command, dir)
     }
 
