@@ -401,6 +401,8 @@ PAIRS = {
         ("portcullis-defaults", "nginx-log"),
         ("portcullis-defaults", "portcullis"),
         ("nginx-log", "nginx"),
+        ("tls-forward", "nginx"),
+        ("portcullis", "tls-forward"),
     ],
     "5": [
         ("portcullis", "nginx"),
@@ -461,6 +463,7 @@ VARIANT_LABEL = {
     "portcullis-session": "portcullis session (B)",
     "portcullis-10k": "portcullis 10k (B)",
     "portcullis-10k-reload": "portcullis 10k reloading (B)",
+    "tls-forward": "floor: TLS and byte forwarding, no HTTP (F)",
 }
 SHORT = {
     "portcullis": "P",
@@ -475,6 +478,7 @@ SHORT = {
     "portcullis-session": "P+session",
     "portcullis-10k": "P10k",
     "portcullis-10k-reload": "P10k+reload",
+    "tls-forward": "floor",
 }
 COMPILE_METRICS = [
     ("compile_ms", "compile (Manifests -> Snapshot), in-process, best of 3, ms"),

@@ -28,12 +28,14 @@
 #           to a file; scenario 1 only)
 #   D       B out of the box: RUST_LOG unset (access log on), audit log on stdout,
 #           text logs on stderr, both to files (scenario 1 only)
+#   F       the floor: bench/handshakes' tls-forward, TLS termination and byte
+#           forwarding only (no HTTP), one thread, CPU 0, :25443 (scenario 1 only)
 #   auth    scenario 5: nginx, 1 worker, CPU 1, :23081, answers 200 when the request has
 #           an Authorization header, else 401 (what nginx's auth_request calls); and the
 #           OpenID provider (node, CPU 1, :25090) that Portcullis checks tokens against
 #   load    wrk / h2load / openssl s_time / python, CPU 1 (shared with the origin)
 # Scenarios (issue 8's numbering):
-#   1   HTTPS keep-alive HTTP/1.1, "ok\n"        wrk -t1 -c50 --latency       (A B C A+log D)
+#   1   HTTPS keep-alive HTTP/1.1, "ok\n"        wrk -t1 -c50 --latency       (A B C A+log D F)
 #   2   HTTPS HTTP/2 multiplexed, "ok\n"         h2load -c10 -m10 -D SECS     (A B)
 #   3   full TLS handshake per request           wrk ... -H 'Connection: close' (A B)
 #   3f  the same at a fixed rate (open loop): BENCH_HANDSHAKE_RATE new connections/s,
@@ -84,6 +86,7 @@ RESULTS="$OUT/results.jsonl"
 ORIGIN_PORT=23080
 NGINX_PORT=23443
 PC_HTTPS=24443
+FLOOR_PORT=25443
 PC_HTTP=24080
 PC_ADMIN=24180
 AUTH_PORT=23081
@@ -195,10 +198,11 @@ else
 fi
 [[ -x $BIN ]] || { echo "no binary at $BIN" >&2; exit 1; }
 
-if has_scenario 3f; then
-  log "building bench/handshakes (scenario 3f's load generator)"
+if has_scenario 3f || has_scenario 1; then
+  log "building bench/handshakes (scenario 3f's load generator, scenario 1's floor)"
   (cd "$BENCH/handshakes" && cargo build --release)
   HANDSHAKES_BIN="${CARGO_TARGET_DIR:-$BENCH/handshakes/target}/release/portcullis-bench-handshakes"
+  TLS_FORWARD_BIN="${CARGO_TARGET_DIR:-$BENCH/handshakes/target}/release/tls-forward"
 fi
 
 # File descriptors: 10,000 idle connections need 10k on both sides.
@@ -697,6 +701,12 @@ start_proxy() { # VARIANT
       PROXY_PID=$!
       PROXY_PORT=$PC_HTTPS
       ;;
+    tls-forward)
+      taskset -c 0 "$TLS_FORWARD_BIN" --listen "127.0.0.1:$FLOOR_PORT" --origin "127.0.0.1:$ORIGIN_PORT" \
+        --cert "$TLS/tls.crt" --key "$TLS/tls.key" >>"$OUT/tls-forward.stderr.log" 2>&1 &
+      PROXY_PID=$!
+      PROXY_PORT=$FLOOR_PORT
+      ;;
   esac
   PIDS+=("$PROXY_PID")
   local body= t0
@@ -878,7 +888,7 @@ measure_idle() { # VARIANT ROUND
 }
 
 # ---------------------------------------------------------------- run
-for port in $ORIGIN_PORT $NGINX_PORT $PC_HTTPS $PC_HTTP $PC_ADMIN $AUTH_PORT $IDP_PORT; do
+for port in $ORIGIN_PORT $NGINX_PORT $PC_HTTPS $PC_HTTP $PC_ADMIN $FLOOR_PORT $AUTH_PORT $IDP_PORT; do
   if ss -Hltn "sport = :$port" | grep -q .; then
     echo "port $port is already in use; refusing to start" >&2
     exit 1
@@ -983,7 +993,7 @@ measure_compile() { # ROUND: compile-stats, `portcullis check`, both on the 10k 
 
 for sc in $SCENARIOS; do
   case $sc in
-    1) variants=(nginx portcullis portcullis-audit nginx-log portcullis-defaults) ;;
+    1) variants=(nginx portcullis portcullis-audit nginx-log portcullis-defaults tls-forward) ;;
     4) variants=(nginx nginx-64k portcullis) ;;
     2 | 3 | 3f | 3n | 3r | 6) variants=(nginx portcullis) ;;
     5) variants=(nginx nginx-authreq nginx-authreq-ka portcullis portcullis-jwt portcullis-session)
