@@ -11,7 +11,8 @@
 #   BENCH_REV=COMMIT      build that commit from a clean `git archive` export (in
 #                         BENCH_SRC_DIR, default /tmp/portcullis-bench-src) instead of
 #                         the work tree, e.g. BENCH_REV=HEAD while others edit the tree
-#   BENCH_BIN=PATH        use this portcullis binary instead of building anything
+#   BENCH_BIN=PATH        use this portcullis binary instead of building it (the bench
+#                         tools in bench/handshakes are still built for scenarios 1 and 3f)
 #   BENCH_OIDC_DIR=DIR    scenario 5's OpenID provider (panva/oidc-provider): a copy of
 #                         crates/portcullis/tests/oidc with node_modules (default: its own
 #                         node_modules if installed, else `npm ci` into
@@ -199,10 +200,15 @@ fi
 [[ -x $BIN ]] || { echo "no binary at $BIN" >&2; exit 1; }
 
 if has_scenario 3f || has_scenario 1; then
-  log "building bench/handshakes (scenario 3f's load generator, scenario 1's floor)"
-  (cd "$BENCH/handshakes" && cargo build --release)
-  HANDSHAKES_BIN="${CARGO_TARGET_DIR:-$BENCH/handshakes/target}/release/portcullis-bench-handshakes"
-  TLS_FORWARD_BIN="${CARGO_TARGET_DIR:-$BENCH/handshakes/target}/release/tls-forward"
+  # From the same source as the gateway: the floor is a measured variant. One target
+  # dir for both, so an export does not build its dependencies again.
+  HS_SRC="$BENCH/handshakes"
+  [[ -n ${BENCH_REV:-} && -z ${BENCH_BIN:-} ]] && HS_SRC="$SRC/src/bench/handshakes"
+  HS_TARGET="${CARGO_TARGET_DIR:-$BENCH/handshakes/target}"
+  log "building $HS_SRC (scenario 3f's load generator, scenario 1's floor)"
+  (cd "$HS_SRC" && CARGO_TARGET_DIR="$HS_TARGET" cargo build --release)
+  HANDSHAKES_BIN="$HS_TARGET/release/portcullis-bench-handshakes"
+  TLS_FORWARD_BIN="$HS_TARGET/release/tls-forward"
 fi
 
 # File descriptors: 10,000 idle connections need 10k on both sides.

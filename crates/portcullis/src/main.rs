@@ -256,8 +256,8 @@ fn worker_threads(setting: Option<std::ffi::OsString>) -> anyhow::Result<usize> 
 /// scheduler only adds cost: besides its bookkeeping, it runs a task woken by the
 /// running one (a request handed to its backend connection) at once rather than in
 /// turn. That spreads the writes to backends and clients out in time, and each one
-/// more often wakes a peer that had gone to sleep. Bench scenario 1: 4% less CPU per
-/// request, with about half the wake-up interrupts sent to the other CPU.
+/// more often wakes a peer that had gone to sleep. Bench scenario 1: 2–4% less CPU per
+/// request, and fewer wake-up interrupts sent to the other CPU (bench/RESULTS.md).
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -305,9 +305,15 @@ fn main() -> std::process::ExitCode {
         }
     };
     if gateway {
+        // The scheduler actually built, not the one meant.
+        let scheduler = match runtime.handle().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => "single-threaded",
+            _ => "multi-threaded",
+        };
         tracing::info!(
             workers,
-            "serving on {workers} worker thread{}",
+            scheduler,
+            "serving on {workers} worker thread{} ({scheduler} scheduler)",
             if workers == 1 { "" } else { "s" }
         );
     }
@@ -662,14 +668,24 @@ async fn serve(settings: Settings, config_source: ConfigSource) -> anyhow::Resul
     let mut problems = Vec::new();
     match &config_source {
         ConfigSource::Files { path, .. } => {
+            // Off the serving thread, as every reload: the admin listener answers meanwhile.
             let mut source = FileSource::new(path);
-            let compiled = compile_async(source.load()?, settings.clone()).await?;
+            let (source, loaded) = tokio::task::spawn_blocking(move || {
+                let loaded = source.load();
+                (source, loaded)
+            })
+            .await
+            .context("reading the manifests panicked")?;
+            let compiled = compile_async(loaded?, settings.clone()).await?;
             problems = compiled.problems.clone();
             gateway.publish(compiled, &[]);
             file_source = Some(source);
         }
         ConfigSource::Stdin => {
-            let compiled = compile_async(source::read_stdin()?, settings.clone()).await?;
+            let manifests = tokio::task::spawn_blocking(source::read_stdin)
+                .await
+                .context("reading the manifests panicked")??;
+            let compiled = compile_async(manifests, settings.clone()).await?;
             gateway.publish(compiled, &[]);
         }
         ConfigSource::Cluster { namespaces, status } => {
@@ -752,7 +768,7 @@ async fn serve(settings: Settings, config_source: ConfigSource) -> anyhow::Resul
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             let mut hangup = hangup_signal();
-            let mut last = source.fingerprint().ok();
+            let mut last = fingerprint(&source).await;
             loop {
                 let forced = tokio::select! {
                     () = tokio::time::sleep(watch_interval) => false,
@@ -762,7 +778,7 @@ async fn serve(settings: Settings, config_source: ConfigSource) -> anyhow::Resul
                     }
                     () = shutdown.wait() => return,
                 };
-                let now = source.fingerprint().ok();
+                let now = fingerprint(&source).await;
                 if !forced && now == last {
                     continue;
                 }
@@ -794,6 +810,16 @@ async fn serve(settings: Settings, config_source: ConfigSource) -> anyhow::Resul
         tracing::warn!("the audit log could not be flushed at shutdown: its last events may be lost");
     }
     Ok(())
+}
+
+/// The manifest files' names, times and sizes. Listing and stating thousands of files
+/// every watch interval runs off the serving threads, like the reloads it triggers.
+async fn fingerprint(source: &FileSource) -> Option<Vec<(PathBuf, Option<SystemTime>, u64)>> {
+    let probe = FileSource::new(source.root());
+    tokio::task::spawn_blocking(move || probe.fingerprint().ok())
+        .await
+        .ok()
+        .flatten()
 }
 
 async fn reload(gateway: &Gateway, source: &mut FileSource, problems: &mut Vec<portcullis_config::Problem>) {
@@ -878,5 +904,8 @@ mod tests {
                 "{e}"
             );
         }
+        use std::os::unix::ffi::OsStringExt;
+        let e = worker_threads(Some(std::ffi::OsString::from_vec(vec![0xff]))).unwrap_err();
+        assert!(e.to_string().contains("TOKIO_WORKER_THREADS"), "{e}");
     }
 }

@@ -727,17 +727,36 @@ async fn one_normalized_path_and_clean_headers_reach_the_backend() {
 /// a certificate rotates. Not one request may fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_under_load_lose_no_request() {
-    reloads_under_load(&[]).await;
+    reloads_under_load("2", "multi-threaded").await;
 }
 
 /// The single-threaded scheduler (one worker) serves, reloads and drains alike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_under_load_lose_no_request_on_one_worker_thread() {
-    reloads_under_load(&[("TOKIO_WORKER_THREADS", "1")]).await;
+    reloads_under_load("1", "single-threaded").await;
 }
 
-#[tokio::test]
-async fn a_bad_worker_thread_count_is_named() {
+/// `serve --manifests -` reads its manifests from stdin, once, off the serving thread,
+/// while the admin listener already answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_takes_its_manifests_from_stdin() {
+    let backend = Backend::named("piped").await;
+    let manifests = concat(&[
+        service("ns", "piped", &[backend.addr]),
+        ingress("ns", "i", &[], &[], &[("s.test", "/", "piped")]),
+    ]);
+    let gw = Gateway::start_from_stdin(&manifests, "", &[("TOKIO_WORKER_THREADS", "1")]);
+    let reply = http_get(gw.http, "s.test", "/x").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.header("x-backend"), "piped");
+    assert_eq!(
+        http_get(gw.admin, "admin", "/readyz").await.status,
+        StatusCode::OK
+    );
+}
+
+#[test]
+fn a_bad_worker_thread_count_is_named() {
     let out = std::process::Command::new(support::binary())
         .args(["check", "--manifests", "/nonexistent"])
         .env("TOKIO_WORKER_THREADS", "many")
@@ -751,7 +770,7 @@ async fn a_bad_worker_thread_count_is_named() {
     );
 }
 
-async fn reloads_under_load(env: &[(&str, &str)]) {
+async fn reloads_under_load(threads: &str, scheduler: &str) {
     let pki = Pki::new();
     let blue = Backend::named("blue").await;
     let green = Backend::named("green").await;
@@ -771,18 +790,21 @@ async fn reloads_under_load(env: &[(&str, &str)]) {
             ),
         ])
     };
-    let mut gw = Gateway::start_with_env(&format!("{}{tls}", config("blue")), "", env);
-    let workers = env
-        .iter()
-        .find(|(k, _)| *k == "TOKIO_WORKER_THREADS")
-        .map(|(_, v)| *v);
-    if let Some(n) = workers {
-        assert!(
-            gw.wait_for_log(&format!("serving on {n} worker thread")),
-            "{}",
-            gw.logs()
-        );
-    }
+    let mut gw = Gateway::start_with_env(
+        &format!("{}{tls}", config("blue")),
+        "",
+        &[("TOKIO_WORKER_THREADS", threads)],
+    );
+    // The scheduler the process built, as it says at start.
+    assert!(gw.wait_for_log("worker thread"), "{}", gw.logs());
+    let started = gw.log_entries("scheduler", scheduler);
+    assert!(
+        started
+            .iter()
+            .any(|e| e["workers"] == threads.parse::<u64>().unwrap()),
+        "{}",
+        gw.logs()
+    );
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut workers = Vec::new();

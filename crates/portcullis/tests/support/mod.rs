@@ -8,7 +8,7 @@ pub mod client;
 pub mod kube_api;
 pub mod oidc;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -209,9 +209,16 @@ impl Gateway {
 
     /// As [`Gateway::start`], with these environment variables set.
     pub fn start_with_env(manifests: &str, config: &str, env: &[(&str, &str)]) -> Gateway {
-        let (mut command, dir) = Gateway::serve_command(manifests, config);
+        let (mut command, dir) = Gateway::serve_command(manifests, config, false);
         command.envs(env.iter().copied());
-        Gateway::spawn(command, dir)
+        Gateway::spawn(command, dir, None)
+    }
+
+    /// Starts the gateway with `--manifests -`, writing the manifests to its stdin.
+    pub fn start_from_stdin(manifests: &str, config: &str, env: &[(&str, &str)]) -> Gateway {
+        let (mut command, dir) = Gateway::serve_command("", config, true);
+        command.envs(env.iter().copied());
+        Gateway::spawn(command, dir, Some(manifests.to_string()))
     }
 
     /// Starts the gateway on listening sockets it inherits, as from a service manager
@@ -225,7 +232,7 @@ impl Gateway {
     ) -> Gateway {
         use std::os::fd::AsRawFd;
         use std::os::unix::process::CommandExt;
-        let (mut command, dir) = Gateway::serve_command(manifests, config);
+        let (mut command, dir) = Gateway::serve_command(manifests, config, false);
         let fds = [http.as_raw_fd(), https.as_raw_fd()];
         assert!(fds.iter().all(|fd| *fd > 4), "{fds:?} would be overwritten");
         command.env("LISTEN_FDS", "2").env("LISTEN_FDNAMES", "http:https");
@@ -241,10 +248,10 @@ impl Gateway {
                 Ok(())
             });
         }
-        Gateway::spawn(command, dir)
+        Gateway::spawn(command, dir, None)
     }
 
-    fn serve_command(manifests: &str, config: &str) -> (Command, tempfile::TempDir) {
+    fn serve_command(manifests: &str, config: &str, from_stdin: bool) -> (Command, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("manifests")).unwrap();
         std::fs::write(dir.path().join("manifests/main.yaml"), manifests).unwrap();
@@ -266,7 +273,11 @@ impl Gateway {
                 "100ms",
                 "--manifests",
             ])
-            .arg(dir.path().join("manifests"))
+            .arg(if from_stdin {
+                PathBuf::from("-")
+            } else {
+                dir.path().join("manifests")
+            })
             .arg("--config")
             .arg(&config_file);
         (command, dir)
@@ -287,17 +298,26 @@ impl Gateway {
             .arg(&config_file)
             .args(extra_args)
             .env("KUBECONFIG", kubeconfig);
-        Gateway::spawn(command, dir)
+        Gateway::spawn(command, dir, None)
     }
 
-    fn spawn(mut command: Command, dir: tempfile::TempDir) -> Gateway {
+    fn spawn(mut command: Command, dir: tempfile::TempDir, stdin: Option<String>) -> Gateway {
         let mut child = command
             .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start portcullis");
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            // Written whole, then closed: the gateway reads to the end.
+            pipe.write_all(text.as_bytes())
+                .expect("write the manifests to stdin");
+        }
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = logs.clone();
