@@ -29,10 +29,11 @@ use crate::state::Gateway;
 /// Changes arriving within this window are compiled together.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
-/// The latest objects of every watched kind, by kind then `namespace/name`.
+/// The latest objects of every watched kind, by kind then `namespace/name`. Shared, so
+/// that taking a snapshot for a compilation holds the lock for reference counts only.
 #[derive(Default)]
 struct Stores {
-    objects: BTreeMap<&'static str, HashMap<String, serde_json::Value>>,
+    objects: BTreeMap<&'static str, HashMap<String, Arc<serde_json::Value>>>,
     /// Watches (kind and namespace) whose initial list has not completed yet.
     pending: std::collections::BTreeSet<String>,
 }
@@ -215,7 +216,7 @@ fn run_watch<K>(
         .insert(watch_id.clone());
     let (stores, changed) = (stores.clone(), changed.clone());
     tokio::spawn(async move {
-        let mut buffer: HashMap<String, serde_json::Value> = HashMap::new();
+        let mut buffer: HashMap<String, Arc<serde_json::Value>> = HashMap::new();
         let mut events = watcher::watcher(api, config).default_backoff().boxed();
         while let Some(event) = events.next().await {
             let event = match event {
@@ -228,7 +229,7 @@ fn run_watch<K>(
             let mut s = stores.lock().unwrap_or_else(|e| e.into_inner());
             let objects = s.objects.entry(kind).or_default();
             // Keys are per watch: several namespaces of one kind share the map.
-            let json = |o: &K| serde_json::to_value(o).ok();
+            let json = |o: &K| serde_json::to_value(o).ok().map(Arc::new);
             match event {
                 Event::Init => buffer.clear(),
                 Event::InitApply(o) => {
@@ -286,30 +287,36 @@ async fn compile_loop(
     loop {
         changed.notified().await;
         tokio::time::sleep(DEBOUNCE).await;
-        let manifests = {
+        // Under the lock, only the order and the references: copying thousands of
+        // objects would hold up the watches and the thread that serves requests.
+        let kinds: Vec<Vec<Arc<serde_json::Value>>> = {
             let s = stores.lock().unwrap_or_else(|e| e.into_inner());
             if !s.pending.is_empty() {
                 tracing::debug!(pending = ?s.pending, "waiting for initial lists");
                 continue;
             }
-            let mut m = Manifests::default();
-            for objects in s.objects.values() {
-                let mut docs: Vec<(&String, &serde_json::Value)> = objects.iter().collect();
-                docs.sort_by(|a, b| a.0.cmp(b.0));
-                m.add_documents(
-                    "",
-                    docs.into_iter()
-                        .map(|(_, v)| Document {
-                            value: v.clone(),
-                            line: 0,
-                        })
-                        .collect(),
-                );
-            }
-            m
+            s.objects
+                .values()
+                .map(|objects| {
+                    let mut docs: Vec<(&String, &Arc<serde_json::Value>)> = objects.iter().collect();
+                    docs.sort_by(|a, b| a.0.cmp(b.0));
+                    docs.into_iter().map(|(_, v)| v.clone()).collect()
+                })
+                .collect()
         };
         let settings = gateway.settings.clone();
         let compiled = match tokio::task::spawn_blocking(move || {
+            let mut manifests = Manifests::default();
+            for docs in kinds {
+                let docs = docs
+                    .into_iter()
+                    .map(|v| Document {
+                        value: Arc::unwrap_or_clone(v),
+                        line: 0,
+                    })
+                    .collect();
+                manifests.add_documents("", docs);
+            }
             portcullis_config::compile(&manifests, &settings, crate::auth::now())
         })
         .await
