@@ -304,35 +304,40 @@ async fn compile_loop(
                 })
                 .collect()
         };
-        let settings = gateway.settings.clone();
-        let compiled = match tokio::task::spawn_blocking(move || {
-            let mut manifests = Manifests::default();
-            for docs in kinds {
-                let docs = docs
-                    .into_iter()
-                    .map(|v| Document {
-                        value: Arc::unwrap_or_clone(v),
-                        line: 0,
-                    })
-                    .collect();
-                manifests.add_documents("", docs);
-            }
-            portcullis_config::compile(&manifests, &settings, crate::auth::now())
-        })
-        .await
-        {
-            Ok(c) => c,
+        // Compiling, and publishing (which frees the configuration it replaces), grow
+        // with the configuration: off the threads that serve requests.
+        let published = {
+            let (gateway, previous) = (gateway.clone(), previous.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut manifests = Manifests::default();
+                for docs in kinds {
+                    let docs = docs
+                        .into_iter()
+                        .map(|v| Document {
+                            value: Arc::unwrap_or_clone(v),
+                            line: 0,
+                        })
+                        .collect();
+                    manifests.add_documents("", docs);
+                }
+                let compiled = portcullis_config::compile(&manifests, &gateway.settings, crate::auth::now());
+                let problems = compiled.problems.clone();
+                let outcome = crate::status::Outcome {
+                    served: crate::status::served(&compiled.snapshot),
+                    new_problems: crate::status::new_ingress_problems(&problems, &previous),
+                };
+                gateway.publish(compiled, &previous);
+                (problems, outcome)
+            })
+        }
+        .await;
+        let (problems, outcome) = match published {
+            Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "compilation failed; keeping the last good configuration");
                 continue;
             }
         };
-        let problems = compiled.problems.clone();
-        let outcome = crate::status::Outcome {
-            served: crate::status::served(&compiled.snapshot),
-            new_problems: crate::status::new_ingress_problems(&problems, &previous),
-        };
-        gateway.publish(compiled, &previous);
         gateway
             .metrics
             .reloads

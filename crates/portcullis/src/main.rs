@@ -13,7 +13,7 @@ use portcullis::server::{self, Drain, Listener, Shutdown};
 use portcullis::source::{self, FileSource};
 use portcullis::state::Gateway;
 use portcullis::{admin, echo, migrate, report, tls};
-use portcullis_config::{compile, Compiled, Manifests, Settings};
+use portcullis_config::{compile, Manifests, Settings};
 
 /// jemalloc instead of the C library's allocator. With glibc it takes 7% of the
 /// instructions off a proxied request and a little memory off each idle TLS connection
@@ -629,12 +629,23 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-async fn compile_async(manifests: Manifests, settings: Settings) -> anyhow::Result<Compiled> {
-    // Compilation is CPU work that grows with the configuration: keep it off the
-    // threads that serve requests.
-    tokio::task::spawn_blocking(move || compile(&manifests, &settings, unix_now()))
-        .await
-        .context("compilation panicked")
+/// Compiles and publishes the manifests; returns the new configuration's problems.
+/// Both are work that grows with the configuration (and publishing frees the one it
+/// replaces): they run off the threads that serve requests.
+async fn compile_and_publish(
+    gateway: &Arc<Gateway>,
+    manifests: Manifests,
+    previous: Vec<portcullis_config::Problem>,
+) -> anyhow::Result<Vec<portcullis_config::Problem>> {
+    let gateway = gateway.clone();
+    tokio::task::spawn_blocking(move || {
+        let compiled = compile(&manifests, &gateway.settings, unix_now());
+        let problems = compiled.problems.clone();
+        gateway.publish(compiled, &previous);
+        problems
+    })
+    .await
+    .context("compilation panicked")
 }
 
 /// Where `serve` and `controller` get their configuration.
@@ -676,17 +687,14 @@ async fn serve(settings: Settings, config_source: ConfigSource) -> anyhow::Resul
             })
             .await
             .context("reading the manifests panicked")?;
-            let compiled = compile_async(loaded?, settings.clone()).await?;
-            problems = compiled.problems.clone();
-            gateway.publish(compiled, &[]);
+            problems = compile_and_publish(&gateway, loaded?, Vec::new()).await?;
             file_source = Some(source);
         }
         ConfigSource::Stdin => {
             let manifests = tokio::task::spawn_blocking(source::read_stdin)
                 .await
                 .context("reading the manifests panicked")??;
-            let compiled = compile_async(manifests, settings.clone()).await?;
-            gateway.publish(compiled, &[]);
+            compile_and_publish(&gateway, manifests, Vec::new()).await?;
         }
         ConfigSource::Cluster { namespaces, status } => {
             tracing::info!(namespaces = ?namespaces, "watching the API server; not ready until every initial list completes");
@@ -822,7 +830,11 @@ async fn fingerprint(source: &FileSource) -> Option<Vec<(PathBuf, Option<SystemT
         .flatten()
 }
 
-async fn reload(gateway: &Gateway, source: &mut FileSource, problems: &mut Vec<portcullis_config::Problem>) {
+async fn reload(
+    gateway: &Arc<Gateway>,
+    source: &mut FileSource,
+    problems: &mut Vec<portcullis_config::Problem>,
+) {
     let label = |result| portcullis::metrics::ResultLabel { result };
     // Reading and parsing thousands of files takes long enough to stall the requests
     // of the thread it runs on: it runs off the request threads.
@@ -844,10 +856,9 @@ async fn reload(gateway: &Gateway, source: &mut FileSource, problems: &mut Vec<p
         }
     };
     match loaded {
-        Ok(manifests) => match compile_async(manifests, gateway.settings.clone()).await {
-            Ok(compiled) => {
-                let previous = std::mem::replace(problems, compiled.problems.clone());
-                gateway.publish(compiled, &previous);
+        Ok(manifests) => match compile_and_publish(gateway, manifests, problems.clone()).await {
+            Ok(now) => {
+                *problems = now;
                 gateway.metrics.reloads.get_or_create(&label("success")).inc();
             }
             Err(e) => {

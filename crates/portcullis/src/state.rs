@@ -237,8 +237,14 @@ impl Gateway {
 
     /// Publishes a compilation: logs each Problem once (those not in `previous`), swaps
     /// the snapshot in, and marks the gateway ready.
+    /// Makes `compiled` the configuration that new requests use. Its work grows with the
+    /// configuration (the audit event's diff; freeing the configuration it replaces):
+    /// call it off the threads that serve requests.
     pub fn publish(&self, compiled: Compiled, previous: &[Problem]) {
-        for problem in compiled.problems.iter().filter(|p| !previous.contains(p)) {
+        // Thousands of problems are possible (a namespace of Ingresses whose Secret is
+        // missing): a set, not a scan of the list for each.
+        let known: std::collections::HashSet<&Problem> = previous.iter().collect();
+        for problem in compiled.problems.iter().filter(|p| !known.contains(p)) {
             if problem.is_error() {
                 tracing::error!(problem = %problem, "configuration problem");
             } else {
