@@ -30,7 +30,8 @@ use crate::state::Gateway;
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// The latest objects of every watched kind, by kind then `namespace/name`. Shared, so
-/// that taking a snapshot for a compilation holds the lock for reference counts only.
+/// that a compilation's snapshot of them holds the lock only to order the keys and take
+/// references; the copying happens in the compilation's blocking task.
 #[derive(Default)]
 struct Stores {
     objects: BTreeMap<&'static str, HashMap<String, Arc<serde_json::Value>>>,
@@ -283,7 +284,7 @@ async fn compile_loop(
     latest: Arc<Mutex<crate::status::Outcome>>,
 ) {
     let mut first = Some(first);
-    let mut previous: Vec<Problem> = Vec::new();
+    let mut previous: Arc<[Problem]> = Arc::new([]);
     loop {
         changed.notified().await;
         tokio::time::sleep(DEBOUNCE).await;
@@ -304,37 +305,40 @@ async fn compile_loop(
                 })
                 .collect()
         };
-        // Compiling, and publishing (which frees the configuration it replaces), grow
-        // with the configuration: off the threads that serve requests.
-        let published = {
-            let (gateway, previous) = (gateway.clone(), previous.clone());
-            tokio::task::spawn_blocking(move || {
-                let mut manifests = Manifests::default();
-                for docs in kinds {
-                    let docs = docs
-                        .into_iter()
-                        .map(|v| Document {
-                            value: Arc::unwrap_or_clone(v),
-                            line: 0,
-                        })
-                        .collect();
-                    manifests.add_documents("", docs);
-                }
-                let compiled = portcullis_config::compile(&manifests, &gateway.settings, crate::auth::now());
-                let problems = compiled.problems.clone();
-                let outcome = crate::status::Outcome {
-                    served: crate::status::served(&compiled.snapshot),
-                    new_problems: crate::status::new_ingress_problems(&problems, &previous),
-                };
-                gateway.publish(compiled, &previous);
-                (problems, outcome)
-            })
-        }
-        .await;
-        let (problems, outcome) = match published {
-            Ok(p) => p,
+        let manifests = move || {
+            let mut manifests = Manifests::default();
+            for docs in kinds {
+                let docs = docs
+                    .into_iter()
+                    .map(|v| Document {
+                        value: Arc::unwrap_or_clone(v),
+                        line: 0,
+                    })
+                    .collect();
+                manifests.add_documents("", docs);
+            }
+            manifests
+        };
+        let status = |compiled: &portcullis_config::Compiled, previous: &[Problem]| crate::status::Outcome {
+            served: crate::status::served(&compiled.snapshot),
+            new_problems: crate::status::new_ingress_problems(&compiled.problems, previous),
+        };
+        let (problems, outcome) = match crate::state::compile_and_publish(
+            &gateway,
+            manifests,
+            previous.clone(),
+            status,
+        )
+        .await
+        {
+            Ok(published) => published,
             Err(e) => {
-                tracing::error!(error = %e, "compilation failed; keeping the last good configuration");
+                tracing::error!(error = %e, "compiling or publishing the configuration panicked; keeping the last good configuration");
+                gateway
+                    .metrics
+                    .reloads
+                    .get_or_create(&crate::metrics::ResultLabel { result: "failure" })
+                    .inc();
                 continue;
             }
         };

@@ -4,14 +4,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use portcullis::handler::Proxy;
 use portcullis::server::{self, Drain, Listener, Shutdown};
 use portcullis::source::{self, FileSource};
-use portcullis::state::Gateway;
+use portcullis::state::{compile_and_publish, Gateway};
 use portcullis::{admin, echo, migrate, report, tls};
 use portcullis_config::{compile, Manifests, Settings};
 
@@ -412,7 +412,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
         Command::Check { input } => {
             let settings = input.settings()?;
             let manifests = read_once(&input.manifests)?;
-            let compiled = compile(&manifests, &settings, unix_now());
+            let compiled = compile(&manifests, &settings, portcullis::auth::now());
             print!(
                 "{}",
                 report::check(
@@ -433,7 +433,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
         } => {
             let settings = input.settings()?;
             let manifests = read_once(&input.manifests)?;
-            let compiled = compile(&manifests, &settings, unix_now());
+            let compiled = compile(&manifests, &settings, portcullis::auth::now());
             let errors = compiled.error_count();
             if errors > 0 {
                 eprintln!(
@@ -518,7 +518,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             for p in &inventory.problems {
                 eprintln!("{p}");
             }
-            let compiled = compile(&inventory.manifests, &settings, unix_now());
+            let compiled = compile(&inventory.manifests, &settings, portcullis::auth::now());
             let options = migrate::Options {
                 secrets_unread: cluster,
             };
@@ -622,32 +622,6 @@ fn read_once(path: &PathBuf) -> anyhow::Result<Manifests> {
     Ok(FileSource::new(path).load()?)
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Compiles and publishes the manifests; returns the new configuration's problems.
-/// Both are work that grows with the configuration (and publishing frees the one it
-/// replaces): they run off the threads that serve requests.
-async fn compile_and_publish(
-    gateway: &Arc<Gateway>,
-    manifests: Manifests,
-    previous: Vec<portcullis_config::Problem>,
-) -> anyhow::Result<Vec<portcullis_config::Problem>> {
-    let gateway = gateway.clone();
-    tokio::task::spawn_blocking(move || {
-        let compiled = compile(&manifests, &gateway.settings, unix_now());
-        let problems = compiled.problems.clone();
-        gateway.publish(compiled, &previous);
-        problems
-    })
-    .await
-    .context("compilation panicked")
-}
-
 /// Where `serve` and `controller` get their configuration.
 enum ConfigSource {
     /// A directory or file, polled for changes.
@@ -676,7 +650,7 @@ async fn serve(settings: Settings, config_source: ConfigSource) -> anyhow::Resul
     tokio::spawn(admin::serve(gateway.clone(), admin_listener, shutdown.clone()));
 
     let mut file_source = None;
-    let mut problems = Vec::new();
+    let mut problems: Arc<[portcullis_config::Problem]> = Arc::new([]);
     match &config_source {
         ConfigSource::Files { path, .. } => {
             // Off the serving thread, as every reload: the admin listener answers meanwhile.
@@ -687,14 +661,19 @@ async fn serve(settings: Settings, config_source: ConfigSource) -> anyhow::Resul
             })
             .await
             .context("reading the manifests panicked")?;
-            problems = compile_and_publish(&gateway, loaded?, Vec::new()).await?;
+            let loaded = loaded?;
+            (problems, ()) = compile_and_publish(&gateway, move || loaded, problems, |_, _| ())
+                .await
+                .context("compiling or publishing the configuration panicked")?;
             file_source = Some(source);
         }
         ConfigSource::Stdin => {
             let manifests = tokio::task::spawn_blocking(source::read_stdin)
                 .await
                 .context("reading the manifests panicked")??;
-            compile_and_publish(&gateway, manifests, Vec::new()).await?;
+            compile_and_publish(&gateway, move || manifests, Arc::new([]), |_, _| ())
+                .await
+                .context("compiling or publishing the configuration panicked")?;
         }
         ConfigSource::Cluster { namespaces, status } => {
             tracing::info!(namespaces = ?namespaces, "watching the API server; not ready until every initial list completes");
@@ -833,7 +812,7 @@ async fn fingerprint(source: &FileSource) -> Option<Vec<(PathBuf, Option<SystemT
 async fn reload(
     gateway: &Arc<Gateway>,
     source: &mut FileSource,
-    problems: &mut Vec<portcullis_config::Problem>,
+    problems: &mut Arc<[portcullis_config::Problem]>,
 ) {
     let label = |result| portcullis::metrics::ResultLabel { result };
     // Reading and parsing thousands of files takes long enough to stall the requests
@@ -856,16 +835,18 @@ async fn reload(
         }
     };
     match loaded {
-        Ok(manifests) => match compile_and_publish(gateway, manifests, problems.clone()).await {
-            Ok(now) => {
-                *problems = now;
-                gateway.metrics.reloads.get_or_create(&label("success")).inc();
+        Ok(manifests) => {
+            match compile_and_publish(gateway, move || manifests, problems.clone(), |_, _| ()).await {
+                Ok((now, ())) => {
+                    *problems = now;
+                    gateway.metrics.reloads.get_or_create(&label("success")).inc();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "compiling or publishing the configuration panicked; keeping the last good configuration");
+                    gateway.metrics.reloads.get_or_create(&label("failure")).inc();
+                }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "reload failed; keeping the last good configuration");
-                gateway.metrics.reloads.get_or_create(&label("failure")).inc();
-            }
-        },
+        }
         Err(e) => {
             tracing::error!(error = %e, "reload failed; keeping the last good configuration");
             gateway.metrics.reloads.get_or_create(&label("failure")).inc();

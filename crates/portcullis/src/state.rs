@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use portcullis_config::snapshot::{BackendId, BackendTarget};
-use portcullis_config::{Compiled, Problem, Settings, Snapshot};
+use portcullis_config::{Compiled, Manifests, Problem, Settings, Snapshot};
 use rustls::sign::CertifiedKey;
 
 use crate::metrics::{Metrics, SeverityLabel};
@@ -55,9 +55,10 @@ impl std::fmt::Display for Upstream {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        // A large configuration takes a while to free (24 ms for 10,000 Ingresses, bench
-        // scenario 7's compile-stats): not on a thread that serves requests. The last
-        // holder may be a request that began before a reload.
+        // A large configuration takes a while to free (about 20 ms for 10,000 Ingresses,
+        // bench scenario 7's compile-stats, with glibc's malloc): not on a thread that serves
+        // requests. The last holder may be a request that began before a reload.
+        // (spawn_blocking panics only if no thread can be made at all.)
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let snapshot = std::mem::take(&mut self.snapshot);
             handle.spawn_blocking(move || drop(snapshot));
@@ -238,8 +239,9 @@ impl Gateway {
     /// Publishes a compilation: logs each Problem once (those not in `previous`), swaps
     /// the snapshot in, and marks the gateway ready.
     /// Makes `compiled` the configuration that new requests use. Its work grows with the
-    /// configuration (the audit event's diff; freeing the configuration it replaces):
-    /// call it off the threads that serve requests.
+    /// configuration and its problems (logging the new ones, the audit event's diff of
+    /// Ingresses, the new runtime): call it off the threads that serve requests, as
+    /// [`compile_and_publish`] does.
     pub fn publish(&self, compiled: Compiled, previous: &[Problem]) {
         // Thousands of problems are possible (a namespace of Ingresses whose Secret is
         // missing): a set, not a scan of the list for each.
@@ -303,6 +305,29 @@ impl Gateway {
     pub fn set_not_ready(&self) {
         self.ready.store(false, Ordering::Release);
     }
+}
+
+/// Builds the manifests (`manifests` may copy them from somewhere), compiles and
+/// publishes them, in one blocking task: all of it grows with the configuration, and
+/// none of it may hold up the threads that serve requests. `inspect` sees the result
+/// and the previous problems before it is published (the controller's status). Returns
+/// the new problems, for the next call's `previous`. Err if the task panicked: the
+/// configuration in service stays.
+pub async fn compile_and_publish<T: Send + 'static>(
+    gateway: &Arc<Gateway>,
+    manifests: impl FnOnce() -> Manifests + Send + 'static,
+    previous: Arc<[Problem]>,
+    inspect: impl FnOnce(&Compiled, &[Problem]) -> T + Send + 'static,
+) -> Result<(Arc<[Problem]>, T), tokio::task::JoinError> {
+    let gateway = gateway.clone();
+    tokio::task::spawn_blocking(move || {
+        let compiled = portcullis_config::compile(&manifests(), &gateway.settings, crate::auth::now());
+        let problems: Arc<[Problem]> = compiled.problems.clone().into();
+        let seen = inspect(&compiled, &previous);
+        gateway.publish(compiled, &previous);
+        (problems, seen)
+    })
+    .await
 }
 
 #[cfg(test)]
