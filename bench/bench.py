@@ -486,7 +486,7 @@ COMPILE_METRICS = [
     ("read_ms", "read files, ms"),
     ("rss_parsed_kb", "in-process RSS after parse, KB"),
     ("rss_compiled_kb", "in-process RSS after compile, KB"),
-    ("from_cache_ms", "per reload: unchanged files' cached documents cloned and typed again, ms"),
+    ("from_cache_ms", "per reload: unchanged files' cached objects copied (typed once), ms"),
     ("check_wall_ms", "`portcullis check --manifests DIR` wall time, ms"),
     ("check_max_rss_kb", "`portcullis check` max RSS, KB"),
     ("bytes", "manifest bytes"),
