@@ -21,10 +21,16 @@ pub struct Object<T> {
 }
 
 impl<T: k8s_openapi::Metadata<Ty = ObjectMeta>> Object<T> {
-    /// The object's namespace; objects without one are in `default`, as `kubectl apply`
-    /// would put them.
+    /// The object's namespace; objects without one (or with an empty one) are in
+    /// `default`, as `kubectl apply` would put them, and as duplicates are found when
+    /// documents are read.
     pub fn namespace(&self) -> &str {
-        self.value.metadata().namespace.as_deref().unwrap_or("default")
+        self.value
+            .metadata()
+            .namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("default")
     }
 
     pub fn name(&self) -> &str {
