@@ -29,12 +29,12 @@ use crate::state::Gateway;
 /// Changes arriving within this window are compiled together.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
-/// The latest objects of every watched kind, by kind then `namespace/name`. Shared, so
-/// that a compilation's snapshot of them holds the lock only to order the keys and take
-/// references; the copying happens in the compilation's blocking task.
+/// The latest objects of every watched kind, by kind then `namespace/name` (in order, as
+/// compilations read them). Shared, so that a compilation's snapshot of them holds the
+/// lock only to take references; the copying happens in the compilation's blocking task.
 #[derive(Default)]
 struct Stores {
-    objects: BTreeMap<&'static str, HashMap<String, Arc<serde_json::Value>>>,
+    objects: BTreeMap<&'static str, BTreeMap<String, Arc<serde_json::Value>>>,
     /// Watches (kind and namespace) whose initial list has not completed yet.
     pending: std::collections::BTreeSet<String>,
 }
@@ -298,11 +298,7 @@ async fn compile_loop(
             }
             s.objects
                 .values()
-                .map(|objects| {
-                    let mut docs: Vec<(&String, &Arc<serde_json::Value>)> = objects.iter().collect();
-                    docs.sort_by(|a, b| a.0.cmp(b.0));
-                    docs.into_iter().map(|(_, v)| v.clone()).collect()
-                })
+                .map(|objects| objects.values().cloned().collect())
                 .collect()
         };
         let manifests = move || {

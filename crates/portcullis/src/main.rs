@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -655,13 +655,9 @@ async fn serve(settings: Settings, config_source: ConfigSource) -> anyhow::Resul
         ConfigSource::Files { path, .. } => {
             // Off the serving thread, as every reload: the admin listener answers meanwhile.
             let mut source = FileSource::new(path);
-            let (source, loaded) = tokio::task::spawn_blocking(move || {
-                let loaded = source.load();
-                (source, loaded)
-            })
-            .await
-            .context("reading the manifests panicked")?;
-            let loaded = loaded?;
+            let loaded = load(&mut source)
+                .await
+                .context("reading the manifests panicked")??;
             (problems, ()) = compile_and_publish(&gateway, move || loaded, problems, |_, _| ())
                 .await
                 .context("compiling or publishing the configuration panicked")?;
@@ -801,12 +797,29 @@ async fn serve(settings: Settings, config_source: ConfigSource) -> anyhow::Resul
 
 /// The manifest files' names, times and sizes. Listing and stating thousands of files
 /// every watch interval runs off the serving threads, like the reloads it triggers.
-async fn fingerprint(source: &FileSource) -> Option<Vec<(PathBuf, Option<SystemTime>, u64)>> {
-    let probe = FileSource::new(source.root());
-    tokio::task::spawn_blocking(move || probe.fingerprint().ok())
+async fn fingerprint(source: &FileSource) -> Option<source::Fingerprint> {
+    let root = source.root().to_path_buf();
+    tokio::task::spawn_blocking(move || source::fingerprint(&root).ok())
         .await
         .ok()
         .flatten()
+}
+
+/// Reads the manifests off the serving threads: reading and parsing thousands of files
+/// would stall the requests of the thread it ran on. `source` is lent to a blocking
+/// task and comes back with its cache updated; Err if that task panicked (the source
+/// then starts again with an empty cache).
+async fn load(
+    source: &mut FileSource,
+) -> Result<Result<Manifests, source::SourceError>, tokio::task::JoinError> {
+    let mut taken = std::mem::replace(source, FileSource::new(source.root()));
+    let (back, loaded) = tokio::task::spawn_blocking(move || {
+        let loaded = taken.load();
+        (taken, loaded)
+    })
+    .await?;
+    *source = back;
+    Ok(loaded)
 }
 
 async fn reload(
@@ -815,19 +828,8 @@ async fn reload(
     problems: &mut Arc<[portcullis_config::Problem]>,
 ) {
     let label = |result| portcullis::metrics::ResultLabel { result };
-    // Reading and parsing thousands of files takes long enough to stall the requests
-    // of the thread it runs on: it runs off the request threads.
-    let mut taken = std::mem::replace(source, FileSource::new(source.root()));
-    let loaded = match tokio::task::spawn_blocking(move || {
-        let loaded = taken.load();
-        (taken, loaded)
-    })
-    .await
-    {
-        Ok((back, loaded)) => {
-            *source = back;
-            loaded
-        }
+    let loaded = match load(source).await {
+        Ok(loaded) => loaded,
         Err(e) => {
             tracing::error!(error = %e, "reading the manifests failed; keeping the last good configuration");
             gateway.metrics.reloads.get_or_create(&label("failure")).inc();

@@ -31,6 +31,26 @@ struct CachedFile {
     clean: bool,
 }
 
+/// Every manifest file below a root, with its modification time and size.
+pub type Fingerprint = Vec<(PathBuf, Option<SystemTime>, u64)>;
+
+/// The manifest files below `root` and their stamps: what [`FileSource::load`] would
+/// read, without reading it.
+pub fn fingerprint(root: &Path) -> Result<Fingerprint, SourceError> {
+    let files = list_files(root).map_err(|error| SourceError::Unreadable {
+        path: root.display().to_string(),
+        error,
+    })?;
+    Ok(files
+        .into_iter()
+        .map(|p| {
+            let meta = std::fs::metadata(&p).ok();
+            let modified = meta.as_ref().and_then(|m| m.modified().ok());
+            (p, modified, meta.map_or(0, |m| m.len()))
+        })
+        .collect())
+}
+
 /// Reads manifests from disk, caching parsed files between reloads.
 pub struct FileSource {
     root: PathBuf,
@@ -49,30 +69,11 @@ impl FileSource {
         &self.root
     }
 
-    /// The files and their stamps: cheap, used to notice changes.
-    pub fn fingerprint(&self) -> Result<Vec<(PathBuf, Option<SystemTime>, u64)>, SourceError> {
-        let files = list_files(&self.root).map_err(|error| SourceError::Unreadable {
-            path: self.root.display().to_string(),
-            error,
-        })?;
-        Ok(files
-            .into_iter()
-            .map(|p| {
-                let meta = std::fs::metadata(&p).ok();
-                let stamp = (
-                    meta.as_ref().and_then(|m| m.modified().ok()),
-                    meta.map_or(0, |m| m.len()),
-                );
-                (p, stamp.0, stamp.1)
-            })
-            .collect())
-    }
-
     /// Reads every manifest file, re-parsing only the changed ones.
     pub fn load(&mut self) -> Result<Manifests, SourceError> {
         let mut manifests = Manifests::default();
         let mut next = HashMap::new();
-        for (path, modified, len) in self.fingerprint()? {
+        for (path, modified, len) in fingerprint(&self.root)? {
             let name = path.display().to_string();
             let stamp = (modified, len);
             // Taken out of the old cache, not cloned: with thousands of Ingresses the

@@ -237,8 +237,7 @@ impl Gateway {
     }
 
     /// Publishes a compilation: logs each Problem once (those not in `previous`), swaps
-    /// the snapshot in, and marks the gateway ready.
-    /// Makes `compiled` the configuration that new requests use. Its work grows with the
+    /// the snapshot in, and marks the gateway ready. Its work grows with the
     /// configuration and its problems (logging the new ones, the audit event's diff of
     /// Ingresses, the new runtime): call it off the threads that serve requests, as
     /// [`compile_and_publish`] does.
