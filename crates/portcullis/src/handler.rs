@@ -264,15 +264,15 @@ pub async fn handle(
                 "deny"
             };
             record.decision.get_or_insert((decision, refusal.reason));
-            let mut response = local_response(refusal, request_id.as_str());
-            // As ingress-nginx's `more_set_headers`, which also marks the pages nginx
-            // makes itself: a denial or an error page keeps e.g. its framing policy.
-            if let Some(custom) = &record.custom_headers {
-                set_custom_headers(response.headers_mut(), custom);
-            }
-            response
+            local_response(refusal, request_id.as_str())
         }
     };
+    // On every response of a matched route, proxied or the gateway's own (a denial, a
+    // redirect, a login page, an error), as ingress-nginx's `more_set_headers`, which
+    // also marks the pages nginx makes itself: e.g. a framing policy always holds.
+    if let Some(custom) = &record.custom_headers {
+        set_custom_headers(response.headers_mut(), custom);
+    }
     finish_headers(&proxy, &conn, &mut response, &request_id);
 
     let status = response.status();
@@ -858,9 +858,6 @@ async fn serve(
     }
     if let (Some(cors), Some(origin)) = (&route.options.cors, &cors_origin) {
         set_cors_headers(response.headers_mut(), cors, origin);
-    }
-    if let Some(custom) = &route.options.custom_headers {
-        set_custom_headers(response.headers_mut(), custom);
     }
     for cookie in grant.iter().flat_map(|g| g.set_cookies()) {
         response.headers_mut().append(header::SET_COOKIE, cookie.clone());

@@ -1,6 +1,6 @@
 //! `custom-headers`: the response headers of a ConfigMap in the Ingress's namespace
 //! are set on every response of its routes, replacing the backend's, and on the
-//! gateway's own answers for them (denials, errors); a missing, foreign or invalid
+//! gateway's own answers for them (denials, redirects, errors); a missing, foreign or invalid
 //! ConfigMap rejects the Ingress.
 
 use http::StatusCode;
@@ -62,6 +62,16 @@ async fn ingress_nginx_custom_headers() {
                 &[("/", "empty")],
             ),
             nginx_ingress(
+                "moved",
+                false,
+                &[
+                    ("custom-headers", "security"),
+                    ("permanent-redirect", "https://elsewhere.test/"),
+                ],
+                "moved.test",
+                &[("/", "web")],
+            ),
+            nginx_ingress(
                 "missing",
                 false,
                 &[("custom-headers", "nope")],
@@ -103,6 +113,7 @@ async fn ingress_nginx_custom_headers() {
     for (host, status) in [
         ("denied.test", StatusCode::FORBIDDEN),
         ("down.test", StatusCode::SERVICE_UNAVAILABLE),
+        ("moved.test", StatusCode::MOVED_PERMANENTLY),
     ] {
         let r = get_with(&gw, host, "GET", "/", &[]).await;
         assert_eq!(r.status, status, "{host}");
