@@ -7,7 +7,6 @@
 
 use std::io::{IsTerminal, Write};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -22,7 +21,8 @@ use crate::text::{debug_string, AddrText, JsonObject, Rfc3339};
 /// The access log's tracing target: `RUST_LOG=info,portcullis::access=off` turns it off.
 pub const ACCESS: &str = "portcullis::access";
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+/// Also the `--log-format` option's values.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 pub enum Format {
     Text,
     Json,
@@ -35,9 +35,6 @@ struct Logs {
 }
 
 static LOGS: OnceLock<Logs> = OnceLock::new();
-
-/// Lines dropped because stderr was not read fast enough, since the writer last said so.
-static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// All lines dropped, for `portcullis_log_dropped_total`.
 static DROPPED_TOTAL: LazyLock<Counter> = LazyLock::new(Counter::default);
@@ -53,7 +50,7 @@ pub fn dropped_total() -> Counter {
 /// when stderr is a terminal and `NO_COLOR` is unset, never into a file or a pipe.
 pub fn init(format: Format, batched: bool) {
     let writer = batched
-        .then(|| LineWriter::start("portcullis-logs", StderrSink { format }).ok())
+        .then(|| LineWriter::start("portcullis-logs", StderrSink { format, reported: 0 }).ok())
         .flatten();
     let _ = LOGS.set(Logs { writer, format });
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -77,10 +74,13 @@ pub fn flush() {
 }
 
 fn push(line: Vec<u8>) {
-    match LOGS.get().and_then(|l| l.writer.as_ref()) {
+    push_to(LOGS.get(), line);
+}
+
+fn push_to(logs: Option<&Logs>, line: Vec<u8>) {
+    match logs.and_then(|l| l.writer.as_ref()) {
         Some(writer) => {
             if !writer.push(line) {
-                DROPPED.fetch_add(1, Ordering::Relaxed);
                 DROPPED_TOTAL.inc();
             }
         }
@@ -108,6 +108,8 @@ impl Write for Queued {
 
 struct StderrSink {
     format: Format,
+    /// `portcullis_log_dropped_total` when the last warning about drops was written.
+    reported: u64,
 }
 
 impl Sink for StderrSink {
@@ -119,7 +121,9 @@ impl Sink for StderrSink {
     fn failed(&self, _: &std::io::Error) {}
 
     fn after_batch(&mut self) -> Option<Vec<u8>> {
-        let dropped = DROPPED.swap(0, Ordering::Relaxed);
+        let total = DROPPED_TOTAL.get();
+        let dropped = total - self.reported;
+        self.reported = total;
         (dropped > 0).then(|| {
             let message = format!("{dropped} log lines dropped: stderr was not read fast enough");
             warning(self.format, SystemTime::now(), &message)
@@ -178,11 +182,12 @@ pub struct Access<'a> {
 
 /// Writes one access-log line; never waits.
 pub fn access(request: &Access<'_>) {
-    let format = LOGS.get().map_or(Format::Text, |l| l.format);
+    let logs = LOGS.get();
+    let format = logs.map_or(Format::Text, |l| l.format);
     // Room for a typical line, so that writing it does not grow the buffer.
     let mut line = Vec::with_capacity(512);
     request.write(format, SystemTime::now(), &mut line);
-    push(line);
+    push_to(logs, line);
 }
 
 impl Access<'_> {
@@ -231,12 +236,12 @@ impl Access<'_> {
                     ("method", self.method.as_str()),
                     ("host", self.host),
                     ("path", self.path),
-                    ("status", &self.status.to_string()),
-                    ("duration_ms", &format!("{:?}", self.duration_ms)),
                 ] {
                     name(out, field);
                     out.extend_from_slice(value.as_bytes());
                 }
+                // Straight into the line (a Vec cannot fail to take them).
+                let _ = write!(out, " status={} duration_ms={:?}", self.status, self.duration_ms);
                 for (field, value) in [
                     ("ingress", self.ingress),
                     ("backend", &backend),
@@ -323,6 +328,19 @@ mod tests {
                 detail = access.detail,
             );
         })
+    }
+
+    #[test]
+    fn drops_are_reported_once_each() {
+        let mut sink = StderrSink {
+            format: Format::Text,
+            reported: DROPPED_TOTAL.get(),
+        };
+        assert!(sink.after_batch().is_none());
+        DROPPED_TOTAL.inc_by(3);
+        let line = String::from_utf8(sink.after_batch().expect("a warning")).expect("UTF-8");
+        assert!(line.contains("3 log lines dropped"), "{line}");
+        assert!(sink.after_batch().is_none(), "said once");
     }
 
     #[test]

@@ -31,15 +31,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
-    log_format: LogFormat,
+    log_format: portcullis::logging::Format,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand)]
@@ -280,16 +274,13 @@ impl Drop for FlushLogs {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let format = match cli.log_format {
-        LogFormat::Text => portcullis::logging::Format::Text,
-        LogFormat::Json => portcullis::logging::Format::Json,
-    };
+    let format = cli.log_format;
     // The gateway's requests never wait on stderr; a command's logs come in order with
     // what else it writes there.
     let gateway = matches!(cli.command, Command::Serve { .. } | Command::Controller { .. });
     portcullis::logging::init(format, gateway);
     // Flushed on the way out, also when unwinding from a panic.
-    let _flush = FlushLogs;
+    let flush = FlushLogs;
     let workers = match worker_threads(std::env::var_os("TOKIO_WORKER_THREADS")) {
         Ok(n) => n,
         Err(e) => {
@@ -319,7 +310,7 @@ fn main() -> std::process::ExitCode {
     }
     let result = runtime.block_on(run(cli.command));
     // What was logged comes out before the process's last word.
-    portcullis::logging::flush();
+    drop(flush);
     match result {
         Ok(code) => code,
         Err(e) => {
