@@ -1713,7 +1713,7 @@ fn relay_response(
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         if let Some((_, client)) = client_upgrade {
             let mut backend_response = Response::from_parts(parts, body);
-            let backend = hyper::upgrade::on(&mut backend_response);
+            let backend = proxy::switched(&mut backend_response);
             proxy::spawn_tunnel(client.accept(), backend, conn.drain.clone());
             let (parts, _) = backend_response.into_parts();
             return Response::from_parts(parts, proxy::empty());

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cluster;
 pub mod controller;
 pub mod echo;
+pub mod exchange;
 pub mod h1;
 pub mod handler;
 pub mod limits;

@@ -3,11 +3,10 @@
 //!
 //! hyper-util's general client serves every other case (TLS, HTTP/2, names to
 //! resolve). For this one it does more than needed on every request: an absolute URI
-//! to parse for the pool key, a task spawned to wait until the connection is ready
-//! again, and its pool's bookkeeping. Here the key is the endpoint's address, and a
-//! connection goes back to the pool when the response body ends, which is when hyper
-//! is ready for the next request on it; only when it is not yet ready does a task wait
-//! for it.
+//! to parse for the pool key, a task per connection, channels between that task and
+//! the request's, and its pool's bookkeeping. Here the key is the endpoint's address,
+//! the request's own task does the exchange ([`crate::exchange`]), and a connection
+//! goes back to the pool when the response body ends.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,14 +17,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{Builder, SendRequest};
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use crate::proxy::Body;
+use crate::exchange::{self, Conn, Decoder, ExchangeError, Outgoing, Step};
+use crate::proxy::{Body, BoxError};
 
 /// Idle connections by endpoint. Looked up twice per request, with a fast hash: the
 /// keys are endpoint addresses from the configuration, not chosen by clients.
@@ -35,9 +33,9 @@ type IdleMap = HashMap<SocketAddr, Vec<Idle>, foldhash::fast::RandomState>;
 pub enum SendError {
     /// No connection to the endpoint could be made (refused, unreachable, timed out).
     Connect(std::io::Error),
-    /// The connection failed, or the backend broke the protocol, before the response
-    /// head arrived.
-    Exchange(hyper::Error),
+    /// The connection failed, the backend broke the protocol, or the request body
+    /// failed, before the response head arrived.
+    Exchange(ExchangeError),
 }
 
 /// Idle connections per endpoint address, most recently used last.
@@ -50,19 +48,30 @@ struct Inner {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
-    builder: Builder,
     /// Whether the task that closes connections idle for too long is running.
     sweeping: AtomicBool,
 }
 
 struct Idle {
-    sender: SendRequest<Body>,
+    conn: Conn,
     since: Instant,
 }
 
 /// TCP keep-alive probes start after this long without traffic, so that a backend
 /// that vanished (a deleted node) is noticed on idle connections.
 const KEEPALIVE_PROBE: Duration = Duration::from_secs(60);
+
+/// The backend's side of a connection that switched protocols (a 101), in the
+/// response's extensions for the tunnel to take.
+#[derive(Clone)]
+pub struct Switched(Arc<Mutex<Option<exchange::Switched>>>);
+
+impl Switched {
+    /// The connection, the first time it is asked for.
+    pub fn take(&self) -> Option<exchange::Switched> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
 
 impl Pool {
     /// `idle_timeout` closes connections unused for that long; at most `max_idle`
@@ -74,59 +83,62 @@ impl Pool {
                 connect_timeout,
                 idle_timeout,
                 max_idle,
-                builder: Builder::new(),
                 sweeping: AtomicBool::new(false),
             }),
         }
     }
 
     /// Sends `request` (origin-form URI, `Host` set) to `addr` on an idle connection,
-    /// or a new one. A request that an idle connection could not take (the backend
-    /// closed it meanwhile) was never written, and goes on another connection.
+    /// or a new one. When an idle connection goes unanswered (the backend closed it
+    /// meanwhile), a request without a body and with an idempotent method goes again
+    /// on a new connection, as nginx does with its cached connections.
     pub async fn send(
         &self,
         addr: SocketAddr,
-        mut request: Request<Body>,
+        request: Request<Body>,
     ) -> Result<Response<UpstreamBody>, SendError> {
+        let mut outgoing = Outgoing::new(request).map_err(SendError::Exchange)?;
         loop {
-            let (mut sender, reused) = match self.inner.checkout(addr) {
-                Some(sender) => (sender, true),
+            let (mut conn, reused) = match self.inner.checkout(addr) {
+                Some(conn) => (conn, true),
                 None => (self.inner.connect(addr).await?, false),
             };
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    let lease = reusable(&response).then(|| Lease {
-                        pool: self.inner.clone(),
-                        addr,
-                        sender,
-                    });
-                    return Ok(response.map(|inner| UpstreamBody { inner, lease }));
-                }
-                Err(mut failed) => match failed.take_message() {
-                    Some(unsent) if reused => request = unsent,
-                    _ => return Err(SendError::Exchange(failed.into_error())),
-                },
+            let head = match exchange::exchange(&mut conn, &mut outgoing).await {
+                Ok(head) => head,
+                Err(ExchangeError::Unanswered(_)) if reused && outgoing.repeatable() => continue,
+                Err(e) => return Err(SendError::Exchange(e)),
+            };
+            let mut response = Response::new(());
+            *response.status_mut() = head.status;
+            *response.version_mut() = head.version;
+            *response.headers_mut() = head.headers;
+            if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                let switched = Switched(Arc::new(Mutex::new(Some(exchange::Switched::new(conn)))));
+                response.extensions_mut().insert(switched);
+                return Ok(response.map(|()| UpstreamBody::empty()));
             }
+            let lease = head.reusable.then(|| Lease {
+                pool: self.inner.clone(),
+                addr,
+            });
+            let head_done = head.body.is_done();
+            let mut body = UpstreamBody(Kind::Own {
+                conn: Some(conn),
+                decoder: head.body,
+                lease,
+            });
+            // Without a body (a 204, a 304, an answer to HEAD), the connection goes
+            // back now.
+            if head_done {
+                body.settle();
+            }
+            return Ok(response.map(|()| body));
         }
     }
 
     /// Idle connections to `addr` (tests).
     pub fn idle(&self, addr: SocketAddr) -> usize {
         self.inner.lock().get(&addr).map_or(0, Vec::len)
-    }
-}
-
-/// Whether the connection may carry another request once this response is read: not
-/// after a protocol switch, nor when the backend said it closes.
-fn reusable(response: &Response<Incoming>) -> bool {
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return false;
-    }
-    let has = |token| crate::proxy::connection_has(response.headers(), token);
-    match response.version() {
-        Version::HTTP_11 => !has("close"),
-        Version::HTTP_10 => has("keep-alive"),
-        _ => false,
     }
 }
 
@@ -138,7 +150,7 @@ impl Inner {
 
     /// The most recently used idle connection to `addr` that is still open and has
     /// not been idle too long. Those passed over are closed.
-    fn checkout(&self, addr: SocketAddr) -> Option<SendRequest<Body>> {
+    fn checkout(&self, addr: SocketAddr) -> Option<Conn> {
         let mut idle = self.lock();
         let list = idle.get_mut(&addr)?;
         let now = Instant::now();
@@ -148,14 +160,14 @@ impl Inner {
                 list.clear();
                 return None;
             }
-            if !entry.sender.is_closed() {
-                return Some(entry.sender);
+            if entry.conn.is_open() {
+                return Some(entry.conn);
             }
         }
         None
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<Body>, SendError> {
+    async fn connect(&self, addr: SocketAddr) -> Result<Conn, SendError> {
         let stream =
             match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => stream,
@@ -176,20 +188,10 @@ impl Inner {
         if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
             tracing::warn!(endpoint = %addr, error = %e, "TCP keep-alive not set on backend connection");
         }
-        let (sender, connection) = self
-            .builder
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(SendError::Exchange)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(endpoint = %addr, error = %e, "backend connection ended");
-            }
-        });
-        Ok(sender)
+        Ok(Conn::new(stream))
     }
 
-    fn put(self: &Arc<Self>, addr: SocketAddr, sender: SendRequest<Body>) {
+    fn put(self: &Arc<Self>, addr: SocketAddr, conn: Conn) {
         {
             let mut idle = self.lock();
             let list = idle.entry(addr).or_default();
@@ -197,7 +199,7 @@ impl Inner {
                 return;
             }
             list.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -211,8 +213,8 @@ impl Inner {
     }
 }
 
-/// Closes connections idle for longer than the idle timeout, and forgets endpoints
-/// with none left, until the pool is dropped.
+/// Closes connections idle for longer than the idle timeout, or closed by their
+/// backend, and forgets endpoints with none left, until the pool is dropped.
 async fn sweep(pool: Weak<Inner>) {
     let Some(period) = pool
         .upgrade()
@@ -227,101 +229,168 @@ async fn sweep(pool: Weak<Inner>) {
         };
         let now = Instant::now();
         pool.lock().retain(|_, list| {
-            list.retain(|c| now.duration_since(c.since) < pool.idle_timeout && !c.sender.is_closed());
+            list.retain(|c| now.duration_since(c.since) < pool.idle_timeout && c.conn.is_open());
             !list.is_empty()
         });
     }
 }
 
-/// A connection lent to one exchange, back to the pool when the response has been read.
+/// Where a connection goes back once its response has been read.
 struct Lease {
     pool: Arc<Inner>,
     addr: SocketAddr,
-    sender: SendRequest<Body>,
 }
 
-impl Lease {
-    fn release(self) {
-        let Lease {
-            pool,
-            addr,
-            mut sender,
-        } = self;
-        if sender.is_closed() {
-            return;
-        }
-        if sender.is_ready() {
-            pool.put(addr, sender);
-            return;
-        }
-        // hyper has not yet seen the end of the exchange on its side.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if sender.ready().await.is_ok() {
-                    pool.put(addr, sender);
-                }
-            });
-        }
-    }
-}
+/// A backend's response body. Read to its end, the connection goes back to the pool
+/// (if the backend keeps it open). Dropped before that, it goes back only if the rest
+/// of the body has already arrived; otherwise it is closed.
+pub struct UpstreamBody(Kind);
 
-/// A backend's response body. When it has been read to its end, the connection goes
-/// back to the pool. Dropped before that, the connection goes back only if hyper could
-/// read off the rest of the response, which it does when the rest has already arrived;
-/// otherwise hyper closes it.
-pub struct UpstreamBody {
-    inner: Incoming,
-    lease: Option<Lease>,
+enum Kind {
+    /// From one of hyper-util's clients, which pool their own connections.
+    Hyper(Incoming),
+    /// From [`Pool`]: decoded here, from the connection itself.
+    Own {
+        /// `None` once the body has ended or failed.
+        conn: Option<Conn>,
+        decoder: Decoder,
+        /// `None` when the connection must not be reused.
+        lease: Option<Lease>,
+    },
 }
 
 impl UpstreamBody {
     /// A body whose connection some other pool looks after.
     pub fn unpooled(inner: Incoming) -> Self {
-        UpstreamBody { inner, lease: None }
+        UpstreamBody(Kind::Hyper(inner))
     }
 
-    fn finish(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.release();
+    fn empty() -> Self {
+        UpstreamBody(Kind::Own {
+            conn: None,
+            decoder: Decoder::Done,
+            lease: None,
+        })
+    }
+
+    /// Decodes what is already buffered, without reading, and discards it; if that
+    /// reaches the end of the body, the connection goes back to the pool, and
+    /// otherwise it is closed.
+    fn settle(&mut self) {
+        let Kind::Own { conn, decoder, lease } = &mut self.0 else {
+            return;
+        };
+        let Some(c) = conn.as_mut() else { return };
+        loop {
+            match decoder.decode(&mut c.buf) {
+                Ok(Step::Data(_)) => {}
+                Ok(Step::Trailers(_)) | Ok(Step::End) => break,
+                Ok(Step::More) | Err(_) => {
+                    *conn = None;
+                    return;
+                }
+            }
         }
+        release(conn, lease);
+    }
+}
+
+/// Gives the connection back to its pool if it may be reused and nothing more came
+/// on it; otherwise closes it.
+fn release(conn: &mut Option<Conn>, lease: &mut Option<Lease>) {
+    let (Some(conn), Some(lease)) = (conn.take(), lease.take()) else {
+        return;
+    };
+    // Bytes after the end of the response are not an answer to anything.
+    if conn.buf.is_empty() {
+        lease.pool.put(lease.addr, conn);
     }
 }
 
 impl HttpBody for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        match &frame {
-            // Trailers end a body too; after them, readers stop asking.
-            None => this.finish(),
-            Some(Ok(f)) if f.is_trailers() || this.inner.is_end_stream() => this.finish(),
-            Some(Ok(_)) => {}
-            Some(Err(_)) => this.lease = None,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let (conn, decoder, lease) = match &mut self.0 {
+            Kind::Hyper(inner) => return Pin::new(inner).poll_frame(cx).map_err(BoxError::from),
+            Kind::Own { conn, decoder, lease } => (conn, decoder, lease),
+        };
+        loop {
+            let Some(c) = conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let step = match decoder.decode(&mut c.buf) {
+                Ok(step) => step,
+                Err(e) => {
+                    *conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            };
+            match step {
+                Step::Data(data) => {
+                    if decoder.is_done() {
+                        release(conn, lease);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Step::Trailers(trailers) => {
+                    release(conn, lease);
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                Step::End => {
+                    release(conn, lease);
+                    return Poll::Ready(None);
+                }
+                Step::More => match std::task::ready!(exchange::poll_read(c, cx)) {
+                    Ok(0) if *decoder == Decoder::Close => {
+                        *decoder = Decoder::Done;
+                        *conn = None;
+                        return Poll::Ready(None);
+                    }
+                    Ok(0) => {
+                        *conn = None;
+                        let e = ExchangeError::Protocol(
+                            "the connection closed before the end of the body".into(),
+                        );
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        *conn = None;
+                        return Poll::Ready(Some(Err(ExchangeError::Io(e).into())));
+                    }
+                },
+            }
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.0 {
+            Kind::Hyper(inner) => inner.is_end_stream(),
+            Kind::Own { conn, decoder, .. } => conn.is_none() || decoder.is_done(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.0 {
+            Kind::Hyper(inner) => inner.size_hint(),
+            Kind::Own { conn: None, .. } => SizeHint::with_exact(0),
+            Kind::Own { decoder, .. } => decoder
+                .remaining()
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
+        }
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        // Often dropped without the poll that would have found the end (no body, or
-        // one read to its length), or unread: hyper decides, and the lease waits for
-        // hyper to be ready or to close.
-        self.finish();
+        // Often dropped without the poll that would have found the end (a body read
+        // to its length, trailers), or unread.
+        self.settle();
     }
 }
 
@@ -593,5 +662,257 @@ mod tests {
             crate::proxy::UpstreamFailure::classify(&err),
             crate::proxy::UpstreamFailure::Connect
         );
+    }
+
+    /// A backend that serves one connection with a script: for each exchange, it reads
+    /// until what it has read contains `until`, then writes the answer, and closes
+    /// after the last. What it read comes back through the channel.
+    async fn scripted(
+        script: Vec<(&'static [u8], &'static [u8])>,
+    ) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (seen, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            for (until, answer) in script {
+                let mut read = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !read.windows(until.len()).any(|w| w == until) {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => read.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = seen.send(read);
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+            }
+        });
+        (addr, rx)
+    }
+
+    /// A body of unknown length, fed through the sender.
+    fn streamed() -> (tokio::sync::mpsc::UnboundedSender<Bytes>, Body) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
+        });
+        (tx, http_body_util::StreamBody::new(stream).boxed_unsync())
+    }
+
+    fn post(body: Body) -> Request<Body> {
+        Request::builder()
+            .method("POST")
+            .uri("/upload")
+            .header(header::HOST, "backend.test")
+            .body(body)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_are_decoded_with_extensions_and_trailers() {
+        let answer: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+            5;name=value\r\nhello\r\n1 ; x\r\n \r\n5\r\nworld\r\n0\r\nx-sum: 10\r\n\r\n";
+        let (addr, _seen) = scripted(vec![(b"\r\n\r\n", answer), (b"\r\n\r\n", OK)]).await;
+        let pool = pool();
+        let response = pool.send(addr, get("/")).await.unwrap();
+        let collected = response.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-sum"], "10");
+        assert_eq!(collected.to_bytes(), "hello world");
+        assert_eq!(pool.idle(addr), 1, "reused after the trailers");
+        assert_eq!(text(pool.send(addr, get("/")).await.unwrap()).await, "ok");
+    }
+
+    #[tokio::test]
+    async fn ambiguous_or_broken_framing_fails_and_the_connection_is_dropped() {
+        let cases: &[(&str, &[u8])] = &[
+            ("both framings", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+            ("a coding other than chunked", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok"),
+            ("chunked twice", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n"),
+            ("chunked not last", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n0\r\n\r\n"),
+            ("differing lengths in a list", b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\nok"),
+            ("differing lengths", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok"),
+            ("a signed length", b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok"),
+            ("a bad status line", b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok"),
+            ("a space before the colon", b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok"),
+            ("a bad chunk size", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n"),
+            ("a chunk size too long", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n00000000000000002\r\nok\r\n0\r\n\r\n"),
+            ("a bare LF after a chunk size", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\nok\r\n0\r\n\r\n"),
+            ("chunk data too long", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokk\r\n0\r\n\r\n"),
+            ("a control character in an extension", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;a\x01\r\nok\r\n0\r\n\r\n"),
+            ("a body cut short", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"),
+            ("a head cut short", b"HTTP/1.1 200 OK\r\nContent-Le"),
+        ];
+        for (case, answer) in cases {
+            let (addr, _seen) = scripted(vec![(b"\r\n\r\n", answer)]).await;
+            let pool = pool();
+            let outcome = match pool.send(addr, get("/")).await {
+                Ok(response) => response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(std::error::Error::source(&e)
+                    .map(ToString::to_string)
+                    .unwrap_or_default()),
+            };
+            let error = outcome.expect_err(case);
+            assert!(error.contains("HTTP/1.1"), "{case}: {error}");
+            assert_eq!(pool.idle(addr), 0, "{case}: reused");
+        }
+    }
+
+    #[tokio::test]
+    async fn lengths_repeated_alike_and_interim_responses_are_accepted() {
+        let answer: &[u8] = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
+            HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nContent-Length: 2\r\n\r\nok";
+        let (addr, _seen) = scripted(vec![(b"\r\n\r\n", answer)]).await;
+        let response = pool().send(addr, get("/")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response.headers().get("link").is_none(),
+            "the 103's fields are not the response's"
+        );
+        assert_eq!(text(response).await, "ok");
+    }
+
+    #[tokio::test]
+    async fn a_body_without_length_runs_to_the_close() {
+        let (addr, _seen) = scripted(vec![(b"\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\nuntil the end")]).await;
+        let pool = pool();
+        let response = pool.send(addr, get("/")).await.unwrap();
+        assert_eq!(text(response).await, "until the end");
+        assert_eq!(pool.idle(addr), 0);
+    }
+
+    #[tokio::test]
+    async fn request_bodies_go_with_their_length_or_chunked() {
+        let (addr, mut seen) = scripted(vec![
+            (b"\r\n\r\nhello", OK),
+            (b"0\r\n\r\n", OK),
+            (b"\r\n\r\n", OK),
+        ])
+        .await;
+        let pool = pool();
+        assert_eq!(
+            text(pool.send(addr, post(crate::proxy::full("hello"))).await.unwrap()).await,
+            "ok"
+        );
+        let first = String::from_utf8(seen.recv().await.unwrap()).unwrap();
+        assert!(first.starts_with("POST /upload HTTP/1.1\r\n"), "{first}");
+        assert!(first.contains("\r\ncontent-length: 5\r\n"), "{first}");
+        assert!(!first.contains("transfer-encoding"), "{first}");
+
+        let (tx, body) = streamed();
+        tx.send(Bytes::from_static(b"hello ")).unwrap();
+        tx.send(Bytes::from_static(b"world")).unwrap();
+        drop(tx);
+        let mut request = post(body);
+        // Whatever the client said, the gateway frames what it sends.
+        request
+            .headers_mut()
+            .insert(header::TRANSFER_ENCODING, "gzip".parse().unwrap());
+        assert_eq!(text(pool.send(addr, request).await.unwrap()).await, "ok");
+        let second = String::from_utf8(seen.recv().await.unwrap()).unwrap();
+        assert!(second.contains("\r\ntransfer-encoding: chunked\r\n"), "{second}");
+        assert!(!second.contains("gzip"), "{second}");
+        assert!(
+            second.ends_with("\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"),
+            "{second:?}"
+        );
+
+        // A body shorter than its Content-Length is the client's failure, and the
+        // connection, with half a request on it, is not used again.
+        let mut request = post(crate::proxy::full("abc"));
+        request
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, http::HeaderValue::from_static("5"));
+        let Err(err) = pool.send(addr, request).await else {
+            panic!("a short body was sent");
+        };
+        let err = crate::proxy::UpstreamError::Pooled(err);
+        assert_eq!(
+            crate::proxy::UpstreamFailure::classify(&err),
+            crate::proxy::UpstreamFailure::ClientBody
+        );
+        assert_eq!(pool.idle(addr), 0);
+    }
+
+    #[tokio::test]
+    async fn an_early_answer_ends_the_upload_and_the_connection() {
+        // The backend answers after the head, keeps the connection open and never
+        // reads the body, which the client has not finished sending.
+        let (addr, _seen) = scripted(vec![(
+            b"\r\n\r\n",
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\n\r\nbig",
+        )])
+        .await;
+        let (tx, body) = streamed();
+        tx.send(Bytes::from(vec![b'x'; 64 * 1024])).unwrap();
+        let pool = pool();
+        let response = tokio::time::timeout(Duration::from_secs(5), pool.send(addr, post(body)))
+            .await
+            .expect("answered while the upload was unfinished")
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(text(response).await, "big");
+        assert_eq!(pool.idle(addr), 0, "half a request is still on it");
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_reused_connection_is_retried_only_when_harmless() {
+        // Each connection answers its first request and closes on reading the second,
+        // as a backend that times out idle connections at the wrong moment does.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s.write_all(OK).await;
+                    let _ = s.read(&mut buf).await;
+                });
+            }
+        });
+        let pool = pool();
+        assert_eq!(text(pool.send(addr, get("/")).await.unwrap()).await, "ok");
+        assert_eq!(
+            text(pool.send(addr, get("/")).await.unwrap()).await,
+            "ok",
+            "a GET goes again"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+        let Err(err) = pool.send(addr, post(crate::proxy::full("once"))).await else {
+            panic!("a POST on a closing connection was answered");
+        };
+        assert!(
+            matches!(err, SendError::Exchange(ExchangeError::Unanswered(_))),
+            "a POST is not repeated: {err:?}"
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_switch_hands_over_what_came_after_the_head() {
+        let (addr, _seen) = scripted(vec![(
+            b"\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test\r\nConnection: upgrade\r\n\r\nfirst words",
+        )])
+        .await;
+        let mut response = pool().send(addr, get("/")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let mut io = crate::proxy::switched(&mut response).await.unwrap();
+        let mut got = vec![0u8; 11];
+        io.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"first words");
     }
 }

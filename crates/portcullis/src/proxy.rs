@@ -820,6 +820,10 @@ impl UpstreamFailure {
             if let Some(h) = e.downcast_ref::<hyper::Error>() {
                 body_error |= h.is_body_write_aborted() || h.is_user();
             }
+            body_error |= matches!(
+                e.downcast_ref::<crate::exchange::ExchangeError>(),
+                Some(crate::exchange::ExchangeError::Body(_))
+            );
             timed_out |= e.to_string().contains("timed out");
             source = e.source();
         }
@@ -872,12 +876,33 @@ fn certificate_failure(io: &std::io::Error) -> bool {
     false
 }
 
+/// The backend's side of a response that switched protocols: from the pool's own
+/// connection, or from hyper-util's.
+pub fn switched(
+    response: &mut http::Response<UpstreamBody>,
+) -> impl std::future::Future<Output = Result<crate::h1::Upgraded, BoxError>> + Send + 'static {
+    let own = response.extensions_mut().remove::<crate::pool::Switched>();
+    let hyper = own.is_none().then(|| hyper::upgrade::on(response));
+    async move {
+        if let Some(own) = own {
+            let io = own.take().ok_or("the backend connection was already taken")?;
+            return Ok(Box::new(io) as crate::h1::Upgraded);
+        }
+        match hyper {
+            Some(upgrade) => {
+                Ok(Box::new(hyper_util::rt::TokioIo::new(upgrade.await?)) as crate::h1::Upgraded)
+            }
+            None => Err("no backend connection to switch".into()),
+        }
+    }
+}
+
 /// Joins a client connection and a backend connection after both switched protocols,
 /// and copies bytes both ways until either side closes. The drain guard keeps
 /// graceful shutdown waiting for the tunnel.
 pub fn spawn_tunnel(
     client: tokio::sync::oneshot::Receiver<crate::h1::Upgraded>,
-    backend: hyper::upgrade::OnUpgrade,
+    backend: impl std::future::Future<Output = Result<crate::h1::Upgraded, BoxError>> + Send + 'static,
     drain: tokio::sync::mpsc::Sender<()>,
 ) {
     tokio::spawn(async move {
@@ -887,10 +912,8 @@ pub fn spawn_tunnel(
                 .await
                 .map_err(|_| "the client connection closed before switching".into())
         };
-        let backend = async { backend.await.map_err(BoxError::from) };
         match tokio::try_join!(client, backend) {
-            Ok((mut client, backend)) => {
-                let mut backend = hyper_util::rt::TokioIo::new(backend);
+            Ok((mut client, mut backend)) => {
                 if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
                     tracing::debug!(error = %e, "upgraded connection ended");
                 }

@@ -1,0 +1,753 @@
+//! One HTTP/1.1 exchange on a pooled backend connection: the request head and body
+//! out, the response head in, and the response body decoded as it is read.
+//!
+//! The pool used hyper's client connection, which runs each connection as a task of
+//! its own and passes every request and response through channels between that task
+//! and the request's. Here the request's task does the exchange itself.
+//!
+//! Backends are trusted less than the gateway: a response is framed strictly
+//! (RFC 9112 section 6.3). Both `Transfer-Encoding` and `Content-Length`, a transfer
+//! coding other than `chunked`, differing lengths, a malformed chunk or a head larger
+//! than [`MAX_HEAD`] fail the exchange, and the connection is never used again, so
+//! one bad response cannot desynchronize the next.
+
+use std::future::{poll_fn, Future};
+use std::io::{self, Write};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Version};
+use http_body::Body as HttpBody;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::proxy::{Body, BoxError};
+
+/// The largest response head (or trailer section) a backend may send.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// The most header fields in a response head, as hyper's default.
+const MAX_HEADERS: usize = 100;
+/// The longest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Room made in the read buffer before each read.
+const READ_SIZE: usize = 16 * 1024;
+/// Request body data up to this size is copied into the write buffer, so that a head
+/// and a small body go out in one write.
+const COALESCE: usize = 16 * 1024;
+
+/// A backend connection and the bytes read from it but not yet used.
+pub struct Conn {
+    pub io: TcpStream,
+    pub buf: BytesMut,
+}
+
+impl Conn {
+    pub fn new(io: TcpStream) -> Self {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection can take a request: the backend has neither closed
+    /// it nor sent anything unasked. Reads at most one byte, and only if one is there.
+    pub fn is_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+/// Why an exchange failed.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// The connection closed or failed before any of the response arrived. On a
+    /// reused connection the backend may have closed it while it sat idle.
+    Unanswered(io::Error),
+    /// The connection failed after the response began.
+    Io(io::Error),
+    /// The backend broke HTTP/1.1.
+    Protocol(String),
+    /// The client's request body failed (it went away, was too large, or paused too
+    /// long).
+    Body(BoxError),
+}
+
+impl std::fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExchangeError::Unanswered(_) => {
+                f.write_str("the backend closed the connection without answering")
+            }
+            ExchangeError::Io(_) => f.write_str("the backend connection failed"),
+            ExchangeError::Protocol(what) => write!(f, "the backend broke HTTP/1.1: {what}"),
+            ExchangeError::Body(_) => f.write_str("the request body failed"),
+        }
+    }
+}
+
+impl std::error::Error for ExchangeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ExchangeError::Unanswered(e) | ExchangeError::Io(e) => Some(e),
+            ExchangeError::Protocol(_) => None,
+            ExchangeError::Body(e) => Some(e.as_ref()),
+        }
+    }
+}
+
+fn protocol(what: impl Into<String>) -> ExchangeError {
+    ExchangeError::Protocol(what.into())
+}
+
+/// How a request body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delimit {
+    Length(u64),
+    Chunked,
+}
+
+/// A request ready to go: its head encoded, its body (if it has one) and how the body
+/// is delimited.
+pub struct Outgoing {
+    head: Vec<u8>,
+    body: Option<(Body, Delimit)>,
+    pub method: Method,
+}
+
+impl Outgoing {
+    /// Encodes `request` (origin-form URI, `Host` set, hop-by-hop headers removed).
+    /// A body of known length goes with `Content-Length`, any other with chunked
+    /// transfer coding; a `Transfer-Encoding` header in `request` is not sent.
+    pub fn new(request: Request<Body>) -> Result<Self, ExchangeError> {
+        let (parts, body) = request.into_parts();
+        let mut head = Vec::with_capacity(512);
+        head.extend_from_slice(parts.method.as_str().as_bytes());
+        head.push(b' ');
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        head.extend_from_slice(target.as_bytes());
+        head.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut declared = None;
+        for (name, value) in &parts.headers {
+            if name == header::TRANSFER_ENCODING {
+                continue;
+            }
+            if name == header::CONTENT_LENGTH {
+                let length = content_length(std::iter::once(value))
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| {
+                        ExchangeError::Body("the request's Content-Length is not a length".into())
+                    })?;
+                if declared.replace(length).is_some_and(|d| d != length) {
+                    return Err(ExchangeError::Body(
+                        "the request has differing Content-Lengths".into(),
+                    ));
+                }
+            }
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        let delimit = match (declared, body.size_hint().exact()) {
+            (Some(length), _) => Some(Delimit::Length(length)),
+            (None, _) if body.is_end_stream() => None,
+            (None, Some(length)) => {
+                head.extend_from_slice(b"content-length: ");
+                head.extend_from_slice(length.to_string().as_bytes());
+                head.extend_from_slice(b"\r\n");
+                Some(Delimit::Length(length))
+            }
+            (None, None) => {
+                head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                Some(Delimit::Chunked)
+            }
+        };
+        head.extend_from_slice(b"\r\n");
+        let body = match delimit {
+            Some(Delimit::Length(0)) if body.is_end_stream() => None,
+            Some(delimit) => Some((body, delimit)),
+            None => None,
+        };
+        Ok(Outgoing {
+            head,
+            body,
+            method: parts.method,
+        })
+    }
+
+    /// Whether the request may be sent again on another connection when this one
+    /// went unanswered: nothing of it is lost (no body) and repeating it is harmless.
+    pub fn repeatable(&self) -> bool {
+        self.body.is_none() && self.method.is_idempotent()
+    }
+}
+
+/// A response head: what it says, how its body is delimited, and whether the
+/// connection can carry another exchange once the body has been read.
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Decoder,
+    pub reusable: bool,
+}
+
+/// Sends `outgoing` on `conn` and reads the response head. The request body is sent
+/// while the response is awaited: a backend may answer before it has read all of it
+/// (a 413, a redirect). Then the rest is not sent, and the connection is not reused.
+pub async fn exchange(conn: &mut Conn, outgoing: &mut Outgoing) -> Result<Head, ExchangeError> {
+    let head_request = outgoing.method == Method::HEAD;
+    let Some((body, delimit)) = outgoing.body.take() else {
+        conn.io
+            .write_all(&outgoing.head)
+            .await
+            .map_err(ExchangeError::Unanswered)?;
+        return read_head(&mut conn.io, &mut conn.buf, head_request).await;
+    };
+    let (mut reader, mut writer) = conn.io.split();
+    let buf = &mut conn.buf;
+    let sending = send_body(&mut writer, std::mem::take(&mut outgoing.head), body, delimit);
+    let receiving = read_head(&mut reader, buf, head_request);
+    tokio::pin!(sending, receiving);
+    // `None` while sending; then whether all of the request went out.
+    let mut sent = None;
+    loop {
+        tokio::select! {
+            biased;
+            result = &mut sending, if sent.is_none() => match result {
+                Ok(()) => sent = Some(true),
+                Err(ExchangeError::Body(e)) => return Err(ExchangeError::Body(e)),
+                // The backend may have answered and stopped reading: its answer, if
+                // there is one, is the outcome.
+                Err(_) => sent = Some(false),
+            },
+            head = &mut receiving => {
+                let mut head = head?;
+                head.reusable &= sent == Some(true);
+                return Ok(head);
+            }
+        }
+    }
+}
+
+/// Writes the head and the body, delimited as said.
+async fn send_body<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    mut out: Vec<u8>,
+    mut body: Body,
+    delimit: Delimit,
+) -> Result<(), ExchangeError> {
+    let mut sent: u64 = 0;
+    let failed = ExchangeError::Io;
+    loop {
+        // A frame ready now joins the write buffer; before waiting for one, the
+        // buffer goes out.
+        let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                io.write_all(&out).await.map_err(failed)?;
+                out.clear();
+                body.frame().await
+            }
+        };
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(ExchangeError::Body)?;
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let (Ok(trailers), Delimit::Chunked) = (frame.into_trailers(), delimit) {
+                    out.extend_from_slice(b"0\r\n");
+                    for (name, value) in &trailers {
+                        out.extend_from_slice(name.as_str().as_bytes());
+                        out.extend_from_slice(b": ");
+                        out.extend_from_slice(value.as_bytes());
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    return io.write_all(&out).await.map_err(failed);
+                }
+                continue;
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        if let Delimit::Length(length) = delimit {
+            if sent > length {
+                return Err(ExchangeError::Body(
+                    "the request body is longer than its Content-Length".into(),
+                ));
+            }
+        } else {
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, "{:x}\r\n", data.len());
+        }
+        if data.len() <= COALESCE {
+            out.extend_from_slice(&data);
+        } else {
+            io.write_all(&out).await.map_err(failed)?;
+            out.clear();
+            io.write_all(&data).await.map_err(failed)?;
+        }
+        if delimit == Delimit::Chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    match delimit {
+        Delimit::Length(length) if sent != length => {
+            return Err(ExchangeError::Body(
+                "the request body is shorter than its Content-Length".into(),
+            ))
+        }
+        Delimit::Length(_) => {}
+        Delimit::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+    }
+    io.write_all(&out).await.map_err(failed)
+}
+
+/// Reads until a final response head is complete, skipping interim (1xx) responses
+/// other than 101.
+async fn read_head<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<Head, ExchangeError> {
+    let mut unanswered = true;
+    loop {
+        if !buf.is_empty() {
+            unanswered = false;
+            if let Some(head) = parse_head(buf, head_request)? {
+                if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
+                    continue;
+                }
+                return Ok(head);
+            }
+            if buf.len() >= MAX_HEAD {
+                return Err(protocol(format!("a response head larger than {MAX_HEAD} bytes")));
+            }
+        }
+        if buf.capacity() - buf.len() < READ_SIZE / 4 {
+            buf.reserve(READ_SIZE);
+        }
+        match tokio::io::AsyncReadExt::read_buf(io, buf).await {
+            Ok(0) if unanswered => {
+                return Err(ExchangeError::Unanswered(io::ErrorKind::UnexpectedEof.into()))
+            }
+            Ok(0) => {
+                return Err(protocol(
+                    "the connection closed in the middle of the response head",
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if unanswered => return Err(ExchangeError::Unanswered(e)),
+            Err(e) => return Err(ExchangeError::Io(e)),
+        }
+    }
+}
+
+/// Parses a response head at the start of `buf` and takes it out, or returns `None`
+/// if it is not complete yet.
+fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, ExchangeError> {
+    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let length = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(protocol(format!("more than {MAX_HEADERS} header fields")))
+        }
+        Err(e) => return Err(protocol(format!("a malformed response head ({e})"))),
+    };
+    let status = response
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or_else(|| protocol("a status code outside 100-999"))?;
+    let version = match response.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    // Where each field lies in the head, so that values can share its bytes.
+    let start = buf.as_ptr() as usize;
+    let span = |s: &[u8]| {
+        if s.is_empty() {
+            return Some((0, 0));
+        }
+        let offset = (s.as_ptr() as usize).checked_sub(start)?;
+        (offset + s.len() <= length).then_some((offset as u32, (offset + s.len()) as u32))
+    };
+    let mut spans = [((0u32, 0u32), (0u32, 0u32)); MAX_HEADERS];
+    let count = response.headers.len();
+    for (slot, field) in spans.iter_mut().zip(response.headers.iter()) {
+        *slot = span(field.name.as_bytes())
+            .zip(span(field.value))
+            .ok_or_else(|| protocol("a response head the parser placed outside itself"))?;
+    }
+    let head = buf.split_to(length).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    // What framing and persistence need, noted on the way.
+    let mut framing = Framing::default();
+    for &((name_start, name_end), (value_start, value_end)) in &spans[..count] {
+        let name = &head[name_start as usize..name_end as usize];
+        let name = HeaderName::from_bytes(name)
+            .map_err(|_| protocol(format!("a bad header name {:?}", String::from_utf8_lossy(name))))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
+            .map_err(|_| protocol(format!("a bad value for header {name}")))?;
+        framing.note(&name, &value)?;
+        headers.append(name, value);
+    }
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    let body = if switching {
+        Decoder::Done
+    } else {
+        framing.decoder(status, head_request)?
+    };
+    let keep_alive = match version {
+        Version::HTTP_11 => !framing.close,
+        _ => framing.keep_alive,
+    };
+    let reusable = keep_alive && !switching && !matches!(body, Decoder::Close);
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+        body,
+        reusable,
+    }))
+}
+
+/// The fields of a response head that decide how its body is delimited and whether
+/// the connection stays open.
+#[derive(Default)]
+struct Framing {
+    chunked: bool,
+    transfer_encoding: bool,
+    length: Option<u64>,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl Framing {
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), ExchangeError> {
+        if *name == header::CONTENT_LENGTH {
+            let length = content_length(std::iter::once(value))
+                .ok()
+                .flatten()
+                .ok_or_else(|| protocol("a bad Content-Length"))?;
+            if self.length.replace(length).is_some_and(|l| l != length) {
+                return Err(protocol("differing Content-Lengths"));
+            }
+        } else if *name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+            let text = value
+                .to_str()
+                .map_err(|_| protocol("a Transfer-Encoding that is not text"))?;
+            for coding in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                // chunked, once, and last: any other coding would reach the client
+                // undone, since Transfer-Encoding is not relayed.
+                if self.chunked || !coding.eq_ignore_ascii_case("chunked") {
+                    return Err(protocol(format!(
+                        "Transfer-Encoding {text:?}: only chunked is relayed"
+                    )));
+                }
+                self.chunked = true;
+            }
+        } else if *name == header::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        Ok(())
+    }
+
+    /// How the body of a response with this status is delimited (RFC 9112 6.3).
+    fn decoder(&self, status: StatusCode, head_request: bool) -> Result<Decoder, ExchangeError> {
+        if head_request
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(Decoder::Done);
+        }
+        if self.transfer_encoding {
+            if self.length.is_some() {
+                return Err(protocol("both Transfer-Encoding and Content-Length"));
+            }
+            if !self.chunked {
+                return Err(protocol("an empty Transfer-Encoding"));
+            }
+            return Ok(Decoder::Chunked(Chunk::Size));
+        }
+        Ok(match self.length {
+            Some(0) => Decoder::Done,
+            Some(length) => Decoder::Length(length),
+            None => Decoder::Close,
+        })
+    }
+}
+
+/// The length that every `Content-Length` value (and every element of a list) gives,
+/// `None` without one, or an error if one is not a number or they differ.
+fn content_length<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Result<Option<u64>, ()> {
+    let mut length = None;
+    for value in values {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                return Err(());
+            }
+            let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            if length.replace(n).is_some_and(|previous| previous != n) {
+                return Err(());
+            }
+        }
+    }
+    Ok(length)
+}
+
+/// Where a response body stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoder {
+    /// This many bytes remain.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked(Chunk),
+    /// Until the backend closes the connection.
+    Close,
+    /// The body has ended.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// A chunk-size line is next.
+    Size,
+    /// This much of a chunk's data remains.
+    Data(u64),
+    /// The CRLF after a chunk's data is next.
+    DataEnd,
+    /// The trailer section (after the last chunk) is next.
+    Trailers,
+}
+
+/// What decoding the buffered bytes gave.
+pub enum Step {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    End,
+    /// More bytes must be read first.
+    More,
+}
+
+impl Decoder {
+    pub fn is_done(&self) -> bool {
+        *self == Decoder::Done
+    }
+
+    /// Decodes what `buf` holds, taking the bytes it uses out of it.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Step, ExchangeError> {
+        loop {
+            match *self {
+                Decoder::Done => return Ok(Step::End),
+                Decoder::Close if buf.is_empty() => return Ok(Step::More),
+                Decoder::Close => return Ok(Step::Data(buf.split().freeze())),
+                Decoder::Length(remaining) => {
+                    let Some(data) = take(buf, remaining) else {
+                        return Ok(Step::More);
+                    };
+                    let remaining = remaining - data.len() as u64;
+                    *self = if remaining == 0 {
+                        Decoder::Done
+                    } else {
+                        Decoder::Length(remaining)
+                    };
+                    return Ok(Step::Data(data));
+                }
+                Decoder::Chunked(Chunk::Data(remaining)) => {
+                    let Some(data) = take(buf, remaining) else {
+                        return Ok(Step::More);
+                    };
+                    let remaining = remaining - data.len() as u64;
+                    *self = Decoder::Chunked(if remaining == 0 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(remaining)
+                    });
+                    return Ok(Step::Data(data));
+                }
+                Decoder::Chunked(Chunk::DataEnd) => {
+                    if buf.len() < 2 {
+                        return Ok(Step::More);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(protocol("chunk data not followed by CRLF"));
+                    }
+                    buf.advance(2);
+                    *self = Decoder::Chunked(Chunk::Size);
+                }
+                Decoder::Chunked(Chunk::Size) => {
+                    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+                        if buf.len() > MAX_CHUNK_LINE {
+                            return Err(protocol("a chunk-size line too long"));
+                        }
+                        return Ok(Step::More);
+                    };
+                    let size = chunk_size(&buf[..end])?;
+                    buf.advance(end + 1);
+                    *self = Decoder::Chunked(match size {
+                        0 => Chunk::Trailers,
+                        n => Chunk::Data(n),
+                    });
+                }
+                Decoder::Chunked(Chunk::Trailers) => {
+                    if buf.len() < 2 {
+                        return Ok(Step::More);
+                    }
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                        *self = Decoder::Done;
+                        return Ok(Step::End);
+                    }
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        if buf.len() > MAX_HEAD {
+                            return Err(protocol(format!("trailers larger than {MAX_HEAD} bytes")));
+                        }
+                        return Ok(Step::More);
+                    };
+                    let section = buf.split_to(end + 4);
+                    *self = Decoder::Done;
+                    return trailers(&section).map(Step::Trailers);
+                }
+            }
+        }
+    }
+
+    /// The bytes still expected, when known.
+    pub fn remaining(&self) -> Option<u64> {
+        match self {
+            Decoder::Length(n) => Some(*n),
+            Decoder::Done => Some(0),
+            _ => None,
+        }
+    }
+}
+
+/// Up to `limit` bytes from the front of `buf`, or `None` if it is empty.
+fn take(buf: &mut BytesMut, limit: u64) -> Option<Bytes> {
+    if buf.is_empty() {
+        return None;
+    }
+    let n = usize::try_from(limit).map_or(buf.len(), |limit| limit.min(buf.len()));
+    Some(buf.split_to(n).freeze())
+}
+
+/// The size a chunk-size line gives: hex digits, then optional extensions, then CRLF
+/// (`line` is everything before the LF). A bare LF, a size over 16 hex digits or a
+/// control character in an extension is an error.
+fn chunk_size(line: &[u8]) -> Result<u64, ExchangeError> {
+    let line = line
+        .strip_suffix(b"\r")
+        .ok_or_else(|| protocol("a chunk-size line ending in a bare LF"))?;
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(protocol("a bad chunk size"));
+    }
+    let rest = &line[digits..];
+    let extension = rest.trim_ascii_start();
+    if !rest.is_empty() && !extension.starts_with(b";") {
+        return Err(protocol("a bad chunk size"));
+    }
+    if extension.iter().any(|&b| b.is_ascii_control() && b != b'\t') {
+        return Err(protocol("a control character in a chunk extension"));
+    }
+    let size = line[..digits].iter().fold(0u64, |n, &d| {
+        let digit = (d as char).to_digit(16).unwrap_or(0);
+        (n << 4) | u64::from(digit)
+    });
+    Ok(size)
+}
+
+/// Parses a trailer section (fields, then the empty line).
+fn trailers(section: &[u8]) -> Result<HeaderMap, ExchangeError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(section, &mut fields) {
+        Ok(httparse::Status::Complete((_, fields))) => {
+            let mut map = HeaderMap::with_capacity(fields.len());
+            for field in fields {
+                let name = HeaderName::from_bytes(field.name.as_bytes())
+                    .map_err(|_| protocol("a bad trailer name"))?;
+                let value =
+                    HeaderValue::from_bytes(field.value).map_err(|_| protocol("a bad trailer value"))?;
+                map.append(name, value);
+            }
+            Ok(map)
+        }
+        Ok(httparse::Status::Partial) => Err(protocol("an unfinished trailer section")),
+        Err(e) => Err(protocol(format!("malformed trailers ({e})"))),
+    }
+}
+
+/// Reads what the connection has into its buffer; 0 when the backend has closed it.
+/// Through `AsyncRead`, whose short reads tell tokio the socket is drained, so the
+/// next read waits for readiness instead of costing a system call.
+pub fn poll_read(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    if conn.buf.capacity() - conn.buf.len() < READ_SIZE / 4 {
+        conn.buf.reserve(READ_SIZE);
+    }
+    let read = std::pin::pin!(tokio::io::AsyncReadExt::read_buf(&mut conn.io, &mut conn.buf));
+    read.poll(cx)
+}
+
+/// A backend connection after a 101: what it sent after the head, then the socket.
+pub struct Switched {
+    early: Bytes,
+    io: TcpStream,
+}
+
+impl Switched {
+    pub fn new(conn: Conn) -> Self {
+        Switched {
+            early: conn.buf.freeze(),
+            io: conn.io,
+        }
+    }
+}
+
+impl AsyncRead for Switched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.early.is_empty() {
+            return Pin::new(&mut self.io).poll_read(cx, out);
+        }
+        let n = self.early.len().min(out.remaining());
+        out.put_slice(&self.early[..n]);
+        self.early.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Switched {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
