@@ -14,13 +14,12 @@
 use std::future::{poll_fn, Future};
 use std::io::{self, Write};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
-use http_body::Body as HttpBody;
-use http_body_util::BodyExt;
+use http_body::{Body as HttpBody, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -107,14 +106,22 @@ fn protocol(what: impl Into<String>) -> ExchangeError {
 enum Delimit {
     Length(u64),
     Chunked,
+    /// Not yet known: a `GET`, `HEAD`, `OPTIONS` or `TRACE` whose body's length is not
+    /// known. Its first frame decides: an end means no body (and no chunked framing to
+    /// surprise a backend that expects none on these), data means chunked.
+    Undecided,
 }
 
-/// A request ready to go: its head encoded, its body (if it has one) and how the body
-/// is delimited.
+/// A request ready to go: its head encoded, and its body if it has one.
 pub struct Outgoing {
+    /// The head, up to and including the empty line; for a body not yet `Undecided`,
+    /// up to the last field, the framing and the empty line still to come.
     head: Vec<u8>,
     body: Option<(Body, Delimit)>,
-    pub method: Method,
+    method: Method,
+    /// Whether the request may be sent again on another connection when one went
+    /// unanswered: it has no body and repeating it is harmless (RFC 9110 9.2.2).
+    repeatable: bool,
 }
 
 impl Outgoing {
@@ -147,12 +154,10 @@ impl Outgoing {
                     ));
                 }
             }
-            head.extend_from_slice(name.as_str().as_bytes());
-            head.extend_from_slice(b": ");
-            head.extend_from_slice(value.as_bytes());
-            head.extend_from_slice(b"\r\n");
+            push_field(&mut head, name, value);
         }
         let delimit = match (declared, body.size_hint().exact()) {
+            (Some(0), _) | (None, Some(0)) if body.is_end_stream() => None,
             (Some(length), _) => Some(Delimit::Length(length)),
             (None, _) if body.is_end_stream() => None,
             (None, Some(length)) => {
@@ -161,29 +166,35 @@ impl Outgoing {
                 head.extend_from_slice(b"\r\n");
                 Some(Delimit::Length(length))
             }
+            (None, None) if parts.method.is_safe() => Some(Delimit::Undecided),
             (None, None) => {
                 head.extend_from_slice(b"transfer-encoding: chunked\r\n");
                 Some(Delimit::Chunked)
             }
         };
-        head.extend_from_slice(b"\r\n");
-        let body = match delimit {
-            Some(Delimit::Length(0)) if body.is_end_stream() => None,
-            Some(delimit) => Some((body, delimit)),
-            None => None,
-        };
+        if delimit != Some(Delimit::Undecided) {
+            head.extend_from_slice(b"\r\n");
+        }
         Ok(Outgoing {
             head,
-            body,
+            repeatable: delimit.is_none() && parts.method.is_idempotent(),
+            body: delimit.map(|d| (body, d)),
             method: parts.method,
         })
     }
 
-    /// Whether the request may be sent again on another connection when this one
-    /// went unanswered: nothing of it is lost (no body) and repeating it is harmless.
+    /// Whether the request may go again on another connection after one went
+    /// unanswered.
     pub fn repeatable(&self) -> bool {
-        self.body.is_none() && self.method.is_idempotent()
+        self.repeatable
     }
+}
+
+fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A response head: what it says, how its body is delimited, and whether the
@@ -196,156 +207,228 @@ pub struct Head {
     pub reusable: bool,
 }
 
-/// Sends `outgoing` on `conn` and reads the response head. The request body is sent
-/// while the response is awaited: a backend may answer before it has read all of it
-/// (a 413, a redirect). Then the rest is not sent, and the connection is not reused.
-pub async fn exchange(conn: &mut Conn, outgoing: &mut Outgoing) -> Result<Head, ExchangeError> {
+/// Sends `outgoing` on `conn` and reads the response head.
+///
+/// The request body is sent while the response is awaited, since a backend may answer
+/// before it has read all of it. After a 2xx, the rest of the body is still to send,
+/// alongside the response body: the [`Upload`] returned. After any other answer (a
+/// 413, a redirect, an error) the rest is not sent and the connection is not reused.
+pub async fn exchange(
+    conn: &mut Conn,
+    outgoing: &mut Outgoing,
+) -> Result<(Head, Option<Upload>), ExchangeError> {
     let head_request = outgoing.method == Method::HEAD;
+    let mut unanswered = true;
     let Some((body, delimit)) = outgoing.body.take() else {
         conn.io
             .write_all(&outgoing.head)
             .await
             .map_err(ExchangeError::Unanswered)?;
-        return read_head(&mut conn.io, &mut conn.buf, head_request).await;
+        let head = poll_fn(|cx| poll_head(conn, cx, head_request, &mut unanswered)).await?;
+        return Ok((refuse_tunnel(head, &outgoing.method)?, None));
     };
-    let (mut reader, mut writer) = conn.io.split();
-    let buf = &mut conn.buf;
-    let sending = send_body(&mut writer, std::mem::take(&mut outgoing.head), body, delimit);
-    let receiving = read_head(&mut reader, buf, head_request);
-    tokio::pin!(sending, receiving);
-    // `None` while sending; then whether all of the request went out.
-    let mut sent = None;
-    loop {
-        tokio::select! {
-            biased;
-            result = &mut sending, if sent.is_none() => match result {
-                Ok(()) => sent = Some(true),
-                Err(ExchangeError::Body(e)) => return Err(ExchangeError::Body(e)),
+    let mut upload = Upload {
+        out: std::mem::take(&mut outgoing.head),
+        written: 0,
+        body,
+        delimit,
+        sent: 0,
+        ended: false,
+    };
+    // `Some` while uploading; then whether all of the request went out.
+    let mut uploaded = None;
+    let head = poll_fn(|cx| {
+        if uploaded.is_none() {
+            match upload.poll(&conn.io, cx) {
+                Poll::Ready(Ok(())) => uploaded = Some(true),
+                Poll::Ready(Err(ExchangeError::Body(e))) => return Poll::Ready(Err(ExchangeError::Body(e))),
                 // The backend may have answered and stopped reading: its answer, if
                 // there is one, is the outcome.
-                Err(_) => sent = Some(false),
-            },
-            head = &mut receiving => {
-                let mut head = head?;
-                head.reusable &= sent == Some(true);
-                return Ok(head);
+                Poll::Ready(Err(_)) => uploaded = Some(false),
+                Poll::Pending => {}
+            }
+        }
+        poll_head(conn, cx, head_request, &mut unanswered)
+    })
+    .await?;
+    let mut head = refuse_tunnel(head, &outgoing.method)?;
+    let upload = match uploaded {
+        Some(complete) => {
+            head.reusable &= complete;
+            None
+        }
+        None if head.status.is_success() => Some(upload),
+        None => {
+            head.reusable = false;
+            None
+        }
+    };
+    Ok((head, upload))
+}
+
+/// A 2xx answer to `CONNECT` would make the connection a tunnel; the gateway does
+/// not relay those.
+fn refuse_tunnel(head: Head, method: &Method) -> Result<Head, ExchangeError> {
+    if *method == Method::CONNECT && head.status.is_success() {
+        return Err(protocol("a tunnel opened for CONNECT"));
+    }
+    Ok(head)
+}
+
+/// The part of a request body still to send, with what has been encoded but not yet
+/// written.
+pub struct Upload {
+    out: Vec<u8>,
+    /// How much of `out` has been written.
+    written: usize,
+    body: Body,
+    delimit: Delimit,
+    /// Body bytes taken from `body`.
+    sent: u64,
+    /// Whether all of the request is in `out`.
+    ended: bool,
+}
+
+impl Upload {
+    /// Writes what it can; ready once all of the request is written. Frames ready at
+    /// once are gathered, up to [`COALESCE`] bytes, into one write.
+    pub fn poll(&mut self, io: &TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
+        loop {
+            while self.written < self.out.len() {
+                ready!(io.poll_write_ready(cx)).map_err(ExchangeError::Io)?;
+                match io.try_write(&self.out[self.written..]) {
+                    Ok(n) => self.written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(ExchangeError::Io(e))),
+                }
+            }
+            self.out.clear();
+            self.written = 0;
+            if self.ended {
+                return Poll::Ready(Ok(()));
+            }
+            while !self.ended && self.out.len() < COALESCE {
+                let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+                    Poll::Ready(frame) => frame,
+                    Poll::Pending if self.out.is_empty() => return Poll::Pending,
+                    Poll::Pending => break,
+                };
+                match frame {
+                    None => self.end()?,
+                    Some(Err(e)) => return Poll::Ready(Err(ExchangeError::Body(e))),
+                    Some(Ok(frame)) => self.encode(frame)?,
+                }
             }
         }
     }
-}
 
-/// Writes the head and the body, delimited as said.
-async fn send_body<W: AsyncWrite + Unpin>(
-    io: &mut W,
-    mut out: Vec<u8>,
-    mut body: Body,
-    delimit: Delimit,
-) -> Result<(), ExchangeError> {
-    let mut sent: u64 = 0;
-    let failed = ExchangeError::Io;
-    loop {
-        // A frame ready now joins the write buffer; before waiting for one, the
-        // buffer goes out.
-        let frame = match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
-            Poll::Ready(frame) => frame,
-            Poll::Pending => {
-                io.write_all(&out).await.map_err(failed)?;
-                out.clear();
-                body.frame().await
-            }
-        };
-        let Some(frame) = frame else { break };
-        let frame = frame.map_err(ExchangeError::Body)?;
+    fn encode(&mut self, frame: Frame<Bytes>) -> Result<(), ExchangeError> {
         let data = match frame.into_data() {
             Ok(data) => data,
             Err(frame) => {
-                if let (Ok(trailers), Delimit::Chunked) = (frame.into_trailers(), delimit) {
-                    out.extend_from_slice(b"0\r\n");
-                    for (name, value) in &trailers {
-                        out.extend_from_slice(name.as_str().as_bytes());
-                        out.extend_from_slice(b": ");
-                        out.extend_from_slice(value.as_bytes());
-                        out.extend_from_slice(b"\r\n");
+                let Ok(trailers) = frame.into_trailers() else {
+                    return Ok(());
+                };
+                match self.delimit {
+                    Delimit::Chunked => {
+                        self.out.extend_from_slice(b"0\r\n");
+                        for (name, value) in &trailers {
+                            push_field(&mut self.out, name, value);
+                        }
+                        self.out.extend_from_slice(b"\r\n");
+                        self.ended = true;
                     }
-                    out.extend_from_slice(b"\r\n");
-                    return io.write_all(&out).await.map_err(failed);
+                    Delimit::Undecided => self.end()?,
+                    // Trailers cannot follow a body of declared length.
+                    Delimit::Length(_) => {}
                 }
-                continue;
+                return Ok(());
             }
         };
         if data.is_empty() {
-            continue;
+            return Ok(());
         }
-        sent += data.len() as u64;
-        if let Delimit::Length(length) = delimit {
-            if sent > length {
-                return Err(ExchangeError::Body(
-                    "the request body is longer than its Content-Length".into(),
-                ));
+        self.sent += data.len() as u64;
+        if self.delimit == Delimit::Undecided {
+            self.out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+            self.delimit = Delimit::Chunked;
+        }
+        match self.delimit {
+            Delimit::Length(length) => {
+                if self.sent > length {
+                    return Err(ExchangeError::Body(
+                        "the request body is longer than its Content-Length".into(),
+                    ));
+                }
+                self.out.extend_from_slice(&data);
+                // All of it: the end of the stream may come later, and is not needed.
+                self.ended = self.sent == length;
             }
-        } else {
-            // Writing to a Vec cannot fail.
-            let _ = write!(out, "{:x}\r\n", data.len());
+            _ => {
+                // Writing to a Vec cannot fail.
+                let _ = write!(self.out, "{:x}\r\n", data.len());
+                self.out.extend_from_slice(&data);
+                self.out.extend_from_slice(b"\r\n");
+            }
         }
-        if data.len() <= COALESCE {
-            out.extend_from_slice(&data);
-        } else {
-            io.write_all(&out).await.map_err(failed)?;
-            out.clear();
-            io.write_all(&data).await.map_err(failed)?;
-        }
-        if delimit == Delimit::Chunked {
-            out.extend_from_slice(b"\r\n");
-        }
+        Ok(())
     }
-    match delimit {
-        Delimit::Length(length) if sent != length => {
-            return Err(ExchangeError::Body(
-                "the request body is shorter than its Content-Length".into(),
-            ))
+
+    /// The body ended.
+    fn end(&mut self) -> Result<(), ExchangeError> {
+        match self.delimit {
+            Delimit::Length(length) if self.sent != length => {
+                return Err(ExchangeError::Body(
+                    "the request body is shorter than its Content-Length".into(),
+                ))
+            }
+            Delimit::Length(_) => {}
+            Delimit::Chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
+            // No body after all: the head ends here.
+            Delimit::Undecided => self.out.extend_from_slice(b"\r\n"),
         }
-        Delimit::Length(_) => {}
-        Delimit::Chunked => out.extend_from_slice(b"0\r\n\r\n"),
+        self.ended = true;
+        Ok(())
     }
-    io.write_all(&out).await.map_err(failed)
 }
 
 /// Reads until a final response head is complete, skipping interim (1xx) responses
-/// other than 101.
-async fn read_head<R: AsyncRead + Unpin>(
-    io: &mut R,
-    buf: &mut BytesMut,
+/// other than 101. `unanswered` stays true while nothing of a response has arrived.
+fn poll_head(
+    conn: &mut Conn,
+    cx: &mut Context<'_>,
     head_request: bool,
-) -> Result<Head, ExchangeError> {
-    let mut unanswered = true;
+    unanswered: &mut bool,
+) -> Poll<Result<Head, ExchangeError>> {
     loop {
-        if !buf.is_empty() {
-            unanswered = false;
-            if let Some(head) = parse_head(buf, head_request)? {
+        if !conn.buf.is_empty() {
+            *unanswered = false;
+            if let Some(head) = parse_head(&mut conn.buf, head_request)? {
                 if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
                     continue;
                 }
-                return Ok(head);
+                return Poll::Ready(Ok(head));
             }
-            if buf.len() >= MAX_HEAD {
-                return Err(protocol(format!("a response head larger than {MAX_HEAD} bytes")));
+            if conn.buf.len() >= MAX_HEAD {
+                return Poll::Ready(Err(protocol(format!(
+                    "a response head larger than {MAX_HEAD} bytes"
+                ))));
             }
         }
-        if buf.capacity() - buf.len() < READ_SIZE / 4 {
-            buf.reserve(READ_SIZE);
-        }
-        match tokio::io::AsyncReadExt::read_buf(io, buf).await {
-            Ok(0) if unanswered => {
-                return Err(ExchangeError::Unanswered(io::ErrorKind::UnexpectedEof.into()))
+        match ready!(poll_read(conn, cx)) {
+            Ok(0) if *unanswered => {
+                return Poll::Ready(Err(ExchangeError::Unanswered(
+                    io::ErrorKind::UnexpectedEof.into(),
+                )))
             }
             Ok(0) => {
-                return Err(protocol(
+                return Poll::Ready(Err(protocol(
                     "the connection closed in the middle of the response head",
-                ))
+                )))
             }
             Ok(_) => {}
-            Err(e) if unanswered => return Err(ExchangeError::Unanswered(e)),
-            Err(e) => return Err(ExchangeError::Io(e)),
+            Err(e) if *unanswered => return Poll::Ready(Err(ExchangeError::Unanswered(e))),
+            Err(e) => return Poll::Ready(Err(ExchangeError::Io(e))),
         }
     }
 }
@@ -408,7 +491,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Ex
     let body = if switching {
         Decoder::Done
     } else {
-        framing.decoder(status, head_request)?
+        framing.decoder(status, version, head_request)?
     };
     let keep_alive = match version {
         Version::HTTP_11 => !framing.close,
@@ -470,7 +553,12 @@ impl Framing {
     }
 
     /// How the body of a response with this status is delimited (RFC 9112 6.3).
-    fn decoder(&self, status: StatusCode, head_request: bool) -> Result<Decoder, ExchangeError> {
+    fn decoder(
+        &self,
+        status: StatusCode,
+        version: Version,
+        head_request: bool,
+    ) -> Result<Decoder, ExchangeError> {
         if head_request
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
@@ -479,6 +567,9 @@ impl Framing {
             return Ok(Decoder::Done);
         }
         if self.transfer_encoding {
+            if version == Version::HTTP_10 {
+                return Err(protocol("Transfer-Encoding in an HTTP/1.0 response"));
+            }
             if self.length.is_some() {
                 return Err(protocol("both Transfer-Encoding and Content-Length"));
             }
@@ -595,10 +686,11 @@ impl Decoder {
                     *self = Decoder::Chunked(Chunk::Size);
                 }
                 Decoder::Chunked(Chunk::Size) => {
-                    let Some(end) = buf.iter().position(|&b| b == b'\n') else {
-                        if buf.len() > MAX_CHUNK_LINE {
-                            return Err(protocol("a chunk-size line too long"));
-                        }
+                    let end = buf.iter().position(|&b| b == b'\n');
+                    if end.unwrap_or(buf.len()) > MAX_CHUNK_LINE {
+                        return Err(protocol("a chunk-size line too long"));
+                    }
+                    let Some(end) = end else {
                         return Ok(Step::More);
                     };
                     let size = chunk_size(&buf[..end])?;
@@ -651,19 +743,21 @@ fn take(buf: &mut BytesMut, limit: u64) -> Option<Bytes> {
 }
 
 /// The size a chunk-size line gives: hex digits, then optional extensions, then CRLF
-/// (`line` is everything before the LF). A bare LF, a size over 16 hex digits or a
-/// control character in an extension is an error.
+/// (`line` is everything before the LF). Leading zeros and blanks before the CRLF are
+/// accepted, as hyper and nginx accept them; a bare LF, a size over 16 significant hex
+/// digits or a control character in an extension is an error.
 fn chunk_size(line: &[u8]) -> Result<u64, ExchangeError> {
     let line = line
         .strip_suffix(b"\r")
         .ok_or_else(|| protocol("a chunk-size line ending in a bare LF"))?;
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 16 {
+    let significant = line[..digits].iter().skip_while(|&&b| b == b'0').count();
+    if digits == 0 || significant > 16 {
         return Err(protocol("a bad chunk size"));
     }
     let rest = &line[digits..];
     let extension = rest.trim_ascii_start();
-    if !rest.is_empty() && !extension.starts_with(b";") {
+    if !extension.is_empty() && !extension.starts_with(b";") {
         return Err(protocol("a bad chunk size"));
     }
     if extension.iter().any(|&b| b.is_ascii_control() && b != b'\t') {
@@ -680,6 +774,9 @@ fn chunk_size(line: &[u8]) -> Result<u64, ExchangeError> {
 fn trailers(section: &[u8]) -> Result<HeaderMap, ExchangeError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     match httparse::parse_headers(section, &mut fields) {
+        Ok(httparse::Status::Complete((used, _))) if used != section.len() => {
+            Err(protocol("a bare LF in the trailers"))
+        }
         Ok(httparse::Status::Complete((_, fields))) => {
             let mut map = HeaderMap::with_capacity(fields.len());
             for field in fields {

@@ -22,7 +22,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::exchange::{self, Conn, Decoder, ExchangeError, Outgoing, Step};
+use crate::exchange::{self, Conn, Decoder, ExchangeError, Outgoing, Step, Upload};
 use crate::proxy::{Body, BoxError};
 
 /// Idle connections by endpoint. Looked up twice per request, with a fast hash: the
@@ -103,8 +103,8 @@ impl Pool {
                 Some(conn) => (conn, true),
                 None => (self.inner.connect(addr).await?, false),
             };
-            let head = match exchange::exchange(&mut conn, &mut outgoing).await {
-                Ok(head) => head,
+            let (head, upload) = match exchange::exchange(&mut conn, &mut outgoing).await {
+                Ok(answer) => answer,
                 Err(ExchangeError::Unanswered(_)) if reused && outgoing.repeatable() => continue,
                 Err(e) => return Err(SendError::Exchange(e)),
             };
@@ -121,15 +121,15 @@ impl Pool {
                 pool: self.inner.clone(),
                 addr,
             });
-            let head_done = head.body.is_done();
             let mut body = UpstreamBody(Kind::Own {
                 conn: Some(conn),
                 decoder: head.body,
+                upload,
                 lease,
             });
-            // Without a body (a 204, a 304, an answer to HEAD), the connection goes
-            // back now.
-            if head_done {
+            // Without a body (a 204, a 304, an answer to HEAD) and with all of the
+            // request sent, the connection goes back now.
+            if head.body.is_done() {
                 body.settle();
             }
             return Ok(response.map(|()| body));
@@ -254,6 +254,8 @@ enum Kind {
         /// `None` once the body has ended or failed.
         conn: Option<Conn>,
         decoder: Decoder,
+        /// The rest of a request body the backend is still reading (after a 2xx).
+        upload: Option<Upload>,
         /// `None` when the connection must not be reused.
         lease: Option<Lease>,
     },
@@ -269,6 +271,7 @@ impl UpstreamBody {
         UpstreamBody(Kind::Own {
             conn: None,
             decoder: Decoder::Done,
+            upload: None,
             lease: None,
         })
     }
@@ -277,9 +280,20 @@ impl UpstreamBody {
     /// reaches the end of the body, the connection goes back to the pool, and
     /// otherwise it is closed.
     fn settle(&mut self) {
-        let Kind::Own { conn, decoder, lease } = &mut self.0 else {
+        let Kind::Own {
+            conn,
+            decoder,
+            upload,
+            lease,
+        } = &mut self.0
+        else {
             return;
         };
+        if upload.is_some() {
+            // Half a request is still on its way.
+            *conn = None;
+            return;
+        }
         let Some(c) = conn.as_mut() else { return };
         loop {
             match decoder.decode(&mut c.buf) {
@@ -291,16 +305,19 @@ impl UpstreamBody {
                 }
             }
         }
-        release(conn, lease);
+        release(conn, upload, lease);
     }
 }
 
-/// Gives the connection back to its pool if it may be reused and nothing more came
-/// on it; otherwise closes it.
-fn release(conn: &mut Option<Conn>, lease: &mut Option<Lease>) {
+/// Gives the connection back to its pool if it may be reused, all of the request was
+/// sent and nothing more came on it; otherwise closes it.
+fn release(conn: &mut Option<Conn>, upload: &Option<Upload>, lease: &mut Option<Lease>) {
     let (Some(conn), Some(lease)) = (conn.take(), lease.take()) else {
         return;
     };
+    if upload.is_some() {
+        return;
+    }
     // Bytes after the end of the response are not an answer to anything.
     if conn.buf.is_empty() {
         lease.pool.put(lease.addr, conn);
@@ -315,14 +332,36 @@ impl HttpBody for UpstreamBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let (conn, decoder, lease) = match &mut self.0 {
+        let (conn, decoder, upload, lease) = match &mut self.0 {
             Kind::Hyper(inner) => return Pin::new(inner).poll_frame(cx).map_err(BoxError::from),
-            Kind::Own { conn, decoder, lease } => (conn, decoder, lease),
+            Kind::Own {
+                conn,
+                decoder,
+                upload,
+                lease,
+            } => (conn, decoder, upload, lease),
         };
         loop {
             let Some(c) = conn.as_mut() else {
                 return Poll::Ready(None);
             };
+            if let Some(up) = upload.as_mut() {
+                match up.poll(&c.io, cx) {
+                    Poll::Ready(Ok(())) => *upload = None,
+                    // The backend has part of a request it will wait on: the response
+                    // cannot end well.
+                    Poll::Ready(Err(e @ ExchangeError::Body(_))) => {
+                        *conn = None;
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                    // The backend stopped reading; its response goes on.
+                    Poll::Ready(Err(_)) => {
+                        *upload = None;
+                        *lease = None;
+                    }
+                    Poll::Pending => {}
+                }
+            }
             let step = match decoder.decode(&mut c.buf) {
                 Ok(step) => step,
                 Err(e) => {
@@ -333,16 +372,16 @@ impl HttpBody for UpstreamBody {
             match step {
                 Step::Data(data) => {
                     if decoder.is_done() {
-                        release(conn, lease);
+                        release(conn, upload, lease);
                     }
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Step::Trailers(trailers) => {
-                    release(conn, lease);
+                    release(conn, upload, lease);
                     return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                 }
                 Step::End => {
-                    release(conn, lease);
+                    release(conn, upload, lease);
                     return Poll::Ready(None);
                 }
                 Step::More => match std::task::ready!(exchange::poll_read(c, cx)) {
@@ -476,8 +515,7 @@ mod tests {
         String::from_utf8(body.to_vec()).unwrap()
     }
 
-    /// Until `n` connections to `addr` are idle: at once when hyper was ready as the
-    /// body ended, through the lease's task otherwise.
+    /// Until `n` connections to `addr` are idle, for at most a second.
     async fn wait_idle(pool: &Pool, addr: SocketAddr, n: usize) {
         for _ in 0..200 {
             if pool.idle(addr) == n {
@@ -589,8 +627,9 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
 
         // A backend that closes after one exchange without saying so: the closed
-        // connection is skipped, or the request comes back unsent and goes on a new
-        // one. Either way every request is answered.
+        // connection is skipped, or, if its close has not been seen yet, the request
+        // goes unanswered on it and is sent again on a new one. Either way every
+        // request is answered.
         let (addr, accepted, _task) = backend(|_| OK, 1).await;
         for i in 0..20 {
             let response = pool.send(addr, get("/")).await;
@@ -714,7 +753,7 @@ mod tests {
     #[tokio::test]
     async fn chunked_bodies_are_decoded_with_extensions_and_trailers() {
         let answer: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
-            5;name=value\r\nhello\r\n1 ; x\r\n \r\n5\r\nworld\r\n0\r\nx-sum: 10\r\n\r\n";
+            5;name=value\r\nhello\r\n1 ; x\r\n \r\n0000000000000000005 \r\nworld\r\n0\r\nx-sum: 10\r\n\r\n";
         let (addr, _seen) = scripted(vec![(b"\r\n\r\n", answer), (b"\r\n\r\n", OK)]).await;
         let pool = pool();
         let response = pool.send(addr, get("/")).await.unwrap();
@@ -738,12 +777,14 @@ mod tests {
             ("a bad status line", b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok"),
             ("a space before the colon", b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nok"),
             ("a bad chunk size", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n"),
-            ("a chunk size too long", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n00000000000000002\r\nok\r\n0\r\n\r\n"),
+            ("a chunk size too long", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\nok\r\n0\r\n\r\n"),
             ("a bare LF after a chunk size", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\nok\r\n0\r\n\r\n"),
             ("chunk data too long", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokk\r\n0\r\n\r\n"),
             ("a control character in an extension", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;a\x01\r\nok\r\n0\r\n\r\n"),
             ("a body cut short", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"),
             ("a head cut short", b"HTTP/1.1 200 OK\r\nContent-Le"),
+            ("chunked in HTTP/1.0", b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+            ("a bare LF in the trailers", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx: 1\n\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
         ];
         for (case, answer) in cases {
             let (addr, _seen) = scripted(vec![(b"\r\n\r\n", answer)]).await;
@@ -914,5 +955,138 @@ mod tests {
         let mut got = vec![0u8; 11];
         io.read_exact(&mut got).await.unwrap();
         assert_eq!(got, b"first words");
+    }
+
+    /// A request whose body the test feeds, and the sender feeding it.
+    fn streamed_put() -> (tokio::sync::mpsc::UnboundedSender<Bytes>, Request<Body>) {
+        let (tx, body) = streamed();
+        let mut request = post(body);
+        *request.method_mut() = http::Method::PUT;
+        (tx, request)
+    }
+
+    #[tokio::test]
+    async fn a_request_with_a_body_is_not_sent_again() {
+        // The first exchange leaves an idle connection; the backend closes it on
+        // reading the next request, without answering.
+        let (addr, _seen) = scripted(vec![(b"\r\n\r\n", OK), (b"\r\n\r\n", b"")]).await;
+        let pool = pool();
+        assert_eq!(text(pool.send(addr, get("/")).await.unwrap()).await, "ok");
+        assert_eq!(pool.idle(addr), 1);
+        // A PUT is idempotent, but its body is gone once sent.
+        let (tx, request) = streamed_put();
+        tx.send(Bytes::from_static(b"data")).unwrap();
+        drop(tx);
+        let sent = tokio::time::timeout(Duration::from_secs(5), pool.send(addr, request)).await;
+        let Ok(Err(err)) = sent else {
+            panic!("answered or hung: {sent:?}", sent = sent.map(|r| r.map(|_| ())));
+        };
+        assert!(
+            matches!(err, SendError::Exchange(ExchangeError::Unanswered(_))),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_backend_may_answer_2xx_while_the_upload_goes_on() {
+        // Full duplex: the head and a first chunk right away, the rest once the whole
+        // request body has arrived.
+        let (addr, mut seen) = scripted(vec![
+            (
+                b"\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+            ),
+            (b"0\r\n\r\n", b"4\r\nlast\r\n0\r\n\r\n"),
+            (b"\r\n\r\n", OK),
+        ])
+        .await;
+        let pool = pool();
+        let (tx, request) = streamed_put();
+        tx.send(Bytes::from_static(b"one ")).unwrap();
+        let response = pool.send(addr, request).await.unwrap();
+        let mut body = response.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "first");
+        tx.send(Bytes::from_static(b"two")).unwrap();
+        drop(tx);
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "last");
+        seen.recv().await.unwrap();
+        let upload = String::from_utf8(seen.recv().await.unwrap()).unwrap();
+        assert!(upload.ends_with("3\r\ntwo\r\n0\r\n\r\n"), "{upload:?}");
+        assert_eq!(pool.idle(addr), 1, "both directions ended: reusable");
+        assert_eq!(text(pool.send(addr, get("/")).await.unwrap()).await, "ok");
+    }
+
+    #[tokio::test]
+    async fn bodiless_answers_ignore_their_length_and_keep_the_connection() {
+        let (addr, _seen) = scripted(vec![
+            (b"\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"),
+            (
+                b"\r\n\r\n",
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 1000\r\n\r\n",
+            ),
+            (b"\r\n\r\n", OK),
+        ])
+        .await;
+        let pool = pool();
+        let mut head = get("/");
+        *head.method_mut() = http::Method::HEAD;
+        let response = pool.send(addr, head).await.unwrap();
+        assert_eq!(response.headers()[header::CONTENT_LENGTH], "1000");
+        assert_eq!(text(response).await, "");
+        assert_eq!(text(pool.send(addr, get("/")).await.unwrap()).await, "");
+        assert_eq!(text(pool.send(addr, get("/")).await.unwrap()).await, "ok");
+    }
+
+    #[tokio::test]
+    async fn bytes_after_a_response_keep_its_connection_out_of_the_pool() {
+        let (addr, _seen) = scripted(vec![(
+            b"\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nforged",
+        )])
+        .await;
+        let pool = pool();
+        let response = pool.send(addr, get("/")).await.unwrap();
+        // Read at its own pace: the extra bytes have arrived with the response.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(text(response).await, "ok");
+        assert_eq!(pool.idle(addr), 0);
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_for_connect_is_refused() {
+        let (addr, _seen) = scripted(vec![(
+            b"\r\n\r\n",
+            b"HTTP/1.1 200 Connection established\r\n\r\n",
+        )])
+        .await;
+        let request = Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("/")
+            .header(header::HOST, "backend.test")
+            .body(crate::proxy::empty())
+            .unwrap();
+        let Err(err) = pool().send(addr, request).await else {
+            panic!("a CONNECT tunnel was relayed");
+        };
+        assert!(
+            matches!(err, SendError::Exchange(ExchangeError::Protocol(_))),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_get_whose_body_turns_out_empty_goes_without_framing() {
+        let (addr, mut seen) = scripted(vec![(b"\r\n\r\n", OK)]).await;
+        let (tx, body) = streamed();
+        drop(tx);
+        let request = Request::builder()
+            .uri("/")
+            .header(header::HOST, "backend.test")
+            .body(body)
+            .unwrap();
+        assert_eq!(text(pool().send(addr, request).await.unwrap()).await, "ok");
+        let head = String::from_utf8(seen.recv().await.unwrap()).unwrap();
+        assert_eq!(head, "GET / HTTP/1.1\r\nhost: backend.test\r\n\r\n");
     }
 }
