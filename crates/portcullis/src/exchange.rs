@@ -51,6 +51,13 @@ impl Conn {
         }
     }
 
+    /// A second handle on the same socket (a duplicated descriptor): written by one
+    /// task while another reads the original.
+    pub fn duplicate(&self) -> io::Result<TcpStream> {
+        let socket = socket2::SockRef::from(&self.io).try_clone()?;
+        TcpStream::from_std(std::net::TcpStream::from(socket))
+    }
+
     /// Whether an idle connection can take a request: the backend has neither closed
     /// it nor sent anything unasked. Reads at most one byte, and only if one is there.
     pub fn is_open(&self) -> bool {
@@ -141,6 +148,8 @@ impl Outgoing {
             if name == header::TRANSFER_ENCODING {
                 continue;
             }
+            // Sent once, as one number, below: `5, 5` or a repeated field is one
+            // length, which some backends would refuse to read as one.
             if name == header::CONTENT_LENGTH {
                 let length = content_length(std::iter::once(value))
                     .ok()
@@ -153,17 +162,19 @@ impl Outgoing {
                         "the request has differing Content-Lengths".into(),
                     ));
                 }
+                continue;
             }
             push_field(&mut head, name, value);
+        }
+        if let Some(length) = declared {
+            push_length(&mut head, length);
         }
         let delimit = match (declared, body.size_hint().exact()) {
             (Some(0), _) | (None, Some(0)) if body.is_end_stream() => None,
             (Some(length), _) => Some(Delimit::Length(length)),
             (None, _) if body.is_end_stream() => None,
             (None, Some(length)) => {
-                head.extend_from_slice(b"content-length: ");
-                head.extend_from_slice(length.to_string().as_bytes());
-                head.extend_from_slice(b"\r\n");
+                push_length(&mut head, length);
                 Some(Delimit::Length(length))
             }
             (None, None) if parts.method.is_safe() => Some(Delimit::Undecided),
@@ -188,6 +199,11 @@ impl Outgoing {
     pub fn repeatable(&self) -> bool {
         self.repeatable
     }
+}
+
+fn push_length(out: &mut Vec<u8>, length: u64) {
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "content-length: {length}\r\n");
 }
 
 fn push_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
@@ -234,6 +250,7 @@ pub async fn exchange(
         delimit,
         sent: 0,
         ended: false,
+        progress: 0,
     };
     // `Some` while uploading; then whether all of the request went out.
     let mut uploaded = None;
@@ -287,6 +304,8 @@ pub struct Upload {
     sent: u64,
     /// Whether all of the request is in `out`.
     ended: bool,
+    /// Grows with every byte written and every frame taken: whether the upload moves.
+    progress: u64,
 }
 
 impl Upload {
@@ -294,25 +313,35 @@ impl Upload {
     /// once are gathered, up to [`COALESCE`] bytes, into one write.
     pub fn poll(&mut self, io: &TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
         loop {
-            while self.written < self.out.len() {
-                ready!(io.poll_write_ready(cx)).map_err(ExchangeError::Io)?;
-                match io.try_write(&self.out[self.written..]) {
-                    Ok(n) => self.written += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Poll::Ready(Err(ExchangeError::Io(e))),
+            // An undecided head waits for the first frame: sent without its end, it
+            // would leave a backend waiting on its header timeout.
+            if self.delimit != Delimit::Undecided {
+                while self.written < self.out.len() {
+                    ready!(io.poll_write_ready(cx)).map_err(ExchangeError::Io)?;
+                    match io.try_write(&self.out[self.written..]) {
+                        Ok(n) => {
+                            self.written += n;
+                            self.progress += n as u64;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Poll::Ready(Err(ExchangeError::Io(e))),
+                    }
+                }
+                self.out.clear();
+                self.written = 0;
+                if self.ended {
+                    return Poll::Ready(Ok(()));
                 }
             }
-            self.out.clear();
-            self.written = 0;
-            if self.ended {
-                return Poll::Ready(Ok(()));
-            }
+            let start = self.out.len();
             while !self.ended && self.out.len() < COALESCE {
                 let frame = match Pin::new(&mut self.body).poll_frame(cx) {
                     Poll::Ready(frame) => frame,
-                    Poll::Pending if self.out.is_empty() => return Poll::Pending,
+                    // Nothing new (an undecided head adds nothing until it is decided).
+                    Poll::Pending if self.out.len() == start => return Poll::Pending,
                     Poll::Pending => break,
                 };
+                self.progress += 1;
                 match frame {
                     None => self.end()?,
                     Some(Err(e)) => return Poll::Ready(Err(ExchangeError::Body(e))),
@@ -320,6 +349,11 @@ impl Upload {
                 }
             }
         }
+    }
+
+    /// Grows whenever the upload moves: bytes written, frames taken.
+    pub fn progress(&self) -> u64 {
+        self.progress
     }
 
     fn encode(&mut self, frame: Frame<Bytes>) -> Result<(), ExchangeError> {
@@ -384,8 +418,11 @@ impl Upload {
             }
             Delimit::Length(_) => {}
             Delimit::Chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
-            // No body after all: the head ends here.
-            Delimit::Undecided => self.out.extend_from_slice(b"\r\n"),
+            // No body after all: the head ends here, and goes.
+            Delimit::Undecided => {
+                self.out.extend_from_slice(b"\r\n");
+                self.delimit = Delimit::Length(0);
+            }
         }
         self.ended = true;
         Ok(())
@@ -487,6 +524,11 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Ex
         framing.note(&name, &value)?;
         headers.append(name, value);
     }
+    if framing.repeated_length {
+        if let Some(length) = framing.length {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        }
+    }
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     let body = if switching {
         Decoder::Done
@@ -514,6 +556,8 @@ struct Framing {
     chunked: bool,
     transfer_encoding: bool,
     length: Option<u64>,
+    /// The length came as a list or in more than one field: relayed as one number.
+    repeated_length: bool,
     close: bool,
     keep_alive: bool,
 }
@@ -525,6 +569,7 @@ impl Framing {
                 .ok()
                 .flatten()
                 .ok_or_else(|| protocol("a bad Content-Length"))?;
+            self.repeated_length |= self.length.is_some() || value.as_bytes().contains(&b',');
             if self.length.replace(length).is_some_and(|l| l != length) {
                 return Err(protocol("differing Content-Lengths"));
             }
@@ -756,7 +801,8 @@ fn chunk_size(line: &[u8]) -> Result<u64, ExchangeError> {
         return Err(protocol("a bad chunk size"));
     }
     let rest = &line[digits..];
-    let extension = rest.trim_ascii_start();
+    let blanks = rest.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+    let extension = &rest[blanks..];
     if !extension.is_empty() && !extension.starts_with(b";") {
         return Err(protocol("a bad chunk size"));
     }
@@ -770,13 +816,19 @@ fn chunk_size(line: &[u8]) -> Result<u64, ExchangeError> {
     Ok(size)
 }
 
+/// Whether a line of `section` ends in LF alone (httparse accepts that).
+fn bare_lf(section: &[u8]) -> bool {
+    section
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || section[i - 1] != b'\r'))
+}
+
 /// Parses a trailer section (fields, then the empty line).
 fn trailers(section: &[u8]) -> Result<HeaderMap, ExchangeError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     match httparse::parse_headers(section, &mut fields) {
-        Ok(httparse::Status::Complete((used, _))) if used != section.len() => {
-            Err(protocol("a bare LF in the trailers"))
-        }
+        _ if bare_lf(section) => Err(protocol("a bare LF in the trailers")),
         Ok(httparse::Status::Complete((_, fields))) => {
             let mut map = HeaderMap::with_capacity(fields.len());
             for field in fields {

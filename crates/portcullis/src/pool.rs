@@ -9,6 +9,7 @@
 //! goes back to the pool when the response body ends.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +47,8 @@ pub struct Pool {
 struct Inner {
     idle: Mutex<IdleMap>,
     connect_timeout: Duration,
+    /// How long the rest of a request body may go without moving (see [`Uploading`]).
+    send_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
     /// Whether the task that closes connections idle for too long is running.
@@ -75,12 +78,19 @@ impl Switched {
 
 impl Pool {
     /// `idle_timeout` closes connections unused for that long; at most `max_idle`
-    /// are kept per endpoint.
-    pub fn new(connect_timeout: Duration, idle_timeout: Duration, max_idle: usize) -> Self {
+    /// are kept per endpoint. `send_timeout` bounds a request body that neither the
+    /// client sends nor the backend reads, once the backend has answered.
+    pub fn new(
+        connect_timeout: Duration,
+        send_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle: usize,
+    ) -> Self {
         Pool {
             inner: Arc::new(Inner {
                 idle: Mutex::default(),
                 connect_timeout,
+                send_timeout,
                 idle_timeout,
                 max_idle,
                 sweeping: AtomicBool::new(false),
@@ -117,6 +127,13 @@ impl Pool {
                 response.extensions_mut().insert(switched);
                 return Ok(response.map(|()| UpstreamBody::empty()));
             }
+            let upload = match upload {
+                Some(upload) => match Uploading::spawn(&conn, upload, self.inner.send_timeout) {
+                    Ok(uploading) => Some(uploading),
+                    Err(e) => return Err(SendError::Exchange(ExchangeError::Io(e))),
+                },
+                None => None,
+            };
             let lease = head.reusable.then(|| Lease {
                 pool: self.inner.clone(),
                 addr,
@@ -255,7 +272,7 @@ enum Kind {
         conn: Option<Conn>,
         decoder: Decoder,
         /// The rest of a request body the backend is still reading (after a 2xx).
-        upload: Option<Upload>,
+        upload: Option<Uploading>,
         /// `None` when the connection must not be reused.
         lease: Option<Lease>,
     },
@@ -289,11 +306,12 @@ impl UpstreamBody {
         else {
             return;
         };
-        if upload.is_some() {
+        if upload.as_mut().is_some_and(|up| !up.finished()) {
             // Half a request is still on its way.
             *conn = None;
             return;
         }
+        *upload = None;
         let Some(c) = conn.as_mut() else { return };
         loop {
             match decoder.decode(&mut c.buf) {
@@ -309,13 +327,74 @@ impl UpstreamBody {
     }
 }
 
+/// The rest of a request body after a 2xx, sent by a task of its own on a duplicate of
+/// the connection's socket while the response is read from the original. Sent from
+/// the response body's own polls instead, it would stop whenever the client stops
+/// reading the response, and a client that reads nothing until it has sent all of its
+/// body would wait forever on a backend that answers as it reads.
+struct Uploading(tokio::sync::oneshot::Receiver<Result<(), ExchangeError>>);
+
+impl Uploading {
+    fn spawn(conn: &Conn, mut upload: Upload, stall: Duration) -> std::io::Result<Self> {
+        let io = conn.duplicate()?;
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let sent = finish_upload(&io, &mut upload, stall).await;
+            if sent.is_err() {
+                // Whatever of the body the backend waits for will not come: it sees
+                // the end of the request stream instead.
+                let _ = socket2::SockRef::from(&io).shutdown(std::net::Shutdown::Write);
+            }
+            let _ = done.send(sent);
+        });
+        Ok(Uploading(outcome))
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|sent| sent.unwrap_or_else(|_| Err(ExchangeError::Protocol("the upload task ended".into()))))
+    }
+
+    /// Whether all of the body went out.
+    fn finished(&mut self) -> bool {
+        matches!(self.0.try_recv(), Ok(Ok(())))
+    }
+}
+
+/// Sends the rest of `upload`; fails once it has not moved for `stall`.
+async fn finish_upload(
+    io: &tokio::net::TcpStream,
+    upload: &mut Upload,
+    stall: Duration,
+) -> Result<(), ExchangeError> {
+    let mut deadline = std::pin::pin!(tokio::time::sleep(stall));
+    std::future::poll_fn(|cx| {
+        let before = upload.progress();
+        if let Poll::Ready(sent) = upload.poll(io, cx) {
+            return Poll::Ready(sent);
+        }
+        if upload.progress() != before {
+            deadline.as_mut().reset(Instant::now() + stall);
+        }
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(ExchangeError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the request body moved neither way for {stall:?}"),
+            )))),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
 /// Gives the connection back to its pool if it may be reused, all of the request was
 /// sent and nothing more came on it; otherwise closes it.
-fn release(conn: &mut Option<Conn>, upload: &Option<Upload>, lease: &mut Option<Lease>) {
+fn release(conn: &mut Option<Conn>, upload: &mut Option<Uploading>, lease: &mut Option<Lease>) {
     let (Some(conn), Some(lease)) = (conn.take(), lease.take()) else {
         return;
     };
-    if upload.is_some() {
+    if upload.as_mut().is_some_and(|up| !up.finished()) {
         return;
     }
     // Bytes after the end of the response are not an answer to anything.
@@ -346,7 +425,7 @@ impl HttpBody for UpstreamBody {
                 return Poll::Ready(None);
             };
             if let Some(up) = upload.as_mut() {
-                match up.poll(&c.io, cx) {
+                match up.poll(cx) {
                     Poll::Ready(Ok(())) => *upload = None,
                     // The backend has part of a request it will wait on: the response
                     // cannot end well.
@@ -507,7 +586,12 @@ mod tests {
     }
 
     fn pool() -> Pool {
-        Pool::new(Duration::from_secs(2), Duration::from_secs(30), 4)
+        Pool::new(
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+            4,
+        )
     }
 
     async fn text(response: Response<UpstreamBody>) -> String {
@@ -656,7 +740,12 @@ mod tests {
             while !matches!(s.read(&mut buf).await, Ok(0) | Err(_)) {}
             notify.notify_one();
         });
-        let pool = Pool::new(Duration::from_secs(2), Duration::from_millis(200), 4);
+        let pool = Pool::new(
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+            Duration::from_millis(200),
+            4,
+        );
         let started = Instant::now();
         assert_eq!(text(pool.send(addr, get("/")).await.unwrap()).await, "ok");
         assert_eq!(pool.idle(addr), 1);
@@ -784,6 +873,8 @@ mod tests {
             ("a body cut short", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"),
             ("a head cut short", b"HTTP/1.1 200 OK\r\nContent-Le"),
             ("chunked in HTTP/1.0", b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+            ("a bare CR after a chunk size", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\r\nok\r\n0\r\n\r\n"),
+            ("a bare LF between trailers", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\na: 1\nb: 2\r\n\r\n"),
             ("a bare LF in the trailers", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nx: 1\n\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
         ];
         for (case, answer) in cases {
@@ -817,7 +908,31 @@ mod tests {
             response.headers().get("link").is_none(),
             "the 103's fields are not the response's"
         );
+        let lengths: Vec<_> = response
+            .headers()
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .collect();
+        assert_eq!(lengths, ["2"], "relayed as one number");
         assert_eq!(text(response).await, "ok");
+    }
+
+    #[tokio::test]
+    async fn a_repeated_request_length_goes_as_one_number() {
+        let (addr, mut seen) = scripted(vec![(b"ok", OK)]).await;
+        let mut request = post(crate::proxy::full("ok"));
+        request
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, http::HeaderValue::from_static("2, 2"));
+        request
+            .headers_mut()
+            .append(header::CONTENT_LENGTH, http::HeaderValue::from_static("2"));
+        assert_eq!(text(pool().send(addr, request).await.unwrap()).await, "ok");
+        let sent = String::from_utf8(seen.recv().await.unwrap()).unwrap();
+        assert_eq!(
+            sent,
+            "POST /upload HTTP/1.1\r\nhost: backend.test\r\ncontent-length: 2\r\n\r\nok"
+        );
     }
 
     #[tokio::test]
@@ -1015,6 +1130,115 @@ mod tests {
         assert!(upload.ends_with("3\r\ntwo\r\n0\r\n\r\n"), "{upload:?}");
         assert_eq!(pool.idle(addr), 1, "both directions ended: reusable");
         assert_eq!(text(pool.send(addr, get("/")).await.unwrap()).await, "ok");
+    }
+
+    #[tokio::test]
+    async fn the_upload_goes_on_while_the_client_is_not_reading_the_response() {
+        // The backend answers at once and reads the whole body before it ends the
+        // response; the client reads nothing of the response until it has sent all.
+        let (addr, mut seen) = scripted(vec![
+            (
+                b"\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+            ),
+            (b"0\r\n\r\n", b"4\r\nlast\r\n0\r\n\r\n"),
+        ])
+        .await;
+        let pool = pool();
+        let (tx, request) = streamed_put();
+        tx.send(Bytes::from_static(b"one ")).unwrap();
+        let response = pool.send(addr, request).await.unwrap();
+        tx.send(Bytes::from_static(b"two")).unwrap();
+        drop(tx);
+        seen.recv().await.unwrap();
+        let upload = tokio::time::timeout(Duration::from_secs(5), seen.recv())
+            .await
+            .expect("the upload stalled while the response was not read")
+            .unwrap();
+        assert!(String::from_utf8(upload)
+            .unwrap()
+            .ends_with("3\r\ntwo\r\n0\r\n\r\n"));
+        assert_eq!(text(response).await, "firstlast");
+        assert_eq!(pool.idle(addr), 1, "both directions ended: reusable");
+    }
+
+    #[tokio::test]
+    async fn an_upload_the_backend_stops_reading_is_cut_off() {
+        // The backend answers and then reads nothing; the client keeps sending.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let backend = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            // Until the gateway gives up on the rest of the body: end of stream.
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            s
+        });
+        let pool = Pool::new(
+            Duration::from_secs(2),
+            Duration::from_millis(300),
+            Duration::from_secs(30),
+            4,
+        );
+        let (tx, request) = streamed_put();
+        tx.send(Bytes::from_static(b"start")).unwrap();
+        let response = pool.send(addr, request).await.unwrap();
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        // Far more than the socket buffers hold.
+        for _ in 0..256 {
+            if tx.send(chunk.clone()).is_err() {
+                break;
+            }
+        }
+        assert_eq!(text(response).await, "ok");
+        assert_eq!(pool.idle(addr), 0, "half a request on it: closed");
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !tx.is_closed() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the stalled upload was not dropped");
+        backend.abort();
+    }
+
+    #[tokio::test]
+    async fn an_undecided_head_waits_for_the_first_frame() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, body) = streamed();
+        let request = Request::builder()
+            .uri("/")
+            .header(header::HOST, "backend.test")
+            .body(body)
+            .unwrap();
+        let pool = pool();
+        let sent = tokio::spawn(async move { text(pool.send(addr, request).await.unwrap()).await });
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let early = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await;
+        assert!(
+            early.is_err(),
+            "a head without its end went before the body was known"
+        );
+        tx.send(Bytes::from_static(b"x")).unwrap();
+        drop(tx);
+        let mut read = Vec::new();
+        while !read.ends_with(b"0\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early: {read:?}");
+            read.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(
+            read,
+            b"GET / HTTP/1.1\r\nhost: backend.test\r\ntransfer-encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n"
+        );
+        s.write_all(OK).await.unwrap();
+        assert_eq!(sent.await.unwrap(), "ok");
     }
 
     #[tokio::test]

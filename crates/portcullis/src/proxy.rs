@@ -112,6 +112,7 @@ impl Upstreams {
         Ok(Upstreams {
             pool: Pool::new(
                 settings.timeouts.connect.0,
+                settings.timeouts.read.0,
                 settings.timeouts.upstream_idle.0,
                 256,
             ),
