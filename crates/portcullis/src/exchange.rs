@@ -137,14 +137,25 @@ impl Outgoing {
     /// transfer coding; a `Transfer-Encoding` header in `request` is not sent.
     pub fn new(request: Request<Body>) -> Result<Self, ExchangeError> {
         let (parts, body) = request.into_parts();
-        let mut head = Vec::with_capacity(512);
-        head.extend_from_slice(parts.method.as_str().as_bytes());
-        head.push(b' ');
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        Self::encode(&parts.method, target, &parts.headers, body)
+    }
+
+    /// Encodes a request from its parts, which stay the caller's (to send again on
+    /// another endpoint, without copying them into a `Request` for each attempt).
+    pub fn encode(
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Self, ExchangeError> {
+        let mut head = Vec::with_capacity(512);
+        head.extend_from_slice(method.as_str().as_bytes());
+        head.push(b' ');
         head.extend_from_slice(target.as_bytes());
         head.extend_from_slice(b" HTTP/1.1\r\n");
         let mut declared = None;
-        for (name, value) in &parts.headers {
+        for (name, value) in headers {
             if name == header::TRANSFER_ENCODING {
                 continue;
             }
@@ -177,7 +188,7 @@ impl Outgoing {
                 push_length(&mut head, length);
                 Some(Delimit::Length(length))
             }
-            (None, None) if parts.method.is_safe() => Some(Delimit::Undecided),
+            (None, None) if method.is_safe() => Some(Delimit::Undecided),
             (None, None) => {
                 head.extend_from_slice(b"transfer-encoding: chunked\r\n");
                 Some(Delimit::Chunked)
@@ -188,9 +199,9 @@ impl Outgoing {
         }
         Ok(Outgoing {
             head,
-            repeatable: delimit.is_none() && parts.method.is_idempotent(),
+            repeatable: delimit.is_none() && method.is_idempotent(),
             body: delimit.map(|d| (body, d)),
-            method: parts.method,
+            method: method.clone(),
         })
     }
 

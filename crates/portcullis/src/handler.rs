@@ -22,11 +22,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::audit::{AccessEvent, AuditIdentity, AuditRoute};
 use crate::auth::external::{Grant, Outcome};
 use crate::auth::{Auth, Decision, Identity, RequestFacts};
+use crate::exchange;
 use crate::h1::{ClientBody, UpgradeSlot};
 use crate::limits::{ConcurrencyLimiter, GlobalLimiter, RateLimiter, Slot};
 use crate::metrics::{IngressLabel, IngressName, UpstreamErrorLabels};
 use crate::pool::UpstreamBody;
-use crate::proxy::{self, Body, ReadTimeout, UpstreamFailure, Upstreams};
+use crate::proxy::{self, Attempt, Body, ReadTimeout, UpstreamFailure, Upstreams};
 use crate::state::{Gateway, Runtime, Upstream};
 use crate::sticky::Balance;
 use portcullis_config::policy;
@@ -1449,29 +1450,32 @@ impl Outgoing {
     }
 
     /// The request for one attempt at one endpoint.
-    fn request(&mut self, upstream: &Upstream, protocol: BackendProtocol) -> Result<Request<Body>, Refusal> {
+    fn request(&mut self, upstream: &Upstream, protocol: BackendProtocol) -> Result<Attempt, Refusal> {
         let bad = |e: &dyn std::fmt::Display| {
             Refusal::new(StatusCode::BAD_REQUEST, format!("cannot build upstream URI: {e}"))
-        };
-        let uri = if Upstreams::pooled(protocol, upstream).is_some() {
-            // The pool connects to the address itself: HTTP/1.1's origin form.
-            Uri::from(self.path_and_query.clone())
-        } else {
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(if protocol.is_tls() {
-                http::uri::Scheme::HTTPS
-            } else {
-                http::uri::Scheme::HTTP
-            });
-            parts.authority = Some(upstream.authority().map_err(|e| bad(&e))?);
-            parts.path_and_query = Some(self.path_and_query.clone());
-            Uri::from_parts(parts).map_err(|e| bad(&e))?
         };
         let body = if self.bodiless {
             proxy::empty()
         } else {
             self.body.take().unwrap_or_else(proxy::empty)
         };
+        if let Some(addr) = Upstreams::pooled(protocol, upstream) {
+            // The pool connects to the address itself (HTTP/1.1's origin form), and
+            // encodes the head from the fields kept here for another attempt.
+            let outgoing =
+                exchange::Outgoing::encode(&self.method, self.path_and_query.as_str(), &self.headers, body)
+                    .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+            return Ok(Attempt::Pooled(addr, outgoing));
+        }
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(if protocol.is_tls() {
+            http::uri::Scheme::HTTPS
+        } else {
+            http::uri::Scheme::HTTP
+        });
+        parts.authority = Some(upstream.authority().map_err(|e| bad(&e))?);
+        parts.path_and_query = Some(self.path_and_query.clone());
+        let uri = Uri::from_parts(parts).map_err(|e| bad(&e))?;
         let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = uri;
@@ -1479,7 +1483,7 @@ impl Outgoing {
         if protocol.is_h2_only() {
             *request.version_mut() = Version::HTTP_2;
         }
-        Ok(request)
+        Ok(Attempt::Request(request))
     }
 }
 
@@ -1564,9 +1568,12 @@ async fn forward(
                 failed("no_endpoints");
                 Refusal::new(StatusCode::SERVICE_UNAVAILABLE, reason)
             })?;
-        let request = outgoing.request(&upstream, protocol)?;
-        let response = match route.options.backend_tls.as_ref().filter(|_| protocol.is_tls()) {
-            Some(tls) => {
+        let sending = outgoing.request(&upstream, protocol)?;
+        let response = match (
+            route.options.backend_tls.as_ref().filter(|_| protocol.is_tls()),
+            sending,
+        ) {
+            (Some(tls), Attempt::Request(request)) => {
                 let b = runtime.snapshot.backend(route.backend);
                 let service_name = format!("{}.{}.svc", b.service, b.namespace);
                 let sent = proxy
@@ -1579,7 +1586,7 @@ async fn forward(
                     })?;
                 Either::Left(proxy::unpooled(sent))
             }
-            None => Either::Right(proxy.upstreams.send(protocol, &upstream, request)),
+            (_, sending) => Either::Right(proxy.upstreams.send(protocol, sending)),
         };
         let sent = tokio::time::timeout(route.options.read_timeout, response).await;
         match sent {

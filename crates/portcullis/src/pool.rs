@@ -107,7 +107,16 @@ impl Pool {
         addr: SocketAddr,
         request: Request<Body>,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let mut outgoing = Outgoing::new(request).map_err(SendError::Exchange)?;
+        let outgoing = Outgoing::new(request).map_err(SendError::Exchange)?;
+        self.send_encoded(addr, outgoing).await
+    }
+
+    /// [`Pool::send`] for a request already encoded.
+    pub async fn send_encoded(
+        &self,
+        addr: SocketAddr,
+        mut outgoing: Outgoing,
+    ) -> Result<Response<UpstreamBody>, SendError> {
         loop {
             let (mut conn, reused) = match self.inner.checkout(addr) {
                 Some(conn) => (conn, true),

@@ -48,6 +48,13 @@ pub fn empty() -> Body {
 
 type TlsClient = Client<HttpsConnector<HttpConnector>, Body>;
 
+/// One attempt at a request: encoded for [`Pool`], to an endpoint address, or for one
+/// of hyper-util's clients.
+pub enum Attempt {
+    Pooled(SocketAddr, crate::exchange::Outgoing),
+    Request(http::Request<Body>),
+}
+
 /// Pooled clients, one per way of speaking to a backend.
 pub struct Upstreams {
     /// Plain HTTP/1.1 to endpoint addresses: most requests.
@@ -235,13 +242,19 @@ impl Upstreams {
     pub async fn send(
         &self,
         protocol: BackendProtocol,
-        upstream: &Upstream,
-        request: http::Request<Body>,
+        attempt: Attempt,
     ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
-        if let Some(addr) = Self::pooled(protocol, upstream) {
+        let request = match attempt {
             // The request carries `Host`: the handler sets it on every request.
-            return self.pool.send(addr, request).await.map_err(UpstreamError::Pooled);
-        }
+            Attempt::Pooled(addr, outgoing) => {
+                return self
+                    .pool
+                    .send_encoded(addr, outgoing)
+                    .await
+                    .map_err(UpstreamError::Pooled)
+            }
+            Attempt::Request(request) => request,
+        };
         let sent = match protocol {
             BackendProtocol::Http => self.http1.request(request),
             BackendProtocol::H2c | BackendProtocol::Grpc => self.h2c.request(request),
