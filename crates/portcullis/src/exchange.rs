@@ -31,8 +31,10 @@ pub const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// The longest chunk-size line, extensions included.
 const MAX_CHUNK_LINE: usize = 4096;
-/// Room made in the read buffer before each read.
+/// Room made in the read buffer before each read, to begin with; doubled while reads
+/// fill it (a large body), up to [`MAX_READ_SIZE`].
 const READ_SIZE: usize = 16 * 1024;
+const MAX_READ_SIZE: usize = 128 * 1024;
 /// Request body data up to this size is copied into the write buffer, so that a head
 /// and a small body go out in one write.
 const COALESCE: usize = 16 * 1024;
@@ -41,6 +43,10 @@ const COALESCE: usize = 16 * 1024;
 pub struct Conn {
     pub io: TcpStream,
     pub buf: BytesMut,
+    /// The room to make for the next read.
+    read_size: usize,
+    /// Reads in a row that used less than half of it.
+    short_reads: u8,
 }
 
 impl Conn {
@@ -48,7 +54,19 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
+            read_size: READ_SIZE,
+            short_reads: 0,
         }
+    }
+
+    /// Ready for the next exchange with a small buffer: one that grew for a large body
+    /// is not kept while the connection idles in the pool.
+    pub fn rest(&mut self) {
+        if self.read_size > READ_SIZE {
+            self.read_size = READ_SIZE;
+            self.buf = BytesMut::new();
+        }
+        self.short_reads = 0;
     }
 
     /// A second handle on the same socket (a duplicated descriptor): written by one
@@ -859,12 +877,30 @@ fn trailers(section: &[u8]) -> Result<HeaderMap, ExchangeError> {
 /// Reads what the connection has into its buffer; 0 when the backend has closed it.
 /// Through `AsyncRead`, whose short reads tell tokio the socket is drained, so the
 /// next read waits for readiness instead of costing a system call.
+///
+/// The room it makes adapts as hyper's does: doubled after a read that fills it, so a
+/// large body takes fewer, larger reads; halved after two reads in a row that use
+/// less than half.
 pub fn poll_read(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-    if conn.buf.capacity() - conn.buf.len() < READ_SIZE / 4 {
-        conn.buf.reserve(READ_SIZE);
+    if conn.buf.capacity() - conn.buf.len() < conn.read_size / 4 {
+        conn.buf.reserve(conn.read_size);
     }
+    let room = conn.buf.capacity() - conn.buf.len();
     let read = std::pin::pin!(tokio::io::AsyncReadExt::read_buf(&mut conn.io, &mut conn.buf));
-    read.poll(cx)
+    let n = ready!(read.poll(cx))?;
+    if n >= room.min(conn.read_size) {
+        conn.read_size = (conn.read_size * 2).min(MAX_READ_SIZE);
+        conn.short_reads = 0;
+    } else if n < conn.read_size / 2 && conn.read_size > READ_SIZE {
+        conn.short_reads += 1;
+        if conn.short_reads == 2 {
+            conn.read_size /= 2;
+            conn.short_reads = 0;
+        }
+    } else {
+        conn.short_reads = 0;
+    }
+    Poll::Ready(Ok(n))
 }
 
 /// A backend connection after a 101: what it sent after the head, then the socket.
@@ -909,5 +945,40 @@ impl AsyncWrite for Switched {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn reads_grow_for_a_large_body_and_shrink_at_rest() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let body = vec![b'x'; 4 << 20];
+        let sender = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(&body).await.unwrap();
+        });
+        let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+        let (mut total, mut reads) = (0, 0);
+        while total < 4 << 20 {
+            let n = poll_fn(|cx| poll_read(&mut conn, cx)).await.unwrap();
+            assert!(n > 0, "closed after {total} bytes");
+            total += n;
+            reads += 1;
+            // Handed on, as a response body is.
+            drop(conn.buf.split().freeze());
+        }
+        sender.await.unwrap();
+        assert!(conn.read_size > READ_SIZE, "never grew: {reads} reads");
+        assert!(reads < (4 << 20) / READ_SIZE, "{reads} reads of 16 KiB at most");
+        conn.rest();
+        assert_eq!(conn.read_size, READ_SIZE);
+        assert_eq!(conn.buf.capacity(), 0, "the large buffer is not kept");
     }
 }

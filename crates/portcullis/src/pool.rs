@@ -217,7 +217,8 @@ impl Inner {
         Ok(Conn::new(stream))
     }
 
-    fn put(self: &Arc<Self>, addr: SocketAddr, conn: Conn) {
+    fn put(self: &Arc<Self>, addr: SocketAddr, mut conn: Conn) {
+        conn.rest();
         {
             let mut idle = self.lock();
             let list = idle.entry(addr).or_default();
