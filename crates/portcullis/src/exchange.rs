@@ -955,6 +955,121 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
+    /// A small deterministic generator (xorshift), so a failure can be replayed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    /// A decoded response's status, body and whether trailers came; or the first error.
+    type Decoded = Result<(StatusCode, Vec<u8>, bool), String>;
+
+    /// What a response decodes to when its bytes arrive in pieces, with the number of
+    /// bytes left over.
+    fn decode_in_pieces(wire: &[u8], rng: &mut Rng) -> (Decoded, usize) {
+        let mut buf = BytesMut::new();
+        let mut fed = 0;
+        let mut feed = |buf: &mut BytesMut, rng: &mut Rng| {
+            let n = (1 + rng.below(7)).min(wire.len() - fed);
+            buf.extend_from_slice(&wire[fed..fed + n]);
+            fed += n;
+            n > 0
+        };
+        let head = loop {
+            match parse_head(&mut buf, false) {
+                // Interim answers are skipped, as `poll_head` skips them.
+                Ok(Some(head)) if head.status.is_informational() => {}
+                Ok(Some(head)) => break head,
+                Ok(None) if feed(&mut buf, rng) => {}
+                Ok(None) => return (Err("unfinished head".into()), 0),
+                Err(e) => return (Err(e.to_string()), 0),
+            }
+        };
+        let (mut decoder, mut body, mut trailers) = (head.body, Vec::new(), false);
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Step::Data(data)) => body.extend_from_slice(&data),
+                Ok(Step::Trailers(_)) => trailers = true,
+                Ok(Step::End) => break,
+                Ok(Step::More) if feed(&mut buf, rng) => {}
+                Ok(Step::More) if decoder == Decoder::Close => break,
+                Ok(Step::More) => return (Err("unfinished body".into()), 0),
+                Err(e) => return (Err(e.to_string()), 0),
+            }
+        }
+        (Ok((head.status, body, trailers)), buf.len() + wire.len() - fed)
+    }
+
+    #[test]
+    fn responses_decode_the_same_however_their_bytes_are_split() {
+        let cases: &[(&[u8], &[u8], bool)] = &[
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world", b"hello world", false),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n001 \r\n \r\n5\r\nworld\r\n0\r\n\r\n",
+                b"hello world",
+                false,
+            ),
+            (
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nx-sum: 1\r\ny: 2\r\n\r\n",
+                b"abc",
+                true,
+            ),
+            (b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", b"", false),
+            (b"HTTP/1.0 200 OK\r\n\r\nto the end", b"to the end", false),
+        ];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for (wire, body, trailers) in cases {
+            for round in 0..200 {
+                let (decoded, left) = decode_in_pieces(wire, &mut rng);
+                let (_, got, got_trailers) =
+                    decoded.unwrap_or_else(|e| panic!("round {round}: {e}: {wire:?}"));
+                assert_eq!(got, *body, "round {round}: {wire:?}");
+                assert_eq!(got_trailers, *trailers, "round {round}: {wire:?}");
+                assert_eq!(left, 0, "round {round}: bytes left over: {wire:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn mangled_responses_fail_cleanly_or_decode_within_their_bytes() {
+        let wire: &[u8] =
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n\
+            5;a=b\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 1\r\n\r\n";
+        let bytes = b"\r\n :;0aZ\x00\x7f-,";
+        let mut rng = Rng(42);
+        for _ in 0..5000 {
+            let mut mangled = wire.to_vec();
+            for _ in 0..1 + rng.below(3) {
+                match rng.below(3) {
+                    0 => {
+                        let i = rng.below(mangled.len());
+                        mangled[i] = bytes[rng.below(bytes.len())];
+                    }
+                    1 => {
+                        let i = rng.below(mangled.len());
+                        mangled.remove(i);
+                    }
+                    _ => {
+                        let i = rng.below(mangled.len());
+                        mangled.insert(i, bytes[rng.below(bytes.len())]);
+                    }
+                }
+            }
+            // No panic, whatever comes; and the same outcome however the bytes arrive,
+            // so that where a read ends can never change how a response is framed.
+            let (first, first_left) = decode_in_pieces(&mangled, &mut rng);
+            let (second, second_left) = decode_in_pieces(&mangled, &mut rng);
+            assert_eq!(first, second, "{:?}", String::from_utf8_lossy(&mangled));
+            assert_eq!(first_left, second_left, "{:?}", String::from_utf8_lossy(&mangled));
+        }
+    }
+
     #[tokio::test]
     async fn reads_grow_for_a_large_body_and_shrink_at_rest() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
