@@ -811,32 +811,17 @@ async fn serve(
             // closed rather than drained): the client gets only the error page.
             let status = response.status();
             drop(response);
-            // ingress-nginx's `@custom_` location proxies to `http://upstream_balancer`
-            // from the server block: plain HTTP, whatever the route's backend-protocol,
-            // and without the route's session affinity.
-            let mut options = (*route.options).clone();
-            options.backend_protocol = BackendProtocol::Http;
-            options.backend_tls = None;
-            options.affinity = None;
-            let error_route = Route {
-                backend: fallback,
-                fallback: None,
-                options: Arc::new(options),
-                ..route.clone()
-            };
-            record.backend = Some(fallback);
-            let outgoing = page.request(headers, status);
-            let (response, upstream, _) = forward(
+            // Boxed: its own `forward` would otherwise double the size of every
+            // request's future, intercepted or not.
+            Box::pin(custom_error(
                 proxy,
                 runtime,
-                &error_route,
-                outgoing,
-                &Balance::RoundRobin,
+                route,
+                fallback,
+                page.request(headers, status),
                 record,
-            )
-            .await?;
-            record.upstream = Some(upstream);
-            response
+            ))
+            .await?
         }
         _ => response,
     };
@@ -1535,6 +1520,43 @@ fn set_forwarding_headers(
         headers.insert(header::HOST, host);
     }
     headers.insert(X_REQUEST_ID, request_id.0.clone());
+}
+
+/// Asks the default backend for the page of an error the route's backend answered
+/// (`custom-http-errors`).
+async fn custom_error(
+    proxy: &Proxy,
+    runtime: &Runtime,
+    route: &Route,
+    fallback: BackendId,
+    outgoing: Outgoing,
+    record: &mut Record,
+) -> Result<Response<UpstreamBody>, Refusal> {
+    // ingress-nginx's `@custom_` location proxies to `http://upstream_balancer` from
+    // the server block: plain HTTP, whatever the route's backend-protocol, and without
+    // the route's session affinity.
+    let mut options = (*route.options).clone();
+    options.backend_protocol = BackendProtocol::Http;
+    options.backend_tls = None;
+    options.affinity = None;
+    let error_route = Route {
+        backend: fallback,
+        fallback: None,
+        options: Arc::new(options),
+        ..route.clone()
+    };
+    record.backend = Some(fallback);
+    let (response, upstream, _) = forward(
+        proxy,
+        runtime,
+        &error_route,
+        outgoing,
+        &Balance::RoundRobin,
+        record,
+    )
+    .await?;
+    record.upstream = Some(upstream);
+    Ok(response)
 }
 
 /// Sends the request, trying another endpoint when a bodiless request could not
