@@ -47,6 +47,9 @@ pub struct Conn {
     read_size: usize,
     /// Reads in a row that used less than half of it.
     short_reads: u8,
+    /// Whether the read size grew since the connection last went back to the pool:
+    /// the buffer may then hold (or share) a large allocation.
+    grown: bool,
 }
 
 impl Conn {
@@ -56,15 +59,17 @@ impl Conn {
             buf: BytesMut::new(),
             read_size: READ_SIZE,
             short_reads: 0,
+            grown: false,
         }
     }
 
     /// Ready for the next exchange with a small buffer: one that grew for a large body
     /// is not kept while the connection idles in the pool.
     pub fn rest(&mut self) {
-        if self.read_size > READ_SIZE {
+        if self.grown {
             self.read_size = READ_SIZE;
             self.buf = BytesMut::new();
+            self.grown = false;
         }
         self.short_reads = 0;
     }
@@ -147,6 +152,9 @@ pub struct Outgoing {
     /// Whether the request may be sent again on another connection when one went
     /// unanswered: it has no body and repeating it is harmless (RFC 9110 9.2.2).
     repeatable: bool,
+    /// The last connection went unanswered before any of the request was written or
+    /// any of its body taken: it can go on another, whatever it is.
+    untouched: bool,
 }
 
 impl Outgoing {
@@ -218,6 +226,7 @@ impl Outgoing {
         Ok(Outgoing {
             head,
             repeatable: delimit.is_none() && method.is_idempotent(),
+            untouched: false,
             body: delimit.map(|d| (body, d)),
             method: method.clone(),
         })
@@ -226,7 +235,7 @@ impl Outgoing {
     /// Whether the request may go again on another connection after one went
     /// unanswered.
     pub fn repeatable(&self) -> bool {
-        self.repeatable
+        self.repeatable || self.untouched
     }
 }
 
@@ -264,6 +273,7 @@ pub async fn exchange(
 ) -> Result<(Head, Option<Upload>), ExchangeError> {
     let head_request = outgoing.method == Method::HEAD;
     let mut unanswered = true;
+    outgoing.untouched = false;
     let Some((body, delimit)) = outgoing.body.take() else {
         conn.io
             .write_all(&outgoing.head)
@@ -296,7 +306,19 @@ pub async fn exchange(
         }
         poll_head(conn, cx, head_request, &mut unanswered)
     })
-    .await?;
+    .await;
+    let head = match head {
+        Ok(head) => head,
+        // Nothing went (an undecided head waits for the body's first frame, which may
+        // take longer than a reused connection stays open): all of it goes back.
+        Err(e @ ExchangeError::Unanswered(_)) if upload.progress == 0 => {
+            outgoing.head = upload.out;
+            outgoing.body = Some((upload.body, upload.delimit));
+            outgoing.untouched = true;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     let mut head = refuse_tunnel(head, &outgoing.method)?;
     let upload = match uploaded {
         Some(complete) => {
@@ -362,8 +384,10 @@ impl Upload {
                     return Poll::Ready(Ok(()));
                 }
             }
+            // `out` may already hold an undecided head, of any size: the limit is on
+            // what is added to it.
             let start = self.out.len();
-            while !self.ended && self.out.len() < COALESCE {
+            while !self.ended && self.out.len() - start < COALESCE {
                 let frame = match Pin::new(&mut self.body).poll_frame(cx) {
                     Poll::Ready(frame) => frame,
                     // Nothing new (an undecided head adds nothing until it is decided).
@@ -891,6 +915,7 @@ pub fn poll_read(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<io::Result<usize
     if n >= room.min(conn.read_size) {
         conn.read_size = (conn.read_size * 2).min(MAX_READ_SIZE);
         conn.short_reads = 0;
+        conn.grown = true;
     } else if n < conn.read_size / 2 && conn.read_size > READ_SIZE {
         conn.short_reads += 1;
         if conn.short_reads == 2 {

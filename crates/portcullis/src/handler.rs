@@ -1449,7 +1449,7 @@ impl Outgoing {
             // encodes the head from the fields kept here for another attempt.
             let outgoing =
                 exchange::Outgoing::encode(&self.method, self.path_and_query.as_str(), &self.headers, body)
-                    .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+                    .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, error_chain(&e)))?;
             return Ok(Attempt::Pooled(addr, outgoing));
         }
         let mut parts = http::uri::Parts::default();

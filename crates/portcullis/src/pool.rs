@@ -547,7 +547,7 @@ mod tests {
     use http_body_util::BodyExt;
     use std::sync::atomic::AtomicUsize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     /// A backend on loopback that answers every request on a connection with
     /// `answer(n)` (n counts requests on that connection from 0), then closes the
@@ -1216,39 +1216,93 @@ mod tests {
         backend.abort();
     }
 
-    #[tokio::test]
-    async fn an_undecided_head_waits_for_the_first_frame() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+    /// A GET whose body is not known yet, with a field of `padding` bytes.
+    fn undecided_get(padding: usize) -> (tokio::sync::mpsc::UnboundedSender<Bytes>, Request<Body>) {
         let (tx, body) = streamed();
         let request = Request::builder()
             .uri("/")
             .header(header::HOST, "backend.test")
+            .header("x-pad", "p".repeat(padding))
             .body(body)
             .unwrap();
-        let pool = pool();
-        let sent = tokio::spawn(async move { text(pool.send(addr, request).await.unwrap()).await });
-        let (mut s, _) = listener.accept().await.unwrap();
+        (tx, request)
+    }
+
+    /// Reads one request up to the end of its chunked body.
+    async fn read_chunked_request(s: &mut TcpStream) -> Vec<u8> {
         let mut buf = vec![0u8; 4096];
-        let early = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await;
-        assert!(
-            early.is_err(),
-            "a head without its end went before the body was known"
-        );
-        tx.send(Bytes::from_static(b"x")).unwrap();
-        drop(tx);
         let mut read = Vec::new();
         while !read.ends_with(b"0\r\n\r\n") {
             let n = s.read(&mut buf).await.unwrap();
-            assert!(n > 0, "closed early: {read:?}");
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&read));
             read.extend_from_slice(&buf[..n]);
         }
-        assert_eq!(
-            read,
-            b"GET / HTTP/1.1\r\nhost: backend.test\r\ntransfer-encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n"
-        );
-        s.write_all(OK).await.unwrap();
-        assert_eq!(sent.await.unwrap(), "ok");
+        read
+    }
+
+    // On two threads, so that a send that spins cannot stop the test's own timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_undecided_head_waits_for_the_first_frame() {
+        // Small, and larger than the coalescing limit (which once made it spin).
+        for padding in [1, 20_000] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (tx, request) = undecided_get(padding);
+            let pool = pool();
+            let sent = tokio::spawn(async move { text(pool.send(addr, request).await.unwrap()).await });
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let early = tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await;
+            assert!(
+                early.is_err(),
+                "a head without its end went before the body was known"
+            );
+            tx.send(Bytes::from_static(b"x")).unwrap();
+            drop(tx);
+            let read = tokio::time::timeout(Duration::from_secs(5), read_chunked_request(&mut s))
+                .await
+                .expect("the request never came");
+            let expected = format!(
+                "GET / HTTP/1.1\r\nhost: backend.test\r\nx-pad: {}\r\ntransfer-encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+                "p".repeat(padding)
+            );
+            assert_eq!(String::from_utf8(read).unwrap(), expected, "padding {padding}");
+            s.write_all(OK).await.unwrap();
+            assert_eq!(sent.await.unwrap(), "ok");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_undecided_request_goes_on_a_new_connection_if_its_pooled_one_closes() {
+        // The backend closes its idle connection while the request waits for its
+        // body's first frame, before any of it was written.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let backend = tokio::spawn(async move {
+            let (mut first, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let _ = first.read(&mut buf).await.unwrap();
+            first.write_all(OK).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(first);
+            let (mut second, _) = listener.accept().await.unwrap();
+            let read = read_chunked_request(&mut second).await;
+            second.write_all(OK).await.unwrap();
+            read
+        });
+        let pool = pool();
+        assert_eq!(text(pool.send(addr, get("/")).await.unwrap()).await, "ok");
+        assert_eq!(pool.idle(addr), 1);
+        let (tx, request) = undecided_get(1);
+        let feed = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tx.send(Bytes::from_static(b"x")).unwrap();
+        });
+        assert_eq!(text(pool.send(addr, request).await.unwrap()).await, "ok");
+        feed.await.unwrap();
+        let read = String::from_utf8(backend.await.unwrap()).unwrap();
+        assert!(read.starts_with("GET / HTTP/1.1\r\n"), "{read}");
+        assert!(read.ends_with("1\r\nx\r\n0\r\n\r\n"), "{read}");
     }
 
     #[tokio::test]
