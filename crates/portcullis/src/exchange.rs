@@ -15,6 +15,7 @@ use std::future::{poll_fn, Future};
 use std::io::{self, Write};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -155,6 +156,9 @@ pub struct Outgoing {
     /// The last connection went unanswered before any of the request was written or
     /// any of its body taken: it can go on another, whatever it is.
     untouched: bool,
+    /// How long the rest of the body may go without moving once the backend has
+    /// answered (the route's read timeout); the pool's own when `None`.
+    pub stall: Option<Duration>,
 }
 
 impl Outgoing {
@@ -227,6 +231,7 @@ impl Outgoing {
             head,
             repeatable: delimit.is_none() && method.is_idempotent(),
             untouched: false,
+            stall: None,
             body: delimit.map(|d| (body, d)),
             method: method.clone(),
         })

@@ -1435,7 +1435,13 @@ impl Outgoing {
     }
 
     /// The request for one attempt at one endpoint.
-    fn request(&mut self, upstream: &Upstream, protocol: BackendProtocol) -> Result<Attempt, Refusal> {
+    /// `stall` bounds the rest of a body the backend stops reading after answering.
+    fn request(
+        &mut self,
+        upstream: &Upstream,
+        protocol: BackendProtocol,
+        stall: std::time::Duration,
+    ) -> Result<Attempt, Refusal> {
         let bad = |e: &dyn std::fmt::Display| {
             Refusal::new(StatusCode::BAD_REQUEST, format!("cannot build upstream URI: {e}"))
         };
@@ -1447,9 +1453,10 @@ impl Outgoing {
         if let Some(addr) = Upstreams::pooled(protocol, upstream) {
             // The pool connects to the address itself (HTTP/1.1's origin form), and
             // encodes the head from the fields kept here for another attempt.
-            let outgoing =
+            let mut outgoing =
                 exchange::Outgoing::encode(&self.method, self.path_and_query.as_str(), &self.headers, body)
                     .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, error_chain(&e)))?;
+            outgoing.stall = Some(stall);
             return Ok(Attempt::Pooled(addr, outgoing));
         }
         let mut parts = http::uri::Parts::default();
@@ -1590,7 +1597,7 @@ async fn forward(
                 failed("no_endpoints");
                 Refusal::new(StatusCode::SERVICE_UNAVAILABLE, reason)
             })?;
-        let sending = outgoing.request(&upstream, protocol)?;
+        let sending = outgoing.request(&upstream, protocol, route.options.read_timeout)?;
         let response = match (
             route.options.backend_tls.as_ref().filter(|_| protocol.is_tls()),
             sending,

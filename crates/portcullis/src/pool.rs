@@ -137,10 +137,12 @@ impl Pool {
                 return Ok(response.map(|()| UpstreamBody::empty()));
             }
             let upload = match upload {
-                Some(upload) => match Uploading::spawn(&conn, upload, self.inner.send_timeout) {
-                    Ok(uploading) => Some(uploading),
-                    Err(e) => return Err(SendError::Exchange(ExchangeError::Io(e))),
-                },
+                Some(upload) => {
+                    match Uploading::spawn(&conn, upload, outgoing.stall.unwrap_or(self.inner.send_timeout)) {
+                        Ok(uploading) => Some(uploading),
+                        Err(e) => return Err(SendError::Exchange(ExchangeError::Io(e))),
+                    }
+                }
                 None => None,
             };
             let lease = head.reusable.then(|| Lease {
@@ -1188,15 +1190,18 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(10)).await;
             s
         });
+        // The request's own bound (a route's read timeout) over the pool's.
         let pool = Pool::new(
             Duration::from_secs(2),
-            Duration::from_millis(300),
+            Duration::from_secs(60),
             Duration::from_secs(30),
             4,
         );
         let (tx, request) = streamed_put();
         tx.send(Bytes::from_static(b"start")).unwrap();
-        let response = pool.send(addr, request).await.unwrap();
+        let mut outgoing = Outgoing::new(request).unwrap();
+        outgoing.stall = Some(Duration::from_millis(300));
+        let response = pool.send_encoded(addr, outgoing).await.unwrap();
         let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
         // Far more than the socket buffers hold.
         for _ in 0..256 {
