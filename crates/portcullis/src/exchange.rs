@@ -277,14 +277,14 @@ pub async fn exchange(
     outgoing: &mut Outgoing,
 ) -> Result<(Head, Option<Upload>), ExchangeError> {
     let head_request = outgoing.method == Method::HEAD;
-    let mut unanswered = true;
+    let mut reading = Reading::default();
     outgoing.untouched = false;
     let Some((body, delimit)) = outgoing.body.take() else {
         conn.io
             .write_all(&outgoing.head)
             .await
             .map_err(ExchangeError::Unanswered)?;
-        let head = poll_fn(|cx| poll_head(conn, cx, head_request, &mut unanswered)).await?;
+        let head = poll_fn(|cx| poll_head(conn, cx, head_request, &mut reading)).await?;
         return Ok((refuse_tunnel(head, &outgoing.method)?, None));
     };
     let mut upload = Upload {
@@ -309,7 +309,7 @@ pub async fn exchange(
                 Poll::Pending => {}
             }
         }
-        poll_head(conn, cx, head_request, &mut unanswered)
+        poll_head(conn, cx, head_request, &mut reading)
     })
     .await;
     let head = match head {
@@ -487,23 +487,63 @@ impl Upload {
     }
 }
 
+/// Where reading a response head stands.
+struct Reading {
+    /// Nothing of a response has arrived yet.
+    unanswered: bool,
+    /// How much of the buffer is known to hold no end of a head. A head that comes in
+    /// many small reads is parsed again only once an empty line has arrived, not after
+    /// every read: otherwise a backend trickling a 64 KiB head a byte at a time would
+    /// cost 2 billion bytes of parsing.
+    checked: usize,
+}
+
+impl Default for Reading {
+    fn default() -> Self {
+        Reading {
+            unanswered: true,
+            checked: 0,
+        }
+    }
+}
+
+/// Whether `buf` may hold a whole head: on a first look (most heads arrive in one
+/// read), or when an empty line (LF or CRLF after an LF) ends after its first
+/// `checked` bytes.
+fn may_end_head(buf: &[u8], checked: usize) -> bool {
+    if checked == 0 {
+        return true;
+    }
+    let from = checked.saturating_sub(2);
+    buf[from..].iter().enumerate().any(|(i, &b)| {
+        let at = from + i;
+        b == b'\n'
+            && at >= 1
+            && (buf[at - 1] == b'\n' || (at >= 2 && buf[at - 1] == b'\r' && buf[at - 2] == b'\n'))
+    })
+}
+
 /// Reads until a final response head is complete, skipping interim (1xx) responses
-/// other than 101. `unanswered` stays true while nothing of a response has arrived.
+/// other than 101.
 fn poll_head(
     conn: &mut Conn,
     cx: &mut Context<'_>,
     head_request: bool,
-    unanswered: &mut bool,
+    reading: &mut Reading,
 ) -> Poll<Result<Head, ExchangeError>> {
     loop {
         if !conn.buf.is_empty() {
-            *unanswered = false;
-            if let Some(head) = parse_head(&mut conn.buf, head_request)? {
-                if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
-                    continue;
+            reading.unanswered = false;
+            if may_end_head(&conn.buf, reading.checked) {
+                if let Some(head) = parse_head(&mut conn.buf, head_request)? {
+                    reading.checked = 0;
+                    if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
+                        continue;
+                    }
+                    return Poll::Ready(Ok(head));
                 }
-                return Poll::Ready(Ok(head));
             }
+            reading.checked = conn.buf.len();
             if conn.buf.len() >= MAX_HEAD {
                 return Poll::Ready(Err(protocol(format!(
                     "a response head larger than {MAX_HEAD} bytes"
@@ -511,7 +551,7 @@ fn poll_head(
             }
         }
         match ready!(poll_read(conn, cx)) {
-            Ok(0) if *unanswered => {
+            Ok(0) if reading.unanswered => {
                 return Poll::Ready(Err(ExchangeError::Unanswered(
                     io::ErrorKind::UnexpectedEof.into(),
                 )))
@@ -522,7 +562,7 @@ fn poll_head(
                 )))
             }
             Ok(_) => {}
-            Err(e) if *unanswered => return Poll::Ready(Err(ExchangeError::Unanswered(e))),
+            Err(e) if reading.unanswered => return Poll::Ready(Err(ExchangeError::Unanswered(e))),
             Err(e) => return Poll::Ready(Err(ExchangeError::Io(e))),
         }
     }
@@ -729,8 +769,9 @@ pub enum Chunk {
     Data(u64),
     /// The CRLF after a chunk's data is next.
     DataEnd,
-    /// The trailer section (after the last chunk) is next.
-    Trailers,
+    /// The trailer section (after the last chunk) is next; the first `checked` bytes
+    /// of the buffer hold no end of it, and are not searched again.
+    Trailers { checked: u32 },
 }
 
 /// What decoding the buffered bytes gave.
@@ -799,11 +840,11 @@ impl Decoder {
                     let size = chunk_size(&buf[..end])?;
                     buf.advance(end + 1);
                     *self = Decoder::Chunked(match size {
-                        0 => Chunk::Trailers,
+                        0 => Chunk::Trailers { checked: 0 },
                         n => Chunk::Data(n),
                     });
                 }
-                Decoder::Chunked(Chunk::Trailers) => {
+                Decoder::Chunked(Chunk::Trailers { checked }) => {
                     if buf.len() < 2 {
                         return Ok(Step::More);
                     }
@@ -812,13 +853,17 @@ impl Decoder {
                         *self = Decoder::Done;
                         return Ok(Step::End);
                     }
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    let from = (checked as usize).saturating_sub(3);
+                    let Some(end) = buf[from..].windows(4).position(|w| w == b"\r\n\r\n") else {
                         if buf.len() > MAX_HEAD {
                             return Err(protocol(format!("trailers larger than {MAX_HEAD} bytes")));
                         }
+                        // At most MAX_HEAD + one read, which fits.
+                        let checked = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+                        *self = Decoder::Chunked(Chunk::Trailers { checked });
                         return Ok(Step::More);
                     };
-                    let section = buf.split_to(end + 4);
+                    let section = buf.split_to(from + end + 4);
                     *self = Decoder::Done;
                     return trailers(&section).map(Step::Trailers);
                 }

@@ -1311,6 +1311,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn heads_trickled_in_pieces_are_read_once_whole() {
+        let answers: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\nok",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+        ];
+        for answer in answers {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await.unwrap();
+                for piece in answer.chunks(3) {
+                    s.write_all(piece).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                let _ = s.read(&mut buf).await;
+            });
+            let response = pool().send(addr, get("/")).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "{answer:?}");
+            assert_eq!(text(response).await, "ok", "{answer:?}");
+        }
+    }
+
+    #[tokio::test]
     async fn bodiless_answers_ignore_their_length_and_keep_the_connection() {
         let (addr, _seen) = scripted(vec![
             (b"\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"),
