@@ -145,8 +145,8 @@ enum Delimit {
 
 /// A request ready to go: its head encoded, and its body if it has one.
 pub struct Outgoing {
-    /// The head, up to and including the empty line; for a body not yet `Undecided`,
-    /// up to the last field, the framing and the empty line still to come.
+    /// The head, up to and including the empty line; for an `Undecided` body, up to
+    /// the last field, the framing and the empty line still to come.
     head: Vec<u8>,
     body: Option<(Body, Delimit)>,
     method: Method,
@@ -192,12 +192,9 @@ impl Outgoing {
             // Sent once, as one number, below: `5, 5` or a repeated field is one
             // length, which some backends would refuse to read as one.
             if name == header::CONTENT_LENGTH {
-                let length = content_length(std::iter::once(value))
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| {
-                        ExchangeError::Body("the request's Content-Length is not a length".into())
-                    })?;
+                let length = content_length(value).ok_or_else(|| {
+                    ExchangeError::Body("the request's Content-Length is not a length".into())
+                })?;
                 if declared.replace(length).is_some_and(|d| d != length) {
                     return Err(ExchangeError::Body(
                         "the request has differing Content-Lengths".into(),
@@ -663,10 +660,7 @@ struct Framing {
 impl Framing {
     fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), ExchangeError> {
         if *name == header::CONTENT_LENGTH {
-            let length = content_length(std::iter::once(value))
-                .ok()
-                .flatten()
-                .ok_or_else(|| protocol("a bad Content-Length"))?;
+            let length = content_length(value).ok_or_else(|| protocol("a bad Content-Length"))?;
             self.repeated_length |= self.length.is_some() || value.as_bytes().contains(&b',');
             if self.length.replace(length).is_some_and(|l| l != length) {
                 return Err(protocol("differing Content-Lengths"));
@@ -729,23 +723,21 @@ impl Framing {
     }
 }
 
-/// The length that every `Content-Length` value (and every element of a list) gives,
-/// `None` without one, or an error if one is not a number or they differ.
-fn content_length<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Result<Option<u64>, ()> {
+/// The length a `Content-Length` value gives (every element alike, if it is a list),
+/// or `None` if one is not a number or they differ.
+fn content_length(value: &HeaderValue) -> Option<u64> {
     let mut length = None;
-    for value in values {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Err(());
-            }
-            let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-            if length.replace(n).is_some_and(|previous| previous != n) {
-                return Err(());
-            }
+    for part in value.as_bytes().split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if length.replace(n).is_some_and(|previous| previous != n) {
+            return None;
         }
     }
-    Ok(length)
+    length
 }
 
 /// Where a response body stands.
@@ -796,26 +788,24 @@ impl Decoder {
                 Decoder::Close if buf.is_empty() => return Ok(Step::More),
                 Decoder::Close => return Ok(Step::Data(buf.split().freeze())),
                 Decoder::Length(remaining) => {
-                    let Some(data) = take(buf, remaining) else {
+                    let Some((data, left)) = take(buf, remaining) else {
                         return Ok(Step::More);
                     };
-                    let remaining = remaining - data.len() as u64;
-                    *self = if remaining == 0 {
+                    *self = if left == 0 {
                         Decoder::Done
                     } else {
-                        Decoder::Length(remaining)
+                        Decoder::Length(left)
                     };
                     return Ok(Step::Data(data));
                 }
                 Decoder::Chunked(Chunk::Data(remaining)) => {
-                    let Some(data) = take(buf, remaining) else {
+                    let Some((data, left)) = take(buf, remaining) else {
                         return Ok(Step::More);
                     };
-                    let remaining = remaining - data.len() as u64;
-                    *self = Decoder::Chunked(if remaining == 0 {
+                    *self = Decoder::Chunked(if left == 0 {
                         Chunk::DataEnd
                     } else {
-                        Chunk::Data(remaining)
+                        Chunk::Data(left)
                     });
                     return Ok(Step::Data(data));
                 }
@@ -881,13 +871,14 @@ impl Decoder {
     }
 }
 
-/// Up to `limit` bytes from the front of `buf`, or `None` if it is empty.
-fn take(buf: &mut BytesMut, limit: u64) -> Option<Bytes> {
+/// Up to `limit` bytes from the front of `buf`, and how many of `limit` are left;
+/// `None` if `buf` is empty.
+fn take(buf: &mut BytesMut, limit: u64) -> Option<(Bytes, u64)> {
     if buf.is_empty() {
         return None;
     }
     let n = usize::try_from(limit).map_or(buf.len(), |limit| limit.min(buf.len()));
-    Some(buf.split_to(n).freeze())
+    Some((buf.split_to(n).freeze(), limit - n as u64))
 }
 
 /// The size a chunk-size line gives: hex digits, then optional extensions, then CRLF
@@ -929,9 +920,11 @@ fn bare_lf(section: &[u8]) -> bool {
 
 /// Parses a trailer section (fields, then the empty line).
 fn trailers(section: &[u8]) -> Result<HeaderMap, ExchangeError> {
+    if bare_lf(section) {
+        return Err(protocol("a bare LF in the trailers"));
+    }
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     match httparse::parse_headers(section, &mut fields) {
-        _ if bare_lf(section) => Err(protocol("a bare LF in the trailers")),
         Ok(httparse::Status::Complete((_, fields))) => {
             let mut map = HeaderMap::with_capacity(fields.len());
             for field in fields {

@@ -101,7 +101,8 @@ impl Pool {
     /// Sends `request` (origin-form URI, `Host` set) to `addr` on an idle connection,
     /// or a new one. When an idle connection goes unanswered (the backend closed it
     /// meanwhile), a request without a body and with an idempotent method goes again
-    /// on a new connection, as nginx does with its cached connections.
+    /// on another, as nginx does with its cached connections; so does any request none
+    /// of which had been written.
     pub async fn send(
         &self,
         addr: SocketAddr,

@@ -238,7 +238,7 @@ impl Upstreams {
         }
     }
 
-    /// Sends a request on the pool for its protocol and upstream.
+    /// Sends one attempt: on [`Pool`], or on the hyper-util client for its protocol.
     pub async fn send(
         &self,
         protocol: BackendProtocol,
