@@ -1,5 +1,9 @@
 //! HTTP/1.1 client connections that give their buffers back while idle.
 //!
+//! A connection starts in the direct lane (`direct`), which serves the common request
+//! (no body, no upgrade) itself; the first request that needs more goes to hyper, with
+//! the connection, until hyper is next idle. What follows is about hyper's part.
+//!
 //! hyper keeps, for the whole life of an HTTP/1 connection, an 8 KiB read buffer, an
 //! 8 KiB write buffer and the last request's header map, idle or not. Here a keep-alive
 //! connection that has been idle for a while is taken back from hyper between two
@@ -34,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use crate::direct;
 use crate::proxy::Body;
 use crate::server::Shutdown;
 
@@ -120,19 +125,34 @@ impl Drop for Open {
 /// A request body as the handler sees it: hyper's, and on HTTP/1 a note of whether it
 /// was read to its end.
 pub struct ClientBody {
-    inner: Incoming,
+    /// None: a request without a body, served without hyper.
+    inner: Option<Incoming>,
     open: Option<Open>,
 }
 
 impl ClientBody {
     /// A body nothing needs to watch (HTTP/2: each stream ends on its own).
     pub fn new(inner: Incoming) -> Self {
-        ClientBody { inner, open: None }
+        ClientBody {
+            inner: Some(inner),
+            open: None,
+        }
+    }
+
+    /// No body at all.
+    pub fn empty() -> Self {
+        ClientBody {
+            inner: None,
+            open: None,
+        }
     }
 
     fn tracked(inner: Incoming, tracker: &Arc<Tracker>) -> Self {
         let open = (!inner.is_end_stream()).then(|| tracker.begin_body());
-        ClientBody { inner, open }
+        ClientBody {
+            inner: Some(inner),
+            open,
+        }
     }
 }
 
@@ -152,22 +172,27 @@ impl HttpBody for ClientBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let Some(inner) = &mut self.inner else {
+            return Poll::Ready(None);
+        };
+        let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
         // hyper has read the whole body (and so stands at the next message) before it
         // hands out the last frame; a reader may stop at `is_end_stream` without asking
         // for the end.
-        if frame.is_none() || self.inner.is_end_stream() {
+        if frame.is_none() || inner.is_end_stream() {
             self.open = None;
         }
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or(SizeHint::with_exact(0), HttpBody::size_hint)
     }
 }
 
@@ -318,8 +343,26 @@ impl<T> ClientStream<T> {
         }
     }
 
-    /// Puts `buf` (read but not used by hyper) back in front of what is still unread.
-    fn unread(&mut self, buf: Bytes) {
+    /// Whether bytes put back wait in front of the transport.
+    pub(crate) fn has_unread(&self) -> bool {
+        !self.unread.is_empty()
+    }
+
+    /// Ready when a read would find something: bytes put back, or the socket's
+    /// readiness (data, or its end).
+    pub(crate) fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>
+    where
+        T: Transport,
+    {
+        if self.unread.is_empty() {
+            self.io.poll_read_ready(cx)
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Puts `buf` (read but not used) back in front of what is still unread.
+    pub(crate) fn unread(&mut self, buf: Bytes) {
         if buf.is_empty() {
             return;
         }
@@ -404,10 +447,11 @@ enum Event {
     Shutdown,
 }
 
-/// Serves HTTP/1.1 on one client connection until it closes, parking it whenever it
-/// has been idle for `timing.park_after`. `unread` holds bytes already read from the
-/// client (while telling HTTP/1 from HTTP/2). Returns how many times hyper let go of
-/// the connection.
+/// Serves HTTP/1.1 on one client connection until it closes, in the direct lane or
+/// with hyper, parking it whenever it has been idle for `timing.park_after`. `unread`
+/// holds bytes already read from the client (while telling HTTP/1 from HTTP/2).
+/// Returns how many times the connection was parked (or hyper let go of it with the
+/// next request begun).
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<T, S>(
     builder: &http1::Builder,
@@ -436,33 +480,39 @@ where
     // with no data, say) does not move it.
     let mut deadline = tokio::time::Instant::now();
     loop {
-        tracker.requests.store(0, Relaxed);
-        tracker.read_any.store(false, Relaxed);
-        tracker.write_blocked.store(false, Relaxed);
-        let tracked = Tracked {
-            inner: service,
-            tracker: tracker.clone(),
-        };
-        // Boxed: the task keeps only a pointer while the connection is parked.
-        let mut conn = start(builder, stream, tracked);
-        match run(&mut conn, &tracker, timing, &mut shutdown, served).await {
-            Some(result) => {
-                close(conn, &tracker, result, peer).await;
-                return parks;
-            }
-            None => {
-                parks += 1;
-                let requested = tracker.requests.load(Relaxed) > 0;
-                if requested || parks == 1 {
-                    deadline =
-                        tokio::time::Instant::now() + timing.header_timeout.saturating_sub(timing.park_after);
-                }
+        // The common request is served without hyper; hyper takes the connection
+        // when a request needs it, until the connection is next idle.
+        let lane = direct::serve(&mut stream, &service, timing, &mut shutdown, served, peer).await;
+        let mut requested = lane.requests > 0;
+        match lane.outcome {
+            direct::Outcome::Done => return parks,
+            direct::Outcome::Park => {}
+            direct::Outcome::Handoff => {
                 served |= requested;
+                tracker.requests.store(0, Relaxed);
+                tracker.read_any.store(false, Relaxed);
+                tracker.write_blocked.store(false, Relaxed);
+                let tracked = Tracked {
+                    inner: service,
+                    tracker: tracker.clone(),
+                };
+                // Boxed: the task keeps only a pointer while the connection is parked.
+                let mut conn = start(builder, stream, tracked);
+                if let Some(result) = run(&mut conn, &tracker, timing, &mut shutdown, served).await {
+                    close(conn, &tracker, result, peer).await;
+                    return parks;
+                }
+                requested |= tracker.requests.load(Relaxed) > 0;
                 (stream, service) = take_back(*conn);
             }
         }
+        parks += 1;
+        if requested || parks == 1 {
+            deadline = tokio::time::Instant::now() + timing.header_timeout.saturating_sub(timing.park_after);
+        }
+        served |= requested;
         if !stream.unread.is_empty() {
-            // The next request has begun: straight back to hyper.
+            // The next request has begun.
             continue;
         }
         parked.inc();
@@ -668,6 +718,31 @@ mod tests {
                     let _ = body.collect().await;
                 });
                 Response::new(crate::proxy::full("late"))
+            }
+            "/stream" => {
+                // Two pieces with a pause between: no length known.
+                let pieces = futures_util::stream::unfold(0, |i| async move {
+                    match i {
+                        0 => Some((Ok(Frame::data(Bytes::from_static(b"one"))), 1)),
+                        1 => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            Some((Ok(Frame::data(Bytes::from_static(b"two"))), 2))
+                        }
+                        _ => None,
+                    }
+                });
+                Response::new(http_body_util::StreamBody::new(pieces).boxed_unsync())
+            }
+            "/broken" => {
+                let pieces = futures_util::stream::iter([
+                    Ok(Frame::data(Bytes::from_static(b"part"))),
+                    Err(crate::proxy::BoxError::from("the backend went away")),
+                ]);
+                Response::new(http_body_util::StreamBody::new(pieces).boxed_unsync())
+            }
+            "/slow" => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Response::new(crate::proxy::full(path))
             }
             "/switch" => {
                 let Some(slot) = UpgradeSlot::take(&mut req) else {
@@ -928,8 +1003,8 @@ mod tests {
         assert_eq!(response(&mut s).await.1, b"/four");
         assert_eq!(srv.paths(), ["/one", "/two", "/three", "/four"]);
         drop(s);
-        // Parked with half of /two, then idle after /two.
-        assert_eq!(srv.parks_once_closed(1).await, [2]);
+        // Idle after /two (half a head is held, not parked).
+        assert_eq!(srv.parks_once_closed(1).await, [1]);
     }
 
     #[tokio::test]
@@ -1148,5 +1223,156 @@ mod tests {
         assert_eq!(response(&mut s).await.1, b"/a");
         // A body of zero length is not an unread body: the connection parks.
         srv.parked_now(1).await;
+    }
+
+    /// Reads until the server closes; returns everything it sent.
+    async fn until_closed(s: &mut TcpStream) -> String {
+        let mut all = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut all)).await;
+        assert!(
+            read.is_ok(),
+            "still open after {:?}",
+            String::from_utf8_lossy(&all)
+        );
+        String::from_utf8_lossy(&all).into_owned()
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order() {
+        let srv = server(1000, 5000).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(b"GET /p1 HTTP/1.1\r\nHost: t\r\n\r\nGET /p2 HTTP/1.1\r\nHost: t\r\n\r\nGET /p3 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        for want in ["/p1", "/p2", "/p3"] {
+            let (head, body) = response(&mut s).await;
+            assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+            assert!(head.contains("\r\ndate: "), "{head}");
+            assert_eq!(body, want.as_bytes());
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_the_direct_lane_does_not_serve_go_to_hyper_on_the_same_connection() {
+        let srv = server(50, 5000).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        assert_eq!(get(&mut s, "/a").await.1, b"/a");
+        // A head over 8 KiB: hyper's.
+        let long = "v".repeat(9000);
+        s.write_all(format!("GET /b HTTP/1.1\r\nHost: t\r\nX-Long: {long}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(response(&mut s).await.1, b"/b");
+        // Back to the lane once hyper lets go of the idle connection.
+        srv.parked_now(1).await;
+        assert_eq!(get(&mut s, "/c").await.1, b"/c");
+        // A malformed head gets hyper's answer.
+        s.write_all(b"GET /d HTTP/1.1\r\nHost: t\r\nbad header\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = until_closed(&mut s).await;
+        assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+        assert_eq!(srv.parks_once_closed(1).await, [1]);
+        // A body, an expectation: hyper's too (this handler reads no body, so hyper
+        // keeps the connection to the end).
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(b"POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+            .await
+            .unwrap();
+        assert_eq!(response(&mut s).await.1, b"/e");
+        s.write_all(b"PUT /f HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\nok")
+            .await
+            .unwrap();
+        assert_eq!(response(&mut s).await.1, b"/f");
+        assert_eq!(srv.paths(), ["/a", "/b", "/c", "/e", "/f"]);
+    }
+
+    #[tokio::test]
+    async fn a_body_of_unknown_length_is_chunked_and_a_failed_one_is_cut_off() {
+        let srv = server(1000, 5000).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"0\r\n\r\n") {
+            let mut b = [0u8; 256];
+            let n = s.read(&mut b).await.unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&b[..n]);
+        }
+        let got = String::from_utf8(got).unwrap();
+        let (head, body) = got.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("\r\ntransfer-encoding: chunked"), "{head}");
+        assert!(!head.contains("content-length"), "{head}");
+        assert_eq!(body, "3\r\none\r\n3\r\ntwo\r\n0\r\n\r\n");
+        // The connection goes on; a body that fails ends it with no last chunk, so the
+        // client cannot take what came for the whole.
+        s.write_all(b"GET /broken HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = until_closed(&mut s).await;
+        assert!(answer.contains("\r\n\r\n4\r\npart\r\n"), "{answer}");
+        assert!(!answer.contains("0\r\n\r\n"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn head_and_connection_close_are_honoured() {
+        let srv = server(1000, 5000).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        // The length the body would have, and no body: the next response follows at
+        // once.
+        s.write_all(b"HEAD /xyz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            assert_eq!(s.read(&mut b).await.unwrap(), 1);
+            head.push(b[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.contains("\r\ncontent-length: 4\r\n"), "{head}");
+        s.write_all(b"GET /last HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = until_closed(&mut s).await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\n/last"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn at_shutdown_the_response_in_flight_is_the_last() {
+        let srv = server(1000, 5000).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        assert_eq!(get(&mut s, "/first").await.1, b"/first");
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        srv.stop.send(true).unwrap();
+        let answer = until_closed(&mut s).await;
+        assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\n/slow"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_cancels_its_request() {
+        let srv = server(1000, 5000).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(s);
+        // Closed at once, not after the handler's 200 ms.
+        let started = Instant::now();
+        srv.parks_once_closed(1).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(120),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod cluster;
 pub mod controller;
+pub mod direct;
 pub mod echo;
 pub mod exchange;
 pub mod h1;

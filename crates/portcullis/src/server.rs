@@ -37,6 +37,11 @@ impl Shutdown {
     pub async fn wait(&mut self) {
         let _ = self.signal.wait_for(|stop| *stop).await;
     }
+
+    /// Whether shutdown has begun.
+    pub fn has_begun(&self) -> bool {
+        *self.signal.borrow()
+    }
 }
 
 /// Counts everything that must end before the process exits: every holder keeps a
