@@ -82,6 +82,7 @@ pub async fn serve<T, S>(
     timing: Timing,
     shutdown: &mut Shutdown,
     served: bool,
+    head_by: Option<Instant>,
     peer: SocketAddr,
 ) -> Served
 where
@@ -94,11 +95,13 @@ where
         buf: BytesMut::new(),
         out: BytesMut::new(),
         spans: Vec::new(),
+        checked: 0,
         requests: 0,
         drained: false,
         stopping: false,
     };
-    let outcome = lane.run(service, timing, shutdown, served, peer).await;
+    let head_by = head_by.unwrap_or_else(|| Instant::now() + timing.header_timeout);
+    let outcome = lane.run(service, timing, shutdown, served, head_by, peer).await;
     if outcome == Outcome::Handoff && !lane.buf.is_empty() {
         let rest = lane.buf.split().freeze();
         lane.stream.unread(rest);
@@ -124,6 +127,8 @@ struct Lane<'a, T> {
     out: BytesMut,
     /// Where the fields of the head being parsed lie.
     spans: Vec<(Span, Span)>,
+    /// How much of `buf` was parsed without finding the end of a head.
+    checked: usize,
     requests: u64,
     /// The last read left room unfilled.
     drained: bool,
@@ -166,6 +171,7 @@ impl<T: Transport> Lane<'_, T> {
         timing: Timing,
         shutdown: &mut Shutdown,
         served: bool,
+        mut head_by: Instant,
         peer: SocketAddr,
     ) -> Outcome {
         // One timer for the whole connection, set again only when it fires: while
@@ -188,6 +194,9 @@ impl<T: Transport> Lane<'_, T> {
                     match self.answer(service, req, shape).await {
                         Ok(true) => {
                             self.requests += 1;
+                            // The next head is due within the header timeout of the
+                            // end of this response, as hyper counts it.
+                            head_by = Instant::now() + timing.header_timeout;
                             continue;
                         }
                         Ok(false) => {
@@ -204,10 +213,9 @@ impl<T: Transport> Lane<'_, T> {
                 Parsed::Partial => {}
             }
             if !self.buf.is_empty() && head_deadline.is_none() {
-                let deadline = Instant::now() + timing.header_timeout;
-                head_deadline = Some(deadline);
-                if timer.deadline() > deadline {
-                    timer.as_mut().reset(deadline);
+                head_deadline = Some(head_by);
+                if timer.deadline() > head_by {
+                    timer.as_mut().reset(head_by);
                 }
             }
             let wake = poll_fn(|cx| {
@@ -300,8 +308,13 @@ impl<T: Transport> Lane<'_, T> {
 
     /// Ready when the client has closed the connection (or it failed) while its
     /// request is in flight. What else it sends (a pipelined request) waits in the
-    /// buffer, up to the head limit.
+    /// buffer, up to the head limit. Once a pipelined request waits, the client is no
+    /// longer watched, as hyper does: a client that sends its requests and then
+    /// closes its side still gets the answer in flight.
     fn poll_client(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.buf.is_empty() {
+            return Poll::Pending;
+        }
         while self.buf.len() < MAX_HEAD {
             match self.poll_read(cx) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
@@ -318,6 +331,15 @@ impl<T: Transport> Lane<'_, T> {
         if self.buf.is_empty() {
             return Parsed::Partial;
         }
+        if self.buf.len() >= MAX_HEAD {
+            return Parsed::Hyper;
+        }
+        // A head trickled in small pieces is parsed again only once an empty line may
+        // have come, not after every read.
+        if !crate::exchange::may_end_head(&self.buf, self.checked) {
+            self.checked = self.buf.len();
+            return Parsed::Partial;
+        }
         let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
         let mut request = httparse::Request::new(&mut []);
         let length = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -326,7 +348,10 @@ impl<T: Transport> Lane<'_, T> {
             &mut fields,
         ) {
             Ok(httparse::Status::Complete(length)) => length,
-            Ok(httparse::Status::Partial) if self.buf.len() < MAX_HEAD => return Parsed::Partial,
+            Ok(httparse::Status::Partial) => {
+                self.checked = self.buf.len();
+                return Parsed::Partial;
+            }
             // Too long, too many fields, malformed: hyper answers.
             _ => return Parsed::Hyper,
         };
@@ -374,6 +399,7 @@ impl<T: Transport> Lane<'_, T> {
         }
         let count = self.spans.len();
         let head = self.buf.split_to(length).freeze();
+        self.checked = 0;
         let Ok(uri) = Uri::from_maybe_shared(head.slice(usize::from(target.0)..usize::from(target.1))) else {
             // hyper answers 400; the head goes back in front for it.
             self.unread_head(head);
@@ -528,6 +554,9 @@ impl<T: Transport> Lane<'_, T> {
                         }
                     };
                     self.write_data(data, tail).await?;
+                    if body.is_end_stream() {
+                        break;
+                    }
                 }
             }
         }

@@ -507,7 +507,7 @@ impl Default for Reading {
 /// Whether `buf` may hold a whole head: on a first look (most heads arrive in one
 /// read), or when an empty line (LF or CRLF after an LF) ends after its first
 /// `checked` bytes.
-fn may_end_head(buf: &[u8], checked: usize) -> bool {
+pub(crate) fn may_end_head(buf: &[u8], checked: usize) -> bool {
     if checked == 0 {
         return true;
     }

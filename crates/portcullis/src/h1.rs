@@ -479,10 +479,23 @@ where
     // that served a request is parked; a wake-up that brings no request (a TLS record
     // with no data, say) does not move it.
     let mut deadline = tokio::time::Instant::now();
+    // When the lane's next head must be complete: after a parking, by the parked
+    // deadline (a head that wakes a connection does not get a new header timeout);
+    // otherwise the lane counts one from now.
+    let mut head_by = None;
     loop {
         // The common request is served without hyper; hyper takes the connection
         // when a request needs it, until the connection is next idle.
-        let lane = direct::serve(&mut stream, &service, timing, &mut shutdown, served, peer).await;
+        let lane = direct::serve(
+            &mut stream,
+            &service,
+            timing,
+            &mut shutdown,
+            served,
+            head_by,
+            peer,
+        )
+        .await;
         let mut requested = lane.requests > 0;
         match lane.outcome {
             direct::Outcome::Done => return parks,
@@ -513,6 +526,7 @@ where
         served |= requested;
         if !stream.unread.is_empty() {
             // The next request has begun.
+            head_by = None;
             continue;
         }
         parked.inc();
@@ -527,6 +541,7 @@ where
             let _ = tokio::time::timeout(timing.header_timeout, stream.io.shutdown()).await;
             return parks;
         }
+        head_by = Some(deadline);
     }
 }
 
@@ -1374,5 +1389,62 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    #[tokio::test]
+    async fn a_head_trickled_a_byte_at_a_time_is_read_whole() {
+        let srv = server(1000, 5000).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        for head in [
+            &b"GET /crlf HTTP/1.1\r\nHost: t\r\n\r\n"[..],
+            &b"GET /lf HTTP/1.1\nHost: t\n\n"[..],
+        ] {
+            for b in head {
+                s.write_all(&[*b]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            response(&mut s).await;
+        }
+        assert_eq!(srv.paths(), ["/crlf", "/lf"]);
+    }
+
+    #[tokio::test]
+    async fn the_next_head_is_due_a_header_timeout_after_the_response() {
+        let srv = server(1000, 600).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        get(&mut s, "/one").await;
+        let answered = Instant::now();
+        // Idle for most of the header timeout, then a head begun and trickled: it
+        // does not get a header timeout of its own.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        s.write_all(b"GET /two HTTP/1.1\r\n").await.unwrap();
+        let mut closed = false;
+        for i in 0..40 {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            if s.write_all(format!("X-{i}: v\r\n").as_bytes()).await.is_err()
+                || closes(&mut s, Duration::from_millis(1)).await
+            {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "still open");
+        let after = answered.elapsed();
+        assert!(after < Duration::from_millis(850), "{after:?}");
+        assert_eq!(srv.paths(), ["/one"]);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_sends_its_requests_and_closes_its_side_gets_the_first_answer() {
+        let srv = server(1000, 5000).await;
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+        let answer = until_closed(&mut s).await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.contains("\r\n\r\n/slow"), "{answer}");
     }
 }
