@@ -486,7 +486,9 @@ where
     loop {
         // The common request is served without hyper; hyper takes the connection
         // when a request needs it, until the connection is next idle.
-        let lane = direct::serve(
+        // Boxed: a parked connection's task keeps only the state of its parked wait,
+        // not room for the lane's.
+        let lane = Box::pin(direct::serve(
             &mut stream,
             &service,
             timing,
@@ -494,7 +496,7 @@ where
             served,
             head_by,
             peer,
-        )
+        ))
         .await;
         let mut requested = lane.requests > 0;
         match lane.outcome {
