@@ -446,7 +446,8 @@ async fn serve(
     }
 
     let authority = request_authority(&req)?;
-    let host = normalize_host(&authority);
+    let authority = authority.as_str();
+    let host = normalize_host(authority);
     if record.detailed {
         record.host = host.clone();
     }
@@ -472,7 +473,7 @@ async fn serve(
         method: req.method(),
         headers: req.headers(),
         host: &host,
-        authority: &authority,
+        authority,
         target: &target,
         upgrade,
     };
@@ -534,7 +535,7 @@ async fn serve(
 
     // Answers ingress-nginx gives before any access check (its rewrite phase).
     if let Some(route) = route {
-        if let Some(response) = answer_early(conn, route, &req, &authority, &matched) {
+        if let Some(response) = answer_early(conn, route, &req, authority, &matched) {
             record.decision = Some(("redirect", "annotation"));
             return Ok(response);
         }
@@ -773,7 +774,7 @@ async fn serve(
         proxy,
         conn,
         req,
-        &authority,
+        authority,
         upstream_target,
         request_id,
         route,
@@ -1175,20 +1176,16 @@ fn check_framing(req: &Request<ClientBody>) -> Result<(), Refusal> {
 }
 
 /// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header.
-fn request_authority(req: &Request<ClientBody>) -> Result<String, Refusal> {
-    let authority = match req.uri().authority() {
-        Some(a) => a.as_str().to_string(),
-        None => req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or_default()
-            .to_string(),
-    };
-    if authority.is_empty() || authority.parse::<http::uri::Authority>().is_err() {
-        return Err(Refusal::new(StatusCode::BAD_REQUEST, "missing or invalid Host"));
+fn request_authority(req: &Request<ClientBody>) -> Result<http::uri::Authority, Refusal> {
+    if let Some(a) = req.uri().authority() {
+        return Ok(a.clone());
     }
-    Ok(authority)
+    // Parsed where it lies once copied: one allocation, not a string and then a copy.
+    req.headers()
+        .get(header::HOST)
+        .map(|h| bytes::Bytes::copy_from_slice(h.as_bytes()))
+        .and_then(|h| http::uri::Authority::from_maybe_shared(h).ok())
+        .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "missing or invalid Host"))
 }
 
 /// Plain HTTP for a host named in any served Ingress's `spec.tls` is redirected,
@@ -1350,11 +1347,14 @@ impl Outgoing {
     ) -> Self {
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
-        let upgrade_protocol = headers.get(header::UPGRADE).cloned();
-        let wants_trailers = headers
-            .get(header::TE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        let protocol = route.options.backend_protocol;
+        // Read before the hop-by-hop fields go, and only where they are passed on.
+        let upgrade_protocol = upgrade.then(|| headers.get(header::UPGRADE).cloned()).flatten();
+        let wants_trailers = protocol.is_h2_only()
+            && headers
+                .get(header::TE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
         proxy::remove_hop_by_hop(&mut headers);
         proxy::strip_identity_headers(&mut headers);
         proxy::strip_gateway_cookies(&mut headers);
@@ -1377,7 +1377,6 @@ impl Outgoing {
                 }
             }
         }
-        let protocol = route.options.backend_protocol;
         if upgrade {
             if let Some(p) = upgrade_protocol {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
