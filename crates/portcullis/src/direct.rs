@@ -10,9 +10,12 @@
 //! requests with its own errors.
 //!
 //! What the lane keeps to, as hyper does:
-//! - a head must arrive within the header timeout of its first bytes;
+//! - a head must be complete within the header timeout of the end of the previous
+//!   response (or of the connection's start); a head trickled in pieces is parsed
+//!   again only once an empty line may have come;
 //! - a connection that closes while its request is in flight cancels the request
-//!   (no half-close);
+//!   (no half-close), unless a pipelined request waits: the client's answers are then
+//!   written before its end is read;
 //! - pipelined requests are answered in order;
 //! - a response is framed by the length its body knows, the `Content-Length` it
 //!   carries, or else chunked; HEAD, 204 and 304 responses have no body;
@@ -75,7 +78,8 @@ pub struct Served {
 /// Serves requests on `stream` until one needs hyper, the connection is idle for
 /// `timing.park_after`, or it ends. `served` says whether the client was served
 /// before (a connection shut down before its first request gets the header timeout
-/// for that request to arrive).
+/// for that request to arrive); `head_by`, when the next head must be complete (by
+/// default, a header timeout from now).
 pub async fn serve<T, S>(
     stream: &mut ClientStream<T>,
     service: &S,
