@@ -616,8 +616,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Ex
             .map_err(|_| protocol(format!("a bad header name {:?}", String::from_utf8_lossy(name))))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
             .map_err(|_| protocol(format!("a bad value for header {name}")))?;
-        framing.note(&name, &value)?;
-        headers.append(name, value);
+        if framing.note(&name, &value)? {
+            headers.append(name, value);
+        }
     }
     if framing.repeated_length {
         if let Some(length) = framing.length {
@@ -658,7 +659,12 @@ struct Framing {
 }
 
 impl Framing {
-    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), ExchangeError> {
+    /// Notes one field; returns whether it goes into the head's map. Framing and the
+    /// connection's persistence are this connection's own and never relayed: a valid
+    /// `Transfer-Encoding`, and a `Connection` that says only `keep-alive` or `close`,
+    /// are left out here rather than removed later (a `Connection` naming other
+    /// fields stays, for those to be removed with it).
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<bool, ExchangeError> {
         if *name == header::CONTENT_LENGTH {
             let length = content_length(value).ok_or_else(|| protocol("a bad Content-Length"))?;
             self.repeated_length |= self.length.is_some() || value.as_bytes().contains(&b',');
@@ -680,13 +686,19 @@ impl Framing {
                 }
                 self.chunked = true;
             }
+            return Ok(false);
         } else if *name == header::CONNECTION {
+            let mut relay = false;
             for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                let close = token.eq_ignore_ascii_case(b"close");
+                let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                self.close |= close;
+                self.keep_alive |= keep_alive;
+                relay |= !(close || keep_alive || token.is_empty());
             }
+            return Ok(relay);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// How the body of a response with this status is delimited (RFC 9112 6.3).
@@ -1072,6 +1084,30 @@ mod tests {
             }
         }
         (Ok((head.status, body, trailers)), buf.len() + wire.len() - fed)
+    }
+
+    #[test]
+    fn framing_and_persistence_fields_stay_with_the_connection() {
+        let parse = |wire: &[u8]| {
+            let mut buf = BytesMut::from(wire);
+            parse_head(&mut buf, false).unwrap().unwrap()
+        };
+        let head = parse(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n",
+        );
+        assert!(head.reusable);
+        assert!(!head.headers.contains_key(header::CONNECTION));
+        assert!(!head.headers.contains_key(header::TRANSFER_ENCODING));
+        assert_eq!(head.headers["x-a"], "1");
+        let head = parse(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+        assert!(!head.reusable);
+        assert!(!head.headers.contains_key(header::CONNECTION));
+        // A Connection that names other fields stays, for them to go with it.
+        let head = parse(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert!(head.reusable);
+        assert_eq!(head.headers[header::CONNECTION], "keep-alive, X-Hop");
     }
 
     #[test]
