@@ -95,15 +95,21 @@ pub fn parent_domain(host: &str) -> Option<&str> {
         .filter(|r| !r.is_empty())
 }
 
-/// Lower-cases a request's host and removes the port and a trailing dot.
-pub fn normalize_host(authority: &str) -> String {
+/// Lower-cases a request's host and removes the port and a trailing dot. Borrowed
+/// when it is lower-case already, as nearly every client sends it.
+pub fn normalize_host(authority: &str) -> std::borrow::Cow<'_, str> {
     let host = if authority.starts_with('[') {
         // IPv6 literal: keep the brackets, drop the port.
         authority.split_inclusive(']').next().unwrap_or(authority)
     } else {
         authority.rsplit_once(':').map_or(authority, |(h, _)| h)
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    let host = host.trim_end_matches('.');
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
 }
 
 /// Who an Ingress is. Made only by [`IngressKey::new`], so the label always agrees

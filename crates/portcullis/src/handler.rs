@@ -449,7 +449,7 @@ async fn serve(
     let authority = authority.as_str();
     let host = normalize_host(authority);
     if record.detailed {
-        record.host = host.clone();
+        record.host = host.clone().into_owned();
     }
 
     let path = path::normalize(req.uri().path())
@@ -767,7 +767,9 @@ async fn serve(
         req.uri().path_and_query().map_or("/", |p| p.as_str()),
         record.client,
     );
-    let client_upgrade = proxy::upgrade_requested(req.headers())
+    let client_upgrade = upgrade
+        .then(|| proxy::upgrade_requested(req.headers()))
+        .flatten()
         .filter(|_| req.version() == Version::HTTP_11)
         .and_then(|protocol| Some((protocol, UpgradeSlot::take(&mut req)?)));
     let mut outgoing = Outgoing::new(
