@@ -335,14 +335,12 @@ impl<T: Transport> Lane<'_, T> {
         if self.buf.is_empty() {
             return Parsed::Partial;
         }
-        if self.buf.len() >= MAX_HEAD {
-            return Parsed::Hyper;
-        }
         // A head trickled in small pieces is parsed again only once an empty line may
-        // have come, not after every read.
+        // have come, not after every read. (What follows a complete head, pipelined
+        // requests, may make the buffer as long as it likes.)
         if !crate::exchange::may_end_head(&self.buf, self.checked) {
             self.checked = self.buf.len();
-            return Parsed::Partial;
+            return self.incomplete();
         }
         let mut fields = [const { MaybeUninit::uninit() }; MAX_FIELDS];
         let mut request = httparse::Request::new(&mut []);
@@ -354,7 +352,7 @@ impl<T: Transport> Lane<'_, T> {
             Ok(httparse::Status::Complete(length)) => length,
             Ok(httparse::Status::Partial) => {
                 self.checked = self.buf.len();
-                return Parsed::Partial;
+                return self.incomplete();
             }
             // Too long, too many fields, malformed: hyper answers.
             _ => return Parsed::Hyper,
@@ -428,6 +426,15 @@ impl<T: Transport> Lane<'_, T> {
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
         Parsed::Request(req, shape)
+    }
+
+    /// A head not complete yet: hyper's once it is longer than the lane takes.
+    fn incomplete(&self) -> Parsed {
+        if self.buf.len() >= MAX_HEAD {
+            Parsed::Hyper
+        } else {
+            Parsed::Partial
+        }
     }
 
     /// Puts a head taken out of the buffer back in front of it.
