@@ -631,9 +631,10 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Ex
     } else {
         framing.decoder(status, version, head_request)?
     };
+    // `close` wins over `keep-alive` in either version (RFC 9112 section 9.3).
     let keep_alive = match version {
         Version::HTTP_11 => !framing.close,
-        _ => framing.keep_alive,
+        _ => framing.keep_alive && !framing.close,
     };
     let reusable = keep_alive && !switching && !matches!(body, Decoder::Close);
     Ok(Some(Head {
@@ -1102,6 +1103,9 @@ mod tests {
         let head = parse(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
         assert!(!head.reusable);
         assert!(!head.headers.contains_key(header::CONNECTION));
+        // `close` wins over `keep-alive`, in HTTP/1.0 too.
+        let head = parse(b"HTTP/1.0 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n");
+        assert!(!head.reusable);
         // A Connection that names other fields stays, for them to go with it.
         let head = parse(
             b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nContent-Length: 0\r\n\r\n",

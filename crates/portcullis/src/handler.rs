@@ -467,7 +467,8 @@ async fn serve(
         Some(q) => format!("{path}?{q}"),
         None => path.clone(),
     };
-    let upgrade = proxy::upgrade_requested(req.headers()).is_some();
+    let upgrade_protocol = proxy::upgrade_requested(req.headers());
+    let upgrade = upgrade_protocol.is_some();
     // What authentication looks at, for the gateway's endpoints and for routes.
     let facts = RequestFacts {
         method: req.method(),
@@ -767,9 +768,7 @@ async fn serve(
         req.uri().path_and_query().map_or("/", |p| p.as_str()),
         record.client,
     );
-    let client_upgrade = upgrade
-        .then(|| proxy::upgrade_requested(req.headers()))
-        .flatten()
+    let client_upgrade = upgrade_protocol
         .filter(|_| req.version() == Version::HTTP_11)
         .and_then(|protocol| Some((protocol, UpgradeSlot::take(&mut req)?)));
     let mut outgoing = Outgoing::new(
@@ -1179,14 +1178,18 @@ fn check_framing(req: &Request<ClientBody>) -> Result<(), Refusal> {
 
 /// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header.
 fn request_authority(req: &Request<ClientBody>) -> Result<http::uri::Authority, Refusal> {
-    if let Some(a) = req.uri().authority() {
-        return Ok(a.clone());
-    }
-    // Parsed where it lies once copied: one allocation, not a string and then a copy.
-    req.headers()
-        .get(header::HOST)
-        .map(|h| bytes::Bytes::copy_from_slice(h.as_bytes()))
-        .and_then(|h| http::uri::Authority::from_maybe_shared(h).ok())
+    let authority = match req.uri().authority() {
+        Some(a) => Some(a.clone()),
+        // Parsed where it lies once copied: one allocation, not a string and a copy.
+        None => req
+            .headers()
+            .get(header::HOST)
+            .map(|h| bytes::Bytes::copy_from_slice(h.as_bytes()))
+            .and_then(|h| http::uri::Authority::from_maybe_shared(h).ok()),
+    };
+    // A host names no user (RFC 9110 section 7.2; RFC 9113 section 8.3.1).
+    authority
+        .filter(|a| !a.as_str().contains('@'))
         .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "missing or invalid Host"))
 }
 
@@ -1385,7 +1388,7 @@ impl Outgoing {
                 headers.insert(header::UPGRADE, p);
             }
         }
-        if wants_trailers && protocol.is_h2_only() {
+        if wants_trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
         if !protocol.is_h2_only() {

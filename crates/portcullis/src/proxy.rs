@@ -451,18 +451,20 @@ fn hop_by_hop_index(name: &str) -> Option<usize> {
 /// message through the gateway, request and response, goes through here.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Names Connection lists beyond its options and the fixed hop-by-hop set.
+    // Read as bytes: a value with a byte that is not text still names its fields.
     let mut listed: Vec<HeaderName> = Vec::new();
     for token in headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
     {
-        let fixed = token.eq_ignore_ascii_case("close")
-            || HOP_BY_HOP.iter().any(|h| token.eq_ignore_ascii_case(h.as_str()));
+        let fixed = token.eq_ignore_ascii_case(b"close")
+            || HOP_BY_HOP
+                .iter()
+                .any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()));
         if !fixed {
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            if let Ok(name) = HeaderName::from_bytes(token) {
                 listed.push(name);
             }
         }
@@ -968,6 +970,15 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+        // A byte that is not text elsewhere in the value does not hide a name.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_bytes(b"X-Internal, \x80").unwrap(),
+        );
+        h.insert("x-internal", HeaderValue::from_static("secret"));
+        remove_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]

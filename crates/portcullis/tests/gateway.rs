@@ -610,6 +610,13 @@ async fn smuggling_attempts_are_refused_and_the_connection_closed() {
         assert!(closed, "connection must close after {shown:?}");
         assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{reply}");
     }
+    // A host that names a user is no host (RFC 9110 section 7.2).
+    let (reply, _) = client::raw_exchange(
+        gw.http,
+        b"GET / HTTP/1.1\r\nHost: u@s.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
     // Content-Length with Transfer-Encoding: hyper drops the Content-Length before the
     // handler sees it (RFC 9112 section 6.1 allows this instead of a 400), decodes the
     // body as chunked and closes the connection after answering, so the request
