@@ -657,6 +657,8 @@ struct Framing {
     repeated_length: bool,
     close: bool,
     keep_alive: bool,
+    /// A Transfer-Encoding that cannot be decoded, and why.
+    bad_coding: Option<String>,
 }
 
 impl Framing {
@@ -674,16 +676,17 @@ impl Framing {
             }
         } else if *name == header::TRANSFER_ENCODING {
             self.transfer_encoding = true;
-            let text = value
-                .to_str()
-                .map_err(|_| protocol("a Transfer-Encoding that is not text"))?;
+            // Refused only if there is a body to decode (see `decoder`): a HEAD, 204
+            // or 304 response may name codings it does not apply.
+            let Ok(text) = value.to_str() else {
+                self.bad_coding = Some("a Transfer-Encoding that is not text".into());
+                return Ok(false);
+            };
             for coding in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
                 // chunked, once, and last: any other coding would reach the client
                 // undone, since Transfer-Encoding is not relayed.
                 if self.chunked || !coding.eq_ignore_ascii_case("chunked") {
-                    return Err(protocol(format!(
-                        "Transfer-Encoding {text:?}: only chunked is relayed"
-                    )));
+                    self.bad_coding = Some(format!("Transfer-Encoding {text:?}: only chunked is relayed"));
                 }
                 self.chunked = true;
             }
@@ -717,6 +720,9 @@ impl Framing {
             return Ok(Decoder::Done);
         }
         if self.transfer_encoding {
+            if let Some(why) = &self.bad_coding {
+                return Err(protocol(why.clone()));
+            }
             if version == Version::HTTP_10 {
                 return Err(protocol("Transfer-Encoding in an HTTP/1.0 response"));
             }
@@ -1103,6 +1109,11 @@ mod tests {
         let head = parse(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
         assert!(!head.reusable);
         assert!(!head.headers.contains_key(header::CONNECTION));
+        // A bodiless response may name codings it does not apply.
+        let head = parse(b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert!(head.reusable);
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..]);
+        assert!(parse_head(&mut buf, false).is_err());
         // `close` wins over `keep-alive`, in HTTP/1.0 too.
         let head = parse(b"HTTP/1.0 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n");
         assert!(!head.reusable);
