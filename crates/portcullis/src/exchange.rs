@@ -636,7 +636,10 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Ex
         Version::HTTP_11 => !framing.close,
         _ => framing.keep_alive && !framing.close,
     };
-    let reusable = keep_alive && !switching && !matches!(body, Decoder::Close);
+    // A bodiless response with a coding that could not be decoded was let through,
+    // but a backend that names one may also send a body nobody reads: not reused.
+    let reusable =
+        keep_alive && !switching && !matches!(body, Decoder::Close) && framing.bad_coding.is_none();
     Ok(Some(Head {
         status,
         version,
@@ -1111,7 +1114,8 @@ mod tests {
         assert!(!head.headers.contains_key(header::CONNECTION));
         // A bodiless response may name codings it does not apply.
         let head = parse(b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
-        assert!(head.reusable);
+        assert_eq!(head.status, StatusCode::NOT_MODIFIED);
+        assert!(!head.reusable);
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..]);
         assert!(parse_head(&mut buf, false).is_err());
         // `close` wins over `keep-alive`, in HTTP/1.0 too.

@@ -527,10 +527,14 @@ where
         }
         served |= requested;
         if !stream.unread.is_empty() {
-            // The next request has begun, at least a park time ago (hyper lets go of a
-            // connection idle that long): its head is due by then.
-            head_by =
-                Some(tokio::time::Instant::now() + timing.header_timeout.saturating_sub(timing.park_after));
+            // The next request has begun, most likely a park time ago (hyper lets go of
+            // a connection idle that long): its head is due a header timeout after
+            // that, and in no less than a park time from now.
+            let left = timing
+                .header_timeout
+                .saturating_sub(timing.park_after)
+                .max(timing.park_after);
+            head_by = Some(tokio::time::Instant::now() + left);
             continue;
         }
         parked.inc();

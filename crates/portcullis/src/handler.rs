@@ -1751,17 +1751,16 @@ fn relay_response(
 ) -> Response<Body> {
     let (mut parts, body) = response.into_parts();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some((_, client)) = client_upgrade {
+        if let Some((requested, client)) = client_upgrade {
             // The switch itself is passed on; the backend's other connection fields
-            // (and those its Connection names) are its own, as on any response.
-            let protocol = parts.headers.get(header::UPGRADE).cloned();
+            // (and those its Connection names) are its own, as on any response. A
+            // 101 without `Upgrade` switched to what the client asked for.
+            let protocol = parts.headers.get(header::UPGRADE).cloned().unwrap_or(requested);
             proxy::remove_hop_by_hop(&mut parts.headers);
             parts
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            if let Some(protocol) = protocol {
-                parts.headers.insert(header::UPGRADE, protocol);
-            }
+            parts.headers.insert(header::UPGRADE, protocol);
             let mut backend_response = Response::from_parts(parts, body);
             let backend = proxy::switched(&mut backend_response);
             proxy::spawn_tunnel(client.accept(), backend, conn.drain.clone());

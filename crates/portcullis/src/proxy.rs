@@ -622,12 +622,12 @@ fn identity_headers(identity: &crate::auth::Identity) -> Vec<(HeaderName, Header
 
 /// Whether the `Connection` header lists `token` (any case, any of its fields).
 pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    // As bytes, as `remove_hop_by_hop` reads it.
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Whether a request asks for a protocol upgrade (WebSocket and the like).

@@ -230,9 +230,10 @@ async fn tls_clients_get_their_http_version_with_or_without_alpn() {
     }
 }
 
-/// A 101 passes on the switch, and not the backend's other connection fields.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_switch_of_protocols_keeps_only_its_own_connection_fields() {
+/// Sends an upgrade request through the gateway to a backend that answers with
+/// `answer` and then echoes; returns the head the client got (lower-cased), after
+/// checking that the tunnel echoes.
+async fn switch_through_gateway(answer: &'static [u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -246,11 +247,7 @@ async fn a_switch_of_protocols_keeps_only_its_own_connection_fields() {
             }
             head.push(b[0]);
         }
-        s.write_all(
-            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade, X-Internal\r\nUpgrade: echo\r\nX-Internal: secret\r\nKeep-Alive: timeout=5\r\nX-Kept: yes\r\n\r\n",
-        )
-        .await
-        .unwrap();
+        s.write_all(answer).await.unwrap();
         let mut buf = [0u8; 64];
         while let Ok(n) = s.read(&mut buf).await {
             if n == 0 || s.write_all(&buf[..n]).await.is_err() {
@@ -280,13 +277,6 @@ async fn a_switch_of_protocols_keeps_only_its_own_connection_fields() {
         );
         head.push(b[0]);
     }
-    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
-    assert!(head.contains("\r\nupgrade: echo\r\n"), "{head}");
-    assert!(head.contains("\r\nx-kept: yes\r\n"), "{head}");
-    assert!(!head.contains("x-internal"), "{head}");
-    assert!(!head.contains("keep-alive"), "{head}");
     s.write_all(b"ping").await.unwrap();
     let mut echoed = [0u8; 4];
     tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echoed))
@@ -294,6 +284,26 @@ async fn a_switch_of_protocols_keeps_only_its_own_connection_fields() {
         .unwrap()
         .unwrap();
     assert_eq!(&echoed, b"ping");
+    String::from_utf8(head).unwrap().to_ascii_lowercase()
+}
+
+/// A 101 passes on the switch, and not the backend's other connection fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_of_protocols_keeps_only_its_own_connection_fields() {
+    let head = switch_through_gateway(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade, X-Internal\r\nUpgrade: echo\r\nX-Internal: secret\r\nKeep-Alive: timeout=5\r\nX-Kept: yes\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+    assert!(head.contains("\r\nupgrade: echo\r\n"), "{head}");
+    assert!(head.contains("\r\nx-kept: yes\r\n"), "{head}");
+    assert!(!head.contains("x-internal"), "{head}");
+    assert!(!head.contains("keep-alive"), "{head}");
+    // A 101 that names no protocol switched to the one the client asked for.
+    let head =
+        switch_through_gateway(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\n").await;
+    assert!(head.contains("\r\nupgrade: echo\r\n"), "{head}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
