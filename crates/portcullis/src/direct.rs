@@ -25,6 +25,7 @@
 //!   client that has sent nothing yet gets the header timeout to send its request.
 
 use std::cell::RefCell;
+use std::fmt::Write as _;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
@@ -371,8 +372,7 @@ impl<T: Transport> Lane<'_, T> {
         };
         let start = self.buf.as_ptr() as usize;
         let span = |s: &[u8]| -> Option<Span> {
-            let offset = (s.as_ptr() as usize).checked_sub(start)?;
-            (offset + s.len() <= length).then_some((offset as u16, (offset + s.len()) as u16))
+            crate::exchange::span_in(start, length, s).map(|(from, to)| (from as u16, to as u16))
         };
         let Some(target) = span(target.as_bytes()) else {
             return Parsed::Hyper;
@@ -389,12 +389,7 @@ impl<T: Transport> Lane<'_, T> {
             if simple_field(name, field.value, &mut shape).is_none() {
                 return Parsed::Hyper;
             }
-            let spans = if field.value.is_empty() {
-                span(name).map(|n| (n, (0, 0)))
-            } else {
-                span(name).zip(span(field.value))
-            };
-            let Some(spans) = spans else {
+            let Some(spans) = span(name).zip(span(field.value)) else {
                 return Parsed::Hyper;
             };
             self.spans.push(spans);
@@ -437,12 +432,12 @@ impl<T: Transport> Lane<'_, T> {
         }
     }
 
-    /// Puts a head taken out of the buffer back in front of it.
+    /// Gives a head taken out of the buffer, and what followed it, back to the stream
+    /// for hyper.
     fn unread_head(&mut self, head: Bytes) {
-        let mut joined = BytesMut::with_capacity(head.len() + self.buf.len());
-        joined.extend_from_slice(&head);
-        joined.extend_from_slice(&self.buf);
-        self.buf = joined;
+        let rest = self.buf.split().freeze();
+        self.stream.unread(rest);
+        self.stream.unread(head);
     }
 
     /// Calls the handler and writes its response. Returns whether the connection stays
@@ -479,7 +474,7 @@ impl<T: Transport> Lane<'_, T> {
             || self.stopping
             || self.shutdown.has_begun()
             || status.is_informational()
-            || closes(&parts.headers);
+            || crate::proxy::connection_has(&parts.headers, "close");
         let no_content = status.is_informational() || status == StatusCode::NO_CONTENT;
         let framing = if no_content || status == StatusCode::NOT_MODIFIED {
             Framing::None
@@ -560,7 +555,7 @@ impl<T: Transport> Lane<'_, T> {
                             b""
                         }
                         _ => {
-                            write_chunk_size(&mut self.out, data.len());
+                            let _ = write!(self.out, "{:x}\r\n", data.len());
                             b"\r\n"
                         }
                     };
@@ -721,44 +716,14 @@ fn simple_field(name: &[u8], value: &[u8], shape: &mut Shape) -> Option<()> {
     Some(())
 }
 
-/// Whether a response says the connection closes after it.
-fn closes(headers: &HeaderMap) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
-}
-
-/// The response's `Content-Length`, if it has exactly one that is a number.
+/// The response's `Content-Length`, if it has exactly one field and it is a length.
 fn single_length(headers: &HeaderMap) -> Option<u64> {
     let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
     let value = values.next()?;
     if values.next().is_some() {
         return None;
     }
-    let text = value.to_str().ok()?;
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    text.parse().ok()
-}
-
-fn write_chunk_size(out: &mut BytesMut, size: usize) {
-    let mut digits = [0u8; 16];
-    let mut n = size;
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b"0123456789abcdef"[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.put_slice(&digits[at..]);
-    out.put_slice(b"\r\n");
+    crate::exchange::content_length(value)
 }
 
 thread_local! {

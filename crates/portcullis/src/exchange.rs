@@ -565,6 +565,17 @@ fn poll_head(
     }
 }
 
+/// Where `part`, a slice a parser returned from the head at address `start`, lies in
+/// the head's first `length` bytes: start and end offsets (an empty part: nowhere in
+/// particular, `(0, 0)`). `None` if it lies outside.
+pub(crate) fn span_in(start: usize, length: usize, part: &[u8]) -> Option<(usize, usize)> {
+    if part.is_empty() {
+        return Some((0, 0));
+    }
+    let offset = (part.as_ptr() as usize).checked_sub(start)?;
+    (offset + part.len() <= length).then_some((offset, offset + part.len()))
+}
+
 /// Parses a response head at the start of `buf` and takes it out, or returns `None`
 /// if it is not complete yet.
 fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, ExchangeError> {
@@ -592,13 +603,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Ex
     };
     // Where each field lies in the head, so that values can share its bytes.
     let start = buf.as_ptr() as usize;
-    let span = |s: &[u8]| {
-        if s.is_empty() {
-            return Some((0, 0));
-        }
-        let offset = (s.as_ptr() as usize).checked_sub(start)?;
-        (offset + s.len() <= length).then_some((offset as u32, (offset + s.len()) as u32))
-    };
+    let span = |s: &[u8]| span_in(start, length, s).map(|(from, to)| (from as u32, to as u32));
     let mut spans = [((0u32, 0u32), (0u32, 0u32)); MAX_HEADERS];
     let count = response.headers.len();
     for (slot, field) in spans.iter_mut().zip(response.headers.iter()) {
@@ -747,7 +752,7 @@ impl Framing {
 
 /// The length a `Content-Length` value gives (every element alike, if it is a list),
 /// or `None` if one is not a number or they differ.
-fn content_length(value: &HeaderValue) -> Option<u64> {
+pub(crate) fn content_length(value: &HeaderValue) -> Option<u64> {
     let mut length = None;
     for part in value.as_bytes().split(|&b| b == b',') {
         let part = part.trim_ascii();
