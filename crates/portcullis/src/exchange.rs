@@ -23,6 +23,7 @@ use http::{Method, Request, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::proxy::{Body, BoxError};
 
@@ -51,6 +52,38 @@ pub struct Conn {
     /// Whether the read size grew since the connection last went back to the pool:
     /// the buffer may then hold (or share) a large allocation.
     grown: bool,
+    /// Bounds the wait for each response (see [`Deadline`]).
+    pub deadline: Deadline,
+}
+
+/// A timer kept with a connection for the deadlines of its exchanges, one after the
+/// other, each later than the last. A timer made and dropped for every request costs
+/// two updates of the runtime's timer wheel; this one stays set and is set again only
+/// when it fires before the deadline it is asked about.
+#[derive(Default)]
+pub struct Deadline {
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Deadline {
+    /// Ready once `due` has passed.
+    pub fn poll_until(&mut self, due: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        // Set to fire later (an earlier exchange's longer timeout): brought forward.
+        // One set to fire earlier is set again when it fires.
+        if sleep.deadline() > due {
+            sleep.as_mut().reset(due);
+        }
+        while sleep.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= due {
+                return Poll::Ready(());
+            }
+            sleep.as_mut().reset(due);
+        }
+        Poll::Pending
+    }
 }
 
 impl Conn {
@@ -61,6 +94,7 @@ impl Conn {
             read_size: READ_SIZE,
             short_reads: 0,
             grown: false,
+            deadline: Deadline::default(),
         }
     }
 
@@ -159,6 +193,9 @@ pub struct Outgoing {
     /// How long the rest of the body may go without moving once the backend has
     /// answered (the route's read timeout); the pool's own when `None`.
     pub stall: Option<Duration>,
+    /// How long the backend may take to answer, connecting included (the route's
+    /// read timeout); no bound when `None`.
+    pub answer_within: Option<Duration>,
 }
 
 impl Outgoing {
@@ -229,6 +266,7 @@ impl Outgoing {
             repeatable: delimit.is_none() && method.is_idempotent(),
             untouched: false,
             stall: None,
+            answer_within: None,
             body: delimit.map(|d| (body, d)),
             method: method.clone(),
         })

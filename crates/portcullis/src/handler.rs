@@ -27,7 +27,7 @@ use crate::h1::{ClientBody, UpgradeSlot};
 use crate::limits::{ConcurrencyLimiter, GlobalLimiter, RateLimiter, Slot};
 use crate::metrics::{IngressLabel, IngressName, UpstreamErrorLabels};
 use crate::pool::UpstreamBody;
-use crate::proxy::{self, Attempt, Body, ReadTimeout, UpstreamFailure, Upstreams};
+use crate::proxy::{self, Attempt, Body, ReadTimeout, UpstreamError, UpstreamFailure, Upstreams};
 use crate::state::{Gateway, Runtime, Upstream};
 use crate::sticky::Balance;
 use portcullis_config::policy;
@@ -1617,14 +1617,17 @@ async fn forward(
                         tracing::error!(ingress = %ingress, error = %e, "backend TLS configuration could not be built");
                         Refusal::new(StatusCode::BAD_GATEWAY, format!("backend TLS configuration failed: {e}"))
                     })?;
-                Either::Left(proxy::unpooled(sent))
+                Either::Left(proxy::unpooled(sent, route.options.read_timeout))
             }
-            (_, sending) => Either::Right(proxy.upstreams.send(protocol, sending)),
+            (_, sending) => Either::Right(proxy.upstreams.send(
+                protocol,
+                sending,
+                route.options.read_timeout,
+            )),
         };
-        let sent = tokio::time::timeout(route.options.read_timeout, response).await;
-        match sent {
-            Ok(Ok(response)) => return Ok((response, upstream, new_cookie)),
-            Err(_) => {
+        match response.await {
+            Ok(response) => return Ok((response, upstream, new_cookie)),
+            Err(UpstreamError::NoAnswer(_)) => {
                 failed("timeout");
                 record.upstream = Some(upstream.clone());
                 return Err(Refusal::new(
@@ -1635,7 +1638,7 @@ async fn forward(
                     ),
                 ));
             }
-            Ok(Err(err)) => {
+            Err(err) => {
                 let failure = UpstreamFailure::classify(&err);
                 failed(failure.label());
                 if let (UpstreamFailure::Connect | UpstreamFailure::Timeout, Upstream::Address(a)) =

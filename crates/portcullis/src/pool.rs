@@ -37,6 +37,8 @@ pub enum SendError {
     /// The connection failed, the backend broke the protocol, or the request body
     /// failed, before the response head arrived.
     Exchange(ExchangeError),
+    /// No response head within the request's `answer_within`, connecting included.
+    NoAnswer(Duration),
 }
 
 /// Idle connections per endpoint address, most recently used last.
@@ -118,15 +120,41 @@ impl Pool {
         addr: SocketAddr,
         mut outgoing: Outgoing,
     ) -> Result<Response<UpstreamBody>, SendError> {
+        let due = outgoing
+            .answer_within
+            .map(|within| (Instant::now() + within, within));
         loop {
             let (mut conn, reused) = match self.inner.checkout(addr) {
                 Some(conn) => (conn, true),
-                None => (self.inner.connect(addr).await?, false),
+                None => match due {
+                    Some((due, within)) => match tokio::time::timeout_at(due, self.inner.connect(addr)).await
+                    {
+                        Ok(conn) => (conn?, false),
+                        Err(_) => return Err(SendError::NoAnswer(within)),
+                    },
+                    None => (self.inner.connect(addr).await?, false),
+                },
             };
-            let (head, upload) = match exchange::exchange(&mut conn, &mut outgoing).await {
-                Ok(answer) => answer,
-                Err(ExchangeError::Unanswered(_)) if reused && outgoing.repeatable() => continue,
-                Err(e) => return Err(SendError::Exchange(e)),
+            // The connection's own timer bounds the wait; the exchange has the rest of
+            // the connection meanwhile.
+            let mut deadline = std::mem::take(&mut conn.deadline);
+            let answer = {
+                let mut exchange = std::pin::pin!(exchange::exchange(&mut conn, &mut outgoing));
+                std::future::poll_fn(|cx| match exchange.as_mut().poll(cx) {
+                    Poll::Ready(answer) => Poll::Ready(Ok(answer)),
+                    Poll::Pending => match due {
+                        Some((due, within)) => deadline.poll_until(due, cx).map(|()| Err(within)),
+                        None => Poll::Pending,
+                    },
+                })
+                .await
+            };
+            conn.deadline = deadline;
+            let (head, upload) = match answer {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(ExchangeError::Unanswered(_))) if reused && outgoing.repeatable() => continue,
+                Ok(Err(e)) => return Err(SendError::Exchange(e)),
+                Err(within) => return Err(SendError::NoAnswer(within)),
             };
             let mut response = Response::new(());
             *response.status_mut() = head.status;
@@ -530,6 +558,7 @@ impl std::fmt::Display for SendError {
         match self {
             SendError::Connect(_) => f.write_str("connection failed"),
             SendError::Exchange(_) => f.write_str("request failed"),
+            SendError::NoAnswer(within) => write!(f, "no response within {within:?}"),
         }
     }
 }
@@ -539,6 +568,7 @@ impl std::error::Error for SendError {
         match self {
             SendError::Connect(e) => Some(e),
             SendError::Exchange(e) => Some(e),
+            SendError::NoAnswer(_) => None,
         }
     }
 }
@@ -1408,5 +1438,124 @@ mod tests {
         assert_eq!(text(pool().send(addr, request).await.unwrap()).await, "ok");
         let head = String::from_utf8(seen.recv().await.unwrap()).unwrap();
         assert_eq!(head, "GET / HTTP/1.1\r\nhost: backend.test\r\n\r\n");
+    }
+    /// A backend on one connection that answers its n-th request after `delays[n]`,
+    /// or never once past the end of `delays`.
+    async fn slow_backend(delays: Vec<Duration>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            for n in 0.. {
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                }
+                head.clear();
+                let Some(delay) = delays.get(n) else {
+                    // Holds the connection open, unanswered.
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    return;
+                };
+                tokio::time::sleep(*delay).await;
+                if s.write_all(OK).await.is_err() {
+                    return;
+                }
+            }
+        });
+        addr
+    }
+
+    async fn send_within(pool: &Pool, addr: SocketAddr, within: Duration) -> Result<String, SendError> {
+        let mut outgoing = Outgoing::new(get("/")).unwrap();
+        outgoing.answer_within = Some(within);
+        Ok(text(pool.send_encoded(addr, outgoing).await?).await)
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_does_not_answer_in_time_gets_no_answer() {
+        let addr = slow_backend(vec![]).await;
+        let pool = pool();
+        let started = Instant::now();
+        let sent = send_within(&pool, addr, Duration::from_millis(200)).await;
+        assert!(
+            matches!(sent, Err(SendError::NoAnswer(d)) if d == Duration::from_millis(200)),
+            "{sent:?}"
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_timer_left_set_by_a_longer_timeout_still_bounds_a_shorter_one() {
+        // The first exchange leaves the connection's timer set a minute out.
+        let addr = slow_backend(vec![Duration::ZERO]).await;
+        let pool = pool();
+        let first = send_within(&pool, addr, Duration::from_secs(60)).await;
+        assert_eq!(first.unwrap(), "ok");
+        assert_eq!(pool.idle(addr), 1);
+        let started = Instant::now();
+        let second = send_within(&pool, addr, Duration::from_millis(200)).await;
+        assert!(matches!(second, Err(SendError::NoAnswer(_))), "{second:?}");
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "waited {took:?}: the timer was not brought forward"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_timer_that_fires_early_does_not_end_a_longer_wait() {
+        // The first exchange leaves the timer set 100 ms out; the second may take a
+        // second and is answered after 400 ms, past the first's deadline.
+        let addr = slow_backend(vec![Duration::ZERO, Duration::from_millis(400)]).await;
+        let pool = pool();
+        assert_eq!(
+            send_within(&pool, addr, Duration::from_millis(100))
+                .await
+                .unwrap(),
+            "ok"
+        );
+        let second = send_within(&pool, addr, Duration::from_secs(1)).await;
+        assert_eq!(second.unwrap(), "ok");
+    }
+
+    #[tokio::test]
+    async fn a_connect_that_does_not_finish_in_time_gets_no_answer() {
+        // A listener whose backlog is full leaves further connects waiting for the
+        // SYN to be answered (Linux drops it rather than refusing).
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            match tokio::time::timeout(Duration::from_millis(100), TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => held.push(s),
+                _ => break,
+            }
+        }
+        let pool = Pool::new(
+            Duration::from_secs(10),
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+            4,
+        );
+        let started = Instant::now();
+        let sent = send_within(&pool, addr, Duration::from_millis(300)).await;
+        assert!(matches!(sent, Err(SendError::NoAnswer(_))), "{sent:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(listener);
     }
 }

@@ -239,19 +239,21 @@ impl Upstreams {
     }
 
     /// Sends one attempt: on [`Pool`], or on the hyper-util client for its protocol.
+    /// Its response head must come `within` that long, connecting included.
     pub async fn send(
         &self,
         protocol: BackendProtocol,
         attempt: Attempt,
+        within: Duration,
     ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
         let request = match attempt {
             // The request carries `Host`: the handler sets it on every request.
-            Attempt::Pooled(addr, outgoing) => {
-                return self
-                    .pool
-                    .send_encoded(addr, outgoing)
-                    .await
-                    .map_err(UpstreamError::Pooled)
+            Attempt::Pooled(addr, mut outgoing) => {
+                outgoing.answer_within = Some(within);
+                return self.pool.send_encoded(addr, outgoing).await.map_err(|e| match e {
+                    SendError::NoAnswer(within) => UpstreamError::NoAnswer(within),
+                    e => UpstreamError::Pooled(e),
+                });
             }
             Attempt::Request(request) => request,
         };
@@ -261,17 +263,21 @@ impl Upstreams {
             BackendProtocol::Https => self.https.request(request),
             BackendProtocol::Grpcs => self.h2_tls.request(request),
         };
-        unpooled(sent).await
+        unpooled(sent, within).await
     }
 }
 
-/// The response of one of hyper-util's clients, as the pool's.
+/// The response of one of hyper-util's clients, as the pool's, if it comes `within`.
 pub async fn unpooled(
     sent: hyper_util::client::legacy::ResponseFuture,
+    within: Duration,
 ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
-    sent.await
-        .map(|r| r.map(UpstreamBody::unpooled))
-        .map_err(UpstreamError::Client)
+    match tokio::time::timeout(within, sent).await {
+        Ok(sent) => sent
+            .map(|r| r.map(UpstreamBody::unpooled))
+            .map_err(UpstreamError::Client),
+        Err(_) => Err(UpstreamError::NoAnswer(within)),
+    }
 }
 
 /// Why a request got no response from the backend.
@@ -279,6 +285,8 @@ pub async fn unpooled(
 pub enum UpstreamError {
     Client(hyper_util::client::legacy::Error),
     Pooled(SendError),
+    /// No response head within the route's read timeout, connecting included.
+    NoAnswer(Duration),
 }
 
 impl UpstreamError {
@@ -286,26 +294,31 @@ impl UpstreamError {
         match self {
             UpstreamError::Client(e) => e.is_connect(),
             UpstreamError::Pooled(e) => matches!(e, SendError::Connect(_)),
+            UpstreamError::NoAnswer(_) => false,
         }
     }
 
-    fn inner(&self) -> &(dyn std::error::Error + 'static) {
+    fn inner(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            UpstreamError::Client(e) => e,
-            UpstreamError::Pooled(e) => e,
+            UpstreamError::Client(e) => Some(e),
+            UpstreamError::Pooled(e) => Some(e),
+            UpstreamError::NoAnswer(_) => None,
         }
     }
 }
 
 impl std::fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self.inner(), f)
+        match self.inner() {
+            Some(inner) => std::fmt::Display::fmt(inner, f),
+            None => f.write_str("no response in time"),
+        }
     }
 }
 
 impl std::error::Error for UpstreamError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.inner().source()
+        self.inner().and_then(|e| e.source())
     }
 }
 
@@ -818,7 +831,7 @@ pub enum UpstreamFailure {
 
 impl UpstreamFailure {
     pub fn classify(err: &UpstreamError) -> Self {
-        let mut source = Some(err.inner());
+        let mut source = err.inner();
         let mut timed_out = false;
         let mut too_large = false;
         let mut body_error = false;
