@@ -202,7 +202,11 @@ impl AuditLog {
         }
         self.dropped.inc();
         // One warning per thousand dropped events: loud, not a flood.
-        if self.dropped_since_warning.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+        if self
+            .dropped_since_warning
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(1000)
+        {
             tracing::warn!(
                 dropped_total = self.dropped.get(),
                 "audit log writer is behind: events dropped"

@@ -54,7 +54,7 @@ impl RateLimiter {
         let rate = limit.per_second();
         let burst = f64::from(limit.burst);
         shard.inserts += 1;
-        if shard.inserts % 4096 == 0 {
+        if shard.inserts.is_multiple_of(4096) {
             shard.buckets.retain(|_, b| now.duration_since(b.updated) < IDLE);
         }
         let bucket = shard

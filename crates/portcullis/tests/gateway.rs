@@ -901,7 +901,7 @@ async fn reloads_under_load(threads: &str, scheduler: &str) {
             let mut n = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 n += 1;
-                if n % 10 == 0 {
+                if n.is_multiple_of(10) {
                     // Some requests on new connections (new handshakes).
                     send = client::h1(client::tls(addr, "r.test", cfg.clone()).await.unwrap()).await;
                 }
