@@ -126,13 +126,16 @@ impl Pool {
         loop {
             let (mut conn, reused) = match self.inner.checkout(addr) {
                 Some(conn) => (conn, true),
+                // Boxed: new connections are the rare case, and their future would
+                // otherwise take room in every request's.
                 None => match due {
-                    Some((due, within)) => match tokio::time::timeout_at(due, self.inner.connect(addr)).await
-                    {
-                        Ok(conn) => (conn?, false),
-                        Err(_) => return Err(SendError::NoAnswer(within)),
-                    },
-                    None => (self.inner.connect(addr).await?, false),
+                    Some((due, within)) => {
+                        match Box::pin(tokio::time::timeout_at(due, self.inner.connect(addr))).await {
+                            Ok(conn) => (conn?, false),
+                            Err(_) => return Err(SendError::NoAnswer(within)),
+                        }
+                    }
+                    None => (Box::pin(self.inner.connect(addr)).await?, false),
                 },
             };
             // The connection's own timer bounds the wait; the exchange has the rest of
