@@ -1505,12 +1505,20 @@ fn set_forwarding_headers(
             .iter()
             .any(|net| net.contains(&peer))
     };
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) if trusted() => HeaderValue::from_str(&format!("{previous}, {peer}")).ok(),
-        _ => Some(conn.peer_ip.clone()),
-    };
-    if let Some(v) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR, v);
+    // One lookup for both the read and the write.
+    match headers.entry(X_FORWARDED_FOR) {
+        header::Entry::Occupied(mut previous) => {
+            let chained = match previous.get().to_str() {
+                Ok(previous) if trusted() => HeaderValue::from_str(&format!("{previous}, {peer}")).ok(),
+                _ => Some(conn.peer_ip.clone()),
+            };
+            if let Some(v) = chained {
+                previous.insert(v);
+            }
+        }
+        header::Entry::Vacant(slot) => {
+            slot.insert(conn.peer_ip.clone());
+        }
     }
     let real_ip = if client == peer {
         conn.peer_ip.clone()
@@ -1520,14 +1528,16 @@ fn set_forwarding_headers(
     headers.insert(X_REAL_IP, real_ip);
     let proto = HeaderValue::from_static(if conn.tls { "https" } else { "http" });
     headers.insert(X_FORWARDED_PROTO, proto);
-    // HTTP/1.1's authority is its Host header: reused as it is.
+    // HTTP/1.1's authority is its Host header: reused as it is, and left in place.
     let host = match headers.get(header::HOST) {
-        Some(v) if v.as_bytes() == authority.as_bytes() => Some(v.clone()),
-        _ => HeaderValue::from_str(authority).ok(),
+        Some(v) if v.as_bytes() == authority.as_bytes() => Some((v.clone(), false)),
+        _ => HeaderValue::from_str(authority).ok().map(|v| (v, true)),
     };
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST, host.clone());
-        headers.insert(header::HOST, host);
+    if let Some((host, replace)) = host {
+        if replace {
+            headers.insert(header::HOST, host.clone());
+        }
+        headers.insert(X_FORWARDED_HOST, host);
     }
     headers.insert(X_REQUEST_ID, request_id.0.clone());
 }
@@ -1829,9 +1839,9 @@ fn finish_headers(proxy: &Proxy, conn: &ClientConn, response: &mut Response<Body
     id.set_sensitive(true);
     h.insert(X_REQUEST_ID, id);
     if let (true, Some(hsts)) = (conn.tls, &proxy.hsts) {
-        if !h.contains_key(header::STRICT_TRANSPORT_SECURITY) {
-            h.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
-        }
+        // The backend's own, if it sent one.
+        h.entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert_with(|| hsts.clone());
     }
 }
 
