@@ -463,34 +463,36 @@ fn hop_by_hop_index(name: &str) -> Option<usize> {
 /// Allocates nothing in the usual case (`Connection: keep-alive` or `close`): every
 /// message through the gateway, request and response, goes through here.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Names Connection lists beyond its options and the fixed hop-by-hop set.
-    // Read as bytes: a value with a byte that is not text still names its fields.
-    let mut listed: Vec<HeaderName> = Vec::new();
-    for token in headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-    {
-        let fixed = token.eq_ignore_ascii_case(b"close")
-            || HOP_BY_HOP
-                .iter()
-                .any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()));
-        if !fixed {
-            if let Ok(name) = HeaderName::from_bytes(token) {
-                listed.push(name);
-            }
-        }
-    }
-    for name in listed {
-        headers.remove(name);
-    }
-    // One pass to find the fixed set: a removal costs a lookup, and most messages carry
-    // one of them at most.
+    // One pass to find the fixed set: a removal (or a lookup of `Connection`) costs a
+    // hash, and most messages carry one of them at most.
     let mut present = [false; HOP_BY_HOP_LEN];
     for key in headers.keys() {
         if let Some(i) = hop_by_hop_index(key.as_str()) {
             present[i] = true;
+        }
+    }
+    // Names Connection lists beyond its options and the fixed hop-by-hop set.
+    // Read as bytes: a value with a byte that is not text still names its fields.
+    if present[0] {
+        let mut listed: Vec<HeaderName> = Vec::new();
+        for token in headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+        {
+            let fixed = token.eq_ignore_ascii_case(b"close")
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()));
+            if !fixed {
+                if let Ok(name) = HeaderName::from_bytes(token) {
+                    listed.push(name);
+                }
+            }
+        }
+        for name in listed {
+            headers.remove(name);
         }
     }
     for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
