@@ -3,6 +3,7 @@
 //! redirect to HTTPS -> (authenticate, authorize: later) -> limits -> pick endpoint ->
 //! forward upstream -> response -> access log and metrics.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -452,19 +453,25 @@ async fn serve(
     }
 
     let path = path::normalize(req.uri().path())
-        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad request path: {e}")))?
-        .into_owned();
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad request path: {e}")))?;
     if record.detailed {
-        record.path = path.clone();
+        record.path = path.to_string();
     }
     // Routing, authorization and the reserved prefix decide on the path without its
     // `;parameters`, as many backends read it; the backend gets `path` itself.
     let matched = path::without_parameters(&path)
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("bad request path: {e}")))?;
 
-    let target = match req.uri().query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.clone(),
+    // The client's own target when normalizing changed nothing, as nearly always:
+    // shared, not copied. (An absolute-form `http://h?q` has a target without a path.)
+    let unchanged = match (&path, req.uri().path_and_query()) {
+        (Cow::Borrowed(_), Some(original)) if original.as_str().starts_with('/') => Some(original),
+        _ => None,
+    };
+    let target = match (unchanged, req.uri().query()) {
+        (Some(original), _) => Cow::Borrowed(original.as_str()),
+        (None, Some(q)) => Cow::Owned(format!("{path}?{q}")),
+        (None, None) => Cow::Owned(path.to_string()),
     };
     let upgrade_protocol = proxy::upgrade_requested(req.headers());
     let upgrade = upgrade_protocol.is_some();
@@ -549,12 +556,14 @@ async fn serve(
     if !conn.tls {
         client_cert = check_client_cert(conn, route, &host, record)?;
     }
-    let upstream_target = match (&route.options.rewrite_target, &route.regex) {
-        (Some(rewrite), Some(regex)) => rewritten(rewrite, regex, &matched, req.uri().query())?,
-        _ => target.clone(),
-    };
-    let upstream_target = http::uri::PathAndQuery::try_from(upstream_target)
-        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("cannot build upstream URI: {e}")))?;
+    let upstream_target = match (&route.options.rewrite_target, &route.regex, unchanged) {
+        (Some(rewrite), Some(regex), _) => {
+            http::uri::PathAndQuery::try_from(rewritten(rewrite, regex, &matched, req.uri().query())?)
+        }
+        (_, _, Some(original)) => Ok(original.clone()),
+        (_, _, None) => http::uri::PathAndQuery::try_from(target.as_ref()),
+    }
+    .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("cannot build upstream URI: {e}")))?;
     let cors_origin = route.options.cors.as_ref().and_then(|cors| {
         let origin = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok());
         cors.allow_origin(origin).map(str::to_string)

@@ -755,12 +755,30 @@ async fn one_normalized_path_and_clean_headers_reach_the_backend() {
     let gw = Gateway::start(
         &concat(&[
             service("ns", "web", &[web.addr]),
-            ingress("ns", "i", &[], &[], &[("p.test", "/app", "web")]),
+            ingress(
+                "ns",
+                "i",
+                &[],
+                &[],
+                &[("p.test", "/app", "web"), ("q.test", "/", "web")],
+            ),
         ]),
         "",
     );
     let r = http_get(gw.http, "p.test", "/app/./x/../%7Euser//y?z=%2F").await;
     assert_eq!(r.text(), "web /app/~user/y?z=%2F");
+    // Absolute-form targets reach the backend in origin form, one without a path too.
+    for (target, seen) in [
+        ("http://q.test?z=1", "web /?z=1"),
+        ("http://q.test/a?z=1", "web /a?z=1"),
+        ("http://q.test/./a/../b", "web /b"),
+    ] {
+        let stream = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+        let request = format!("GET {target} HTTP/1.1\r\nHost: q.test\r\nConnection: close\r\n\r\n");
+        let (answer, _) = raw_over(stream, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{target}: {answer}");
+        assert!(answer.ends_with(seen), "{target}: {answer}");
+    }
     for bad in ["/app/%2e%2e/%2e%2e/etc", "/app/a%2Fb", "/app/a%00", "/app/a%zz"] {
         assert_eq!(
             http_get(gw.http, "p.test", bad).await.status,
