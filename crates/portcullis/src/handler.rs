@@ -1342,7 +1342,7 @@ impl ErrorPage {
             method: Method::GET,
             path_and_query: http::uri::PathAndQuery::from_static("/"),
             headers,
-            body: Some(proxy::empty()),
+            body: None,
             bodiless: true,
         }
     }
@@ -1353,6 +1353,7 @@ struct Outgoing {
     method: Method,
     path_and_query: http::uri::PathAndQuery,
     headers: http::HeaderMap,
+    /// `None` without a body, or once sent.
     body: Option<Body>,
     /// No body: safe to send again to another endpoint when a connection fails.
     bodiless: bool,
@@ -1434,29 +1435,25 @@ impl Outgoing {
         set("host", &route.options.upstream_host);
 
         let bodiless = http_body::Body::is_end_stream(&body);
-        let counted = proxy::Counted::new(body, record.bytes_in.clone());
-        let body = match (bodiless, route.options.max_body_size) {
-            (true, _) => counted.boxed_unsync(),
-            (false, max) => {
-                let paced = proxy::ReadTimeout::new(
-                    counted,
-                    proxy.gateway.settings.timeouts.client_body.0,
-                    proxy::Sender::Client,
-                );
-                match max {
-                    Some(max) => {
-                        http_body_util::Limited::new(paced, usize::try_from(max).unwrap_or(usize::MAX))
-                            .boxed_unsync()
-                    }
-                    None => paced.boxed_unsync(),
-                }
+        // Nothing to count, time or limit without a body, nor to box.
+        let body = (!bodiless).then(|| {
+            let counted = proxy::Counted::new(body, record.bytes_in.clone());
+            let paced = proxy::ReadTimeout::new(
+                counted,
+                proxy.gateway.settings.timeouts.client_body.0,
+                proxy::Sender::Client,
+            );
+            match route.options.max_body_size {
+                Some(max) => http_body_util::Limited::new(paced, usize::try_from(max).unwrap_or(usize::MAX))
+                    .boxed_unsync(),
+                None => paced.boxed_unsync(),
             }
-        };
+        });
         Outgoing {
             method: parts.method,
             path_and_query,
             headers,
-            body: Some(body),
+            body,
             bodiless,
         }
     }
