@@ -1386,7 +1386,8 @@ impl Outgoing {
                 .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
         proxy::remove_hop_by_hop(&mut headers);
         proxy::strip_identity_headers(&mut headers);
-        proxy::strip_gateway_cookies(&mut headers);
+        // An HTTP/1.1 backend gets the cookies in one field (RFC 9113 section 8.2.3).
+        proxy::prepare_cookies(&mut headers, !protocol.is_h2_only());
         // Room for the forwarding headers and the identity headers, in one step rather
         // than a doubling of the map for each group.
         headers.reserve(5 + if identity.is_some() { 4 } else { 0 });
@@ -1414,9 +1415,6 @@ impl Outgoing {
         }
         if wants_trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
-        }
-        if !protocol.is_h2_only() {
-            proxy::join_cookies(&mut headers);
         }
         set_forwarding_headers(
             &proxy.gateway,

@@ -540,15 +540,31 @@ pub fn strip_identity_headers(headers: &mut HeaderMap) {
 
 /// Removes the gateway's own cookies (session, login) from what the backend sees.
 pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
-    const OURS: &[u8] = b"__Host-portcullis-";
-    // Most requests carry no cookie of ours: leave their headers as they are.
-    let mentions_ours = headers
-        .get_all(header::COOKIE)
+    prepare_cookies(headers, false);
+}
+
+const OURS: &[u8] = b"__Host-portcullis-";
+
+/// The client's cookies as a backend gets them: without the gateway's own (see
+/// [`strip_gateway_cookies`]) and, for an HTTP/1.1 backend (`join`), in one field
+/// (see [`join_cookies`]). One lookup when there is nothing to change, as for most
+/// requests.
+pub fn prepare_cookies(headers: &mut HeaderMap, join: bool) {
+    let cookies = headers.get_all(header::COOKIE);
+    let several = cookies.iter().nth(1).is_some();
+    let mentions_ours = cookies
         .iter()
         .any(|v| v.as_bytes().windows(OURS.len()).any(|w| w == OURS));
-    if !mentions_ours {
-        return;
+    if mentions_ours {
+        drop_gateway_cookies(headers);
+    } else if join && several {
+        join_cookies(headers);
     }
+}
+
+/// Rewrites the cookies without the gateway's own, in one field (none if nothing is
+/// left).
+fn drop_gateway_cookies(headers: &mut HeaderMap) {
     let mut kept = String::new();
     let pairs = headers
         .get_all(header::COOKIE)
@@ -1146,5 +1162,25 @@ mod tests {
         h.append("cookie", HeaderValue::from_static("b=2"));
         join_cookies(&mut h);
         assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
+        // As the handler prepares them: joined for HTTP/1.1, left split for HTTP/2,
+        // and without the gateway's own either way.
+        let split = || {
+            let mut h = HeaderMap::new();
+            h.append("cookie", HeaderValue::from_static("a=1"));
+            h.append("cookie", HeaderValue::from_static("b=2"));
+            h
+        };
+        let mut h = split();
+        prepare_cookies(&mut h, true);
+        assert_eq!(h.get_all("cookie").iter().collect::<Vec<_>>(), ["a=1; b=2"]);
+        let mut h = split();
+        prepare_cookies(&mut h, false);
+        assert_eq!(h.get_all("cookie").iter().collect::<Vec<_>>(), ["a=1", "b=2"]);
+        for join in [true, false] {
+            let mut h = split();
+            h.append("cookie", HeaderValue::from_static("__Host-portcullis-session=s"));
+            prepare_cookies(&mut h, join);
+            assert_eq!(h.get_all("cookie").iter().collect::<Vec<_>>(), ["a=1; b=2"]);
+        }
     }
 }
