@@ -35,12 +35,13 @@ use std::task::{ready, Context, Poll};
 use std::time::SystemTime;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as HttpBody;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use crate::exchange::NameCache;
 use crate::h1::{ClientBody, ClientStream, Handler, Timing, Transport};
 use crate::proxy::Body;
 use crate::server::Shutdown;
@@ -100,6 +101,7 @@ where
         buf: BytesMut::new(),
         out: BytesMut::new(),
         spans: Vec::new(),
+        names: NameCache::default(),
         checked: 0,
         requests: 0,
         drained: false,
@@ -132,6 +134,8 @@ struct Lane<'a, T> {
     out: BytesMut,
     /// Where the fields of the head being parsed lie.
     spans: Vec<(Span, Span)>,
+    /// The field names of the last request.
+    names: NameCache,
     /// How much of `buf` was parsed without finding the end of a head.
     checked: usize,
     requests: u64,
@@ -405,8 +409,10 @@ impl<T: Transport> Lane<'_, T> {
         // With room for the forwarding fields the handler adds (growing the map later
         // would hash every field again).
         let mut headers = HeaderMap::with_capacity(count + FORWARDING_FIELDS);
-        for &((name_start, name_end), (value_start, value_end)) in &self.spans {
-            let name = HeaderName::from_bytes(&head[usize::from(name_start)..usize::from(name_end)]);
+        for (index, &((name_start, name_end), (value_start, value_end))) in self.spans.iter().enumerate() {
+            let name = self
+                .names
+                .name(index, &head[usize::from(name_start)..usize::from(name_end)]);
             let value =
                 HeaderValue::from_maybe_shared(head.slice(usize::from(value_start)..usize::from(value_end)));
             let (Ok(name), Ok(value)) = (name, value) else {

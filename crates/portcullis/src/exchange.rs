@@ -18,7 +18,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue, InvalidHeaderName};
 use http::{Method, Request, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -54,6 +54,46 @@ pub struct Conn {
     grown: bool,
     /// Bounds the wait for each response (see [`Deadline`]).
     pub deadline: Deadline,
+    /// Kept from one response head to the next. Boxed: a connection moves in and out
+    /// of the pool, and is copied whole each time.
+    scratch: Box<Scratch>,
+}
+
+/// What parsing heads on one connection keeps from one head to the next.
+#[derive(Default)]
+struct Scratch {
+    /// Where each field lies in the head: reused, not zeroed for each head.
+    spans: Vec<((u32, u32), (u32, u32))>,
+    names: NameCache,
+}
+
+/// The field names of the last head parsed on a connection, in order, with the bytes
+/// they came as. A backend (or a client) sends the same fields in the same order
+/// message after message, and comparing bytes costs a fraction of parsing a name.
+#[derive(Default)]
+pub(crate) struct NameCache(Vec<(Box<[u8]>, HeaderName)>);
+
+impl NameCache {
+    /// Names kept at most: enough for any usual head, and a bound on the memory.
+    const MAX: usize = 32;
+
+    /// The name of the `index`th field of a head, from its bytes: as
+    /// `HeaderName::from_bytes` makes it.
+    pub(crate) fn name(&mut self, index: usize, bytes: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
+        if let Some((raw, known)) = self.0.get(index) {
+            if **raw == *bytes {
+                return Ok(known.clone());
+            }
+        }
+        let name = HeaderName::from_bytes(bytes)?;
+        let entry = (Box::from(bytes), name.clone());
+        if let Some(slot) = self.0.get_mut(index) {
+            *slot = entry;
+        } else if index == self.0.len() && index < Self::MAX {
+            self.0.push(entry);
+        }
+        Ok(name)
+    }
 }
 
 /// A timer kept with a connection for the deadlines of its exchanges, one after the
@@ -95,6 +135,7 @@ impl Conn {
             short_reads: 0,
             grown: false,
             deadline: Deadline::default(),
+            scratch: Box::default(),
         }
     }
 
@@ -570,7 +611,7 @@ fn poll_head(
         if !conn.buf.is_empty() {
             reading.unanswered = false;
             if may_end_head(&conn.buf, reading.checked) {
-                if let Some(head) = parse_head(&mut conn.buf, head_request)? {
+                if let Some(head) = parse_head(&mut conn.buf, &mut conn.scratch, head_request)? {
                     reading.checked = 0;
                     if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
                         continue;
@@ -616,7 +657,11 @@ pub(crate) fn span_in(start: usize, length: usize, part: &[u8]) -> Option<(usize
 
 /// Parses a response head at the start of `buf` and takes it out, or returns `None`
 /// if it is not complete yet.
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, ExchangeError> {
+fn parse_head(
+    buf: &mut BytesMut,
+    scratch: &mut Scratch,
+    head_request: bool,
+) -> Result<Option<Head>, ExchangeError> {
     let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut []);
     let length = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -642,20 +687,25 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, Ex
     // Where each field lies in the head, so that values can share its bytes.
     let start = buf.as_ptr() as usize;
     let span = |s: &[u8]| span_in(start, length, s).map(|(from, to)| (from as u32, to as u32));
-    let mut spans = [((0u32, 0u32), (0u32, 0u32)); MAX_HEADERS];
-    let count = response.headers.len();
-    for (slot, field) in spans.iter_mut().zip(response.headers.iter()) {
-        *slot = span(field.name.as_bytes())
-            .zip(span(field.value))
-            .ok_or_else(|| protocol("a response head the parser placed outside itself"))?;
+    let spans = &mut scratch.spans;
+    spans.clear();
+    for field in response.headers.iter() {
+        spans.push(
+            span(field.name.as_bytes())
+                .zip(span(field.value))
+                .ok_or_else(|| protocol("a response head the parser placed outside itself"))?,
+        );
     }
+    let count = spans.len();
     let head = buf.split_to(length).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     // What framing and persistence need, noted on the way.
     let mut framing = Framing::default();
-    for &((name_start, name_end), (value_start, value_end)) in &spans[..count] {
+    for (index, &((name_start, name_end), (value_start, value_end))) in spans.iter().enumerate() {
         let name = &head[name_start as usize..name_end as usize];
-        let name = HeaderName::from_bytes(name)
+        let name = scratch
+            .names
+            .name(index, name)
             .map_err(|_| protocol(format!("a bad header name {:?}", String::from_utf8_lossy(name))))?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_start as usize..value_end as usize))
             .map_err(|_| protocol(format!("a bad value for header {name}")))?;
@@ -1088,6 +1138,30 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
+    #[test]
+    fn known_names_are_reused_and_others_parsed() {
+        let mut names = NameCache::default();
+        let first: Vec<_> = ["Content-Type", "X-Custom", "date"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| names.name(i, n.as_bytes()).unwrap())
+            .collect();
+        assert_eq!(first, ["content-type", "x-custom", "date"]);
+        // The same fields in another case, a new one in the middle, a bad one.
+        assert_eq!(names.name(0, b"content-TYPE").unwrap(), header::CONTENT_TYPE);
+        assert_eq!(names.name(1, b"x-other").unwrap(), "x-other");
+        assert_eq!(names.name(1, b"X-OTHER").unwrap(), "x-other");
+        assert!(names.name(2, b"da te").is_err());
+        assert!(names.name(2, b"dat\xc5").is_err());
+        assert_eq!(names.name(2, b"Date").unwrap(), header::DATE);
+        // Past the end of what is kept: parsed each time, still right.
+        for i in 3..(NameCache::MAX + 5) {
+            let name = format!("x-field-{i}");
+            assert_eq!(names.name(i, name.as_bytes()).unwrap(), name.as_str());
+        }
+        assert_eq!(names.0.len(), NameCache::MAX);
+    }
+
     /// A small deterministic generator (xorshift), so a failure can be replayed.
     struct Rng(u64);
 
@@ -1115,7 +1189,7 @@ mod tests {
             n > 0
         };
         let head = loop {
-            match parse_head(&mut buf, false) {
+            match parse_head(&mut buf, &mut Scratch::default(), false) {
                 // Interim answers are skipped, as `poll_head` skips them.
                 Ok(Some(head)) if head.status.is_informational() => {}
                 Ok(Some(head)) => break head,
@@ -1143,7 +1217,9 @@ mod tests {
     fn framing_and_persistence_fields_stay_with_the_connection() {
         let parse = |wire: &[u8]| {
             let mut buf = BytesMut::from(wire);
-            parse_head(&mut buf, false).unwrap().unwrap()
+            parse_head(&mut buf, &mut Scratch::default(), false)
+                .unwrap()
+                .unwrap()
         };
         let head = parse(
             b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n",
@@ -1160,7 +1236,7 @@ mod tests {
         assert_eq!(head.status, StatusCode::NOT_MODIFIED);
         assert!(!head.reusable);
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..]);
-        assert!(parse_head(&mut buf, false).is_err());
+        assert!(parse_head(&mut buf, &mut Scratch::default(), false).is_err());
         // `close` wins over `keep-alive`, in HTTP/1.0 too.
         let head = parse(b"HTTP/1.0 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n");
         assert!(!head.reusable);
