@@ -643,7 +643,10 @@ impl<T: Transport> Lane<'_, T> {
         out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
         out.put_slice(b"\r\n");
         let framed_here = matches!(framing, Framing::Length(_) | Framing::Chunked);
+        // Noted on the way rather than looked up.
+        let mut dated = false;
         for (name, value) in headers {
+            dated |= name == header::DATE;
             // The lane frames the body itself; and 1xx and 204 carry no length.
             if name == header::TRANSFER_ENCODING
                 || (name == header::CONTENT_LENGTH && (framed_here || no_content))
@@ -668,7 +671,7 @@ impl<T: Transport> Lane<'_, T> {
         if close {
             out.put_slice(b"connection: close\r\n");
         }
-        if !headers.contains_key(header::DATE) {
+        if !dated {
             out.put_slice(b"date: ");
             put_date(out);
             out.put_slice(b"\r\n");

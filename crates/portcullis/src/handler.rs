@@ -1878,7 +1878,8 @@ fn hsts_value(tls: &portcullis_config::settings::TlsSettings) -> Option<HeaderVa
 /// Request ids: a client's `X-Request-Id` is kept when it is short and plain; otherwise
 /// a new one is made from a random per-process prefix and a counter.
 struct RequestIds {
-    prefix: u64,
+    /// The prefix in hex, written once.
+    prefix: [u8; 16],
     counter: std::sync::atomic::AtomicU64,
 }
 
@@ -1894,7 +1895,7 @@ impl RequestIds {
                 .unwrap_or(0),
         };
         RequestIds {
-            prefix,
+            prefix: hex16(prefix),
             counter: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -1913,15 +1914,21 @@ impl RequestIds {
         }
         let n = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // 32 hex digits: the prefix, then the counter.
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut id = [0u8; 32];
-        for (half, value) in id.chunks_exact_mut(16).zip([self.prefix, n]) {
-            for (i, slot) in half.iter_mut().enumerate() {
-                *slot = HEX[(value >> (60 - 4 * i)) as usize & 15];
-            }
-        }
+        id[..16].copy_from_slice(&self.prefix);
+        id[16..].copy_from_slice(&hex16(n));
         RequestId(HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-")))
     }
+}
+
+/// `value` as 16 lower-case hex digits.
+fn hex16(value: u64) -> [u8; 16] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = HEX[(value >> (60 - 4 * i)) as usize & 15];
+    }
+    out
 }
 
 /// A uniformly random number from 1 to `total`, for canary weights.
@@ -1953,7 +1960,7 @@ mod tests {
     #[test]
     fn generated_request_ids_are_the_prefix_then_the_counter_in_hex() {
         let ids = RequestIds {
-            prefix: 0x0123_4567_89ab_cdef,
+            prefix: hex16(0x0123_4567_89ab_cdef),
             counter: std::sync::atomic::AtomicU64::new(0xfe),
         };
         let none = http::HeaderMap::new();
