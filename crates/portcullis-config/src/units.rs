@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+/// The longest duration accepted: far beyond any timeout or HSTS max-age, and short
+/// enough that a deadline this far from now is always a valid time.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Parses a duration such as `30s`. Zero is allowed; callers decide what it means.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
@@ -26,6 +30,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ))
         }
     };
+    if d > MAX_DURATION {
+        return Err(format!("{text:?} is too long: at most 100 years (876000h)"));
+    }
     Ok(d)
 }
 
@@ -106,6 +113,11 @@ mod tests {
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_duration("876000h"), Ok(MAX_DURATION));
+        for huge in ["876001h", "18446744073709551615", "99999999999999999h"] {
+            let error = parse_duration(huge).unwrap_err();
+            assert!(error.contains("too long"), "{huge}: {error}");
+        }
     }
 
     #[test]
