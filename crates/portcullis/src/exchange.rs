@@ -74,8 +74,10 @@ struct Scratch {
 pub(crate) struct NameCache(Vec<(Box<[u8]>, HeaderName)>);
 
 impl NameCache {
-    /// Names kept at most: enough for any usual head, and a bound on the memory.
+    /// Names kept at most, and the longest kept: enough for any usual head, and a
+    /// bound on the memory (4 KB) a connection keeps between heads.
     const MAX: usize = 32;
+    const MAX_LENGTH: usize = 64;
 
     /// The name of the `index`th field of a head, from its bytes: as
     /// `HeaderName::from_bytes` makes it.
@@ -86,6 +88,11 @@ impl NameCache {
             }
         }
         let name = HeaderName::from_bytes(bytes)?;
+        if bytes.len() > Self::MAX_LENGTH {
+            // Not kept; nor is a shorter name that this one follows at this place.
+            self.0.truncate(index);
+            return Ok(name);
+        }
         let entry = (Box::from(bytes), name.clone());
         if let Some(slot) = self.0.get_mut(index) {
             *slot = entry;
@@ -116,7 +123,12 @@ impl Deadline {
         if sleep.deadline() > due {
             sleep.as_mut().reset(due);
         }
-        while sleep.as_mut().poll(cx).is_ready() {
+        // Outside the task's budget, as tokio's own timeout polls its timer: a busy
+        // exchange must not keep its deadline from being seen.
+        while std::pin::pin!(tokio::task::unconstrained(sleep.as_mut()))
+            .poll(cx)
+            .is_ready()
+        {
             if Instant::now() >= due {
                 return Poll::Ready(());
             }
@@ -1160,6 +1172,12 @@ mod tests {
             assert_eq!(names.name(i, name.as_bytes()).unwrap(), name.as_str());
         }
         assert_eq!(names.0.len(), NameCache::MAX);
+        // A long name is not kept, nor anything after it.
+        let long = "x".repeat(NameCache::MAX_LENGTH + 1);
+        assert_eq!(names.name(1, long.as_bytes()).unwrap(), long.as_str());
+        assert_eq!(names.0.len(), 1);
+        assert_eq!(names.name(1, long.as_bytes()).unwrap(), long.as_str());
+        assert_eq!(names.0.len(), 1);
     }
 
     /// A small deterministic generator (xorshift), so a failure can be replayed.
