@@ -258,15 +258,17 @@ impl Outgoing {
     pub fn new(request: Request<Body>) -> Result<Self, ExchangeError> {
         let (parts, body) = request.into_parts();
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        Self::encode(&parts.method, target, &parts.headers, body)
+        Self::encode(&parts.method, target, &parts.headers, [], body)
     }
 
     /// Encodes a request from its parts, which stay the caller's (to send again on
-    /// another endpoint, without copying them into a `Request` for each attempt).
-    pub fn encode(
+    /// another endpoint, without copying them into a `Request` for each attempt);
+    /// `more` are fields kept beside the map, written after its own.
+    pub fn encode<'a>(
         method: &Method,
         target: &str,
         headers: &HeaderMap,
+        more: impl IntoIterator<Item = (HeaderName, &'a HeaderValue)>,
         body: Body,
     ) -> Result<Self, ExchangeError> {
         let mut head = Vec::with_capacity(512);
@@ -293,6 +295,9 @@ impl Outgoing {
                 continue;
             }
             push_field(&mut head, name, value);
+        }
+        for (name, value) in more {
+            push_field(&mut head, &name, value);
         }
         if let Some(length) = declared {
             push_length(&mut head, length);

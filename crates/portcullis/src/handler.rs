@@ -793,13 +793,16 @@ async fn serve(
         record,
     );
     if let Some(page) = error_page.as_ref().filter(|_| serving_fallback) {
+        // The page's fields replace some of the forwarding ones: all in the map first.
+        outgoing.headers = outgoing.headers();
+        outgoing.forwarding = None;
         page.set_headers(&mut outgoing.headers, StatusCode::SERVICE_UNAVAILABLE, false);
     }
     // Kept only when an error may be intercepted: the request to the default backend
     // carries the client's headers as cleaned for the route.
     let intercept = match (route.fallback, error_page) {
         (Some(fallback), Some(page)) if !route.options.custom_http_errors.is_empty() => {
-            Some((fallback, page, outgoing.headers.clone()))
+            Some((fallback, page, outgoing.headers()))
         }
         _ => None,
     };
@@ -1342,6 +1345,7 @@ impl ErrorPage {
             method: Method::GET,
             path_and_query: http::uri::PathAndQuery::from_static("/"),
             headers,
+            forwarding: None,
             body: None,
             bodiless: true,
         }
@@ -1353,6 +1357,8 @@ struct Outgoing {
     method: Method,
     path_and_query: http::uri::PathAndQuery,
     headers: http::HeaderMap,
+    /// Sent after `headers`, none of whose names it has.
+    forwarding: Option<Forwarding>,
     /// `None` without a body, or once sent.
     body: Option<Body>,
     /// No body: safe to send again to another endpoint when a connection fails.
@@ -1386,11 +1392,9 @@ impl Outgoing {
                 .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
         proxy::remove_hop_by_hop(&mut headers);
         proxy::strip_identity_headers(&mut headers);
-        // An HTTP/1.1 backend gets the cookies in one field (RFC 9113 section 8.2.3).
-        proxy::prepare_cookies(&mut headers, !protocol.is_h2_only());
-        // Room for the forwarding headers and the identity headers, in one step rather
-        // than a doubling of the map for each group.
-        headers.reserve(5 + if identity.is_some() { 4 } else { 0 });
+        // Room for `X-Forwarded-For` and the identity headers, in one step rather than a
+        // doubling of the map for each group (the other forwarding fields stay out).
+        headers.reserve(1 + if identity.is_some() { 4 } else { 0 });
         if let Some(grant) = grant {
             grant.apply_to_upstream(&mut headers);
         }
@@ -1416,7 +1420,10 @@ impl Outgoing {
         if wants_trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
-        set_forwarding_headers(
+        // After the auth service's fields, which may carry cookies too: an HTTP/1.1
+        // backend gets them in one field (RFC 9113 section 8.2.3).
+        proxy::prepare_cookies(&mut headers, !protocol.is_h2_only());
+        let forwarding = set_forwarding_headers(
             &proxy.gateway,
             conn,
             record.client,
@@ -1451,9 +1458,19 @@ impl Outgoing {
             method: parts.method,
             path_and_query,
             headers,
+            forwarding: Some(forwarding),
             body,
             bodiless,
         }
+    }
+
+    /// All of the request's fields in one map.
+    fn headers(&self) -> http::HeaderMap {
+        let mut headers = self.headers.clone();
+        if let Some(forwarding) = &self.forwarding {
+            forwarding.insert_into(&mut headers);
+        }
+        headers
     }
 
     /// The request for one attempt at one endpoint.
@@ -1475,9 +1492,14 @@ impl Outgoing {
         if let Some(addr) = Upstreams::pooled(protocol, upstream) {
             // The pool connects to the address itself (HTTP/1.1's origin form), and
             // encodes the head from the fields kept here for another attempt.
-            let mut outgoing =
-                exchange::Outgoing::encode(&self.method, self.path_and_query.as_str(), &self.headers, body)
-                    .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, error_chain(&e)))?;
+            let mut outgoing = exchange::Outgoing::encode(
+                &self.method,
+                self.path_and_query.as_str(),
+                &self.headers,
+                self.forwarding.iter().flat_map(Forwarding::fields),
+                body,
+            )
+            .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, error_chain(&e)))?;
             outgoing.stall = Some(stall);
             return Ok(Attempt::Pooled(addr, outgoing));
         }
@@ -1493,7 +1515,7 @@ impl Outgoing {
         let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = uri;
-        *request.headers_mut() = self.headers.clone();
+        *request.headers_mut() = self.headers();
         if protocol.is_h2_only() {
             *request.version_mut() = Version::HTTP_2;
         }
@@ -1508,6 +1530,8 @@ fn gateway_backend_name(route: &Route, proxy: &Proxy) -> String {
     format!("{}/{}", b.namespace, b.service)
 }
 
+/// Sets `X-Forwarded-For` and `Host` in `headers`, and returns the other forwarding
+/// fields, which stay out of the map.
 fn set_forwarding_headers(
     gateway: &Gateway,
     conn: &ClientConn,
@@ -1515,7 +1539,7 @@ fn set_forwarding_headers(
     headers: &mut http::HeaderMap,
     authority: &str,
     request_id: &RequestId,
-) {
+) -> Forwarding {
     let peer = conn.peer.ip();
     let trusted = || {
         gateway
@@ -1544,21 +1568,64 @@ fn set_forwarding_headers(
     } else {
         ip_value(client)
     };
-    headers.insert(X_REAL_IP, real_ip);
-    let proto = HeaderValue::from_static(if conn.tls { "https" } else { "http" });
-    headers.insert(X_FORWARDED_PROTO, proto);
     // HTTP/1.1's authority is its Host header: reused as it is, and left in place.
     let host = match headers.get(header::HOST) {
-        Some(v) if v.as_bytes() == authority.as_bytes() => Some((v.clone(), false)),
-        _ => HeaderValue::from_str(authority).ok().map(|v| (v, true)),
+        Some(v) if v.as_bytes() == authority.as_bytes() => Some(v.clone()),
+        _ => HeaderValue::from_str(authority).ok().inspect(|v| {
+            headers.insert(header::HOST, v.clone());
+        }),
     };
-    if let Some((host, replace)) = host {
-        if replace {
-            headers.insert(header::HOST, host.clone());
+    // What the client (or an auth server's answer) put under the names the gateway
+    // sets is dropped: one pass to find it, since there is seldom any.
+    let names = Forwarding::NAMES;
+    let mut present = [false; 4];
+    for key in headers.keys() {
+        if let Some(i) = names.iter().position(|n| n == key) {
+            present[i] = true;
         }
-        headers.insert(X_FORWARDED_HOST, host);
     }
-    headers.insert(X_REQUEST_ID, request_id.0.clone());
+    for (name, _) in names.iter().zip(present).filter(|(_, p)| *p) {
+        headers.remove(name);
+    }
+    Forwarding {
+        real_ip,
+        proto: HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+        host,
+        request_id: request_id.0.clone(),
+    }
+}
+
+/// The forwarding fields the gateway sets on every request, kept beside its header map
+/// rather than inserted (a hash and a probe each): the pool's encoder writes them
+/// straight into the request head, and every other way out puts them in its map.
+struct Forwarding {
+    real_ip: HeaderValue,
+    proto: HeaderValue,
+    /// The authority, when it is a valid field value (it always is: it was parsed).
+    host: Option<HeaderValue>,
+    request_id: HeaderValue,
+}
+
+impl Forwarding {
+    const NAMES: [HeaderName; 4] = [X_REAL_IP, X_FORWARDED_PROTO, X_FORWARDED_HOST, X_REQUEST_ID];
+
+    fn fields(&self) -> impl Iterator<Item = (HeaderName, &HeaderValue)> {
+        let [real_ip, proto, host, request_id] = Self::NAMES;
+        [
+            (real_ip, Some(&self.real_ip)),
+            (proto, Some(&self.proto)),
+            (host, self.host.as_ref()),
+            (request_id, Some(&self.request_id)),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+    }
+
+    fn insert_into(&self, headers: &mut http::HeaderMap) {
+        for (name, value) in self.fields() {
+            headers.insert(name, value.clone());
+        }
+    }
 }
 
 /// Asks the default backend for the page of an error the route's backend answered
