@@ -794,8 +794,9 @@ async fn serve(
     );
     if let Some(page) = error_page.as_ref().filter(|_| serving_fallback) {
         // The page's fields replace some of the forwarding ones: all in the map first.
-        outgoing.headers = outgoing.headers();
-        outgoing.forwarding = None;
+        if let Some(forwarding) = outgoing.forwarding.take() {
+            forwarding.insert_into(&mut outgoing.headers);
+        }
         page.set_headers(&mut outgoing.headers, StatusCode::SERVICE_UNAVAILABLE, false);
     }
     // Kept only when an error may be intercepted: the request to the default backend
@@ -1571,21 +1572,21 @@ fn set_forwarding_headers(
     // HTTP/1.1's authority is its Host header: reused as it is, and left in place.
     let host = match headers.get(header::HOST) {
         Some(v) if v.as_bytes() == authority.as_bytes() => Some(v.clone()),
-        _ => HeaderValue::from_str(authority).ok().inspect(|v| {
-            headers.insert(header::HOST, v.clone());
-        }),
+        _ => {
+            let host = HeaderValue::from_str(authority).ok();
+            if let Some(host) = &host {
+                headers.insert(header::HOST, host.clone());
+            }
+            host
+        }
     };
     // What the client (or an auth server's answer) put under the names the gateway
     // sets is dropped: one pass to find it, since there is seldom any.
     let names = Forwarding::NAMES;
-    let mut present = [false; 4];
-    for key in headers.keys() {
-        if let Some(i) = names.iter().position(|n| n == key) {
-            present[i] = true;
+    if headers.keys().any(|key| names.contains(key)) {
+        for name in &names {
+            headers.remove(name);
         }
-    }
-    for (name, _) in names.iter().zip(present).filter(|(_, p)| *p) {
-        headers.remove(name);
     }
     Forwarding {
         real_ip,
