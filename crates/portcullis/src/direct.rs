@@ -604,8 +604,14 @@ impl<T: Transport> Lane<'_, T> {
         let Lane { stream, out, .. } = self;
         poll_fn(|cx| {
             while !(out.is_empty() && data.is_empty() && tail.is_empty()) {
-                let parts = [IoSlice::new(out), IoSlice::new(data), IoSlice::new(tail)];
-                let n = ready!(Pin::new(&mut **stream).poll_write_vectored(cx, &parts))?;
+                // Most responses are all in `out`: one buffer, and on plain TCP one
+                // send(2) rather than a writev(2) of three.
+                let n = if data.is_empty() && tail.is_empty() {
+                    ready!(Pin::new(&mut **stream).poll_write(cx, out))?
+                } else {
+                    let parts = [IoSlice::new(out), IoSlice::new(data), IoSlice::new(tail)];
+                    ready!(Pin::new(&mut **stream).poll_write_vectored(cx, &parts))?
+                };
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }

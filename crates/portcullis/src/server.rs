@@ -446,7 +446,7 @@ async fn relay(
 }
 
 type Handshake = (
-    tokio_rustls::server::TlsStream<TcpStream>,
+    tokio_rustls::server::TlsStream<h1::TlsSocket>,
     Option<String>,
     Option<Arc<crate::tls::ClientChain>>,
 );
@@ -455,6 +455,7 @@ type Handshake = (
 /// whether a client certificate is asked for), then completes the handshake. Returns
 /// the SNI name (lowercase) and the client's certificate chain, if it sent one.
 async fn handshake(configs: &crate::tls::Configs, stream: TcpStream) -> std::io::Result<Handshake> {
+    let stream = h1::TlsSocket(stream);
     let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream).await?;
     let server_name = start.client_hello().server_name().map(str::to_ascii_lowercase);
     let config = configs.for_server_name(server_name.as_deref());
