@@ -120,11 +120,11 @@ impl Pool {
         addr: SocketAddr,
         mut outgoing: Outgoing,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let due = outgoing
-            .answer_within
-            .map(|within| (Instant::now() + within, within));
+        // One reading of the clock for the deadline and the first checkout.
+        let mut now = Instant::now();
+        let due = outgoing.answer_within.map(|within| (now + within, within));
         loop {
-            let (mut conn, reused) = match self.inner.checkout(addr) {
+            let (mut conn, reused) = match self.inner.checkout(addr, now) {
                 Some(conn) => (conn, true),
                 // Boxed: new connections are the rare case, and their future would
                 // otherwise take room in every request's.
@@ -155,7 +155,10 @@ impl Pool {
             conn.deadline = deadline;
             let (head, upload) = match answer {
                 Ok(Ok(answer)) => answer,
-                Ok(Err(ExchangeError::Unanswered(_))) if reused && outgoing.repeatable() => continue,
+                Ok(Err(ExchangeError::Unanswered(_))) if reused && outgoing.repeatable() => {
+                    now = Instant::now();
+                    continue;
+                }
                 Ok(Err(e)) => return Err(SendError::Exchange(e)),
                 Err(within) => return Err(SendError::NoAnswer(within)),
             };
@@ -209,11 +212,10 @@ impl Inner {
     }
 
     /// The most recently used idle connection to `addr` that is still open and has
-    /// not been idle too long. Those passed over are closed.
-    fn checkout(&self, addr: SocketAddr) -> Option<Conn> {
+    /// not been idle too long at `now`. Those passed over are closed.
+    fn checkout(&self, addr: SocketAddr, now: Instant) -> Option<Conn> {
         let mut idle = self.lock();
         let list = idle.get_mut(&addr)?;
-        let now = Instant::now();
         while let Some(entry) = list.pop() {
             if now.duration_since(entry.since) >= self.idle_timeout {
                 // The rest went idle earlier still.
