@@ -212,7 +212,8 @@ struct Record {
     identity: Option<AuditIdentity>,
     /// (`allow` | `deny` | `redirect`, reason); unset means the backend answered.
     decision: Option<(&'static str, &'static str)>,
-    bytes_in: Arc<AtomicU64>,
+    /// The request body's size so far; made only for a request with a body.
+    bytes_in: Option<Arc<AtomicU64>>,
     /// Held until the response body is done (max-connections).
     slot: Option<Slot>,
     /// The matched route's `custom-headers`, for the gateway's own answers too.
@@ -249,7 +250,7 @@ pub async fn handle(
         detail: None,
         identity: None,
         decision: None,
-        bytes_in: Arc::default(),
+        bytes_in: None,
         slot: None,
         custom_headers: None,
     };
@@ -356,7 +357,7 @@ struct Pending {
     gateway: Arc<Gateway>,
     event: Option<AccessEvent>,
     started: Instant,
-    bytes_in: Arc<AtomicU64>,
+    bytes_in: Option<Arc<AtomicU64>>,
     bytes_out: u64,
     _slot: Option<Slot>,
 }
@@ -392,7 +393,7 @@ impl Drop for Audited {
     fn drop(&mut self) {
         if let Some(p) = self.pending.take() {
             if let Some(mut event) = p.event {
-                event.bytes_in = p.bytes_in.load(Ordering::Relaxed);
+                event.bytes_in = p.bytes_in.map_or(0, |n| n.load(Ordering::Relaxed));
                 event.bytes_out = p.bytes_out;
                 event.duration_ms = p.started.elapsed().as_secs_f64() * 1000.0;
                 p.gateway.audit.record_access(&event);
@@ -1379,7 +1380,7 @@ impl Outgoing {
         upgrade: bool,
         identity: Option<&Identity>,
         grant: Option<&Grant>,
-        record: &Record,
+        record: &mut Record,
     ) -> Self {
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
@@ -1393,9 +1394,11 @@ impl Outgoing {
                 .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
         proxy::remove_hop_by_hop(&mut headers);
         proxy::strip_identity_headers(&mut headers);
-        // Room for `X-Forwarded-For` and the identity headers, in one step rather than a
-        // doubling of the map for each group (the other forwarding fields stay out).
-        headers.reserve(1 + if identity.is_some() { 4 } else { 0 });
+        // Room for the identity headers in one step, rather than a doubling of the map
+        // for each (the forwarding fields stay out of it).
+        if identity.is_some() {
+            headers.reserve(4);
+        }
         if let Some(grant) = grant {
             grant.apply_to_upstream(&mut headers);
         }
@@ -1443,7 +1446,7 @@ impl Outgoing {
         let bodiless = http_body::Body::is_end_stream(&body);
         // Nothing to count, time or limit without a body, nor to box.
         let body = (!bodiless).then(|| {
-            let counted = proxy::Counted::new(body, record.bytes_in.clone());
+            let counted = proxy::Counted::new(body, record.bytes_in.get_or_insert_with(Arc::default).clone());
             let paced = proxy::ReadTimeout::new(
                 counted,
                 proxy.gateway.settings.timeouts.client_body.0,
@@ -1549,21 +1552,21 @@ fn set_forwarding_headers(
             .iter()
             .any(|net| net.contains(&peer))
     };
-    // One lookup for both the read and the write.
-    match headers.entry(X_FORWARDED_FOR) {
-        header::Entry::Occupied(mut previous) => {
-            let chained = match previous.get().to_str() {
-                Ok(previous) if trusted() => HeaderValue::from_str(&format!("{previous}, {peer}")).ok(),
+    // A list the request brought is extended (or replaced) in the map; a new one is
+    // kept with the other forwarding fields.
+    let forwarded_for = match headers.get_mut(X_FORWARDED_FOR) {
+        Some(previous) => {
+            let chained = match previous.to_str() {
+                Ok(list) if trusted() => HeaderValue::from_str(&format!("{list}, {peer}")).ok(),
                 _ => Some(conn.peer_ip.clone()),
             };
             if let Some(v) = chained {
-                previous.insert(v);
+                *previous = v;
             }
+            None
         }
-        header::Entry::Vacant(slot) => {
-            slot.insert(conn.peer_ip.clone());
-        }
-    }
+        None => Some(conn.peer_ip.clone()),
+    };
     let real_ip = if client == peer {
         conn.peer_ip.clone()
     } else {
@@ -1589,6 +1592,7 @@ fn set_forwarding_headers(
         }
     }
     Forwarding {
+        forwarded_for,
         real_ip,
         proto: HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
         host,
@@ -1600,6 +1604,8 @@ fn set_forwarding_headers(
 /// rather than inserted (a hash and a probe each): the pool's encoder writes them
 /// straight into the request head, and every other way out puts them in its map.
 struct Forwarding {
+    /// `X-Forwarded-For` when the request had none: the peer alone.
+    forwarded_for: Option<HeaderValue>,
     real_ip: HeaderValue,
     proto: HeaderValue,
     /// The authority, when it is a valid field value (it always is: it was parsed).
@@ -1608,11 +1614,14 @@ struct Forwarding {
 }
 
 impl Forwarding {
+    /// The fields whose values in the request are dropped (`X-Forwarded-For` is
+    /// extended instead).
     const NAMES: [HeaderName; 4] = [X_REAL_IP, X_FORWARDED_PROTO, X_FORWARDED_HOST, X_REQUEST_ID];
 
     fn fields(&self) -> impl Iterator<Item = (HeaderName, &HeaderValue)> {
         let [real_ip, proto, host, request_id] = Self::NAMES;
         [
+            (X_FORWARDED_FOR, self.forwarded_for.as_ref()),
             (real_ip, Some(&self.real_ip)),
             (proto, Some(&self.proto)),
             (host, self.host.as_ref()),
@@ -1985,7 +1994,12 @@ impl RequestIds {
         let mut id = [0u8; 32];
         id[..16].copy_from_slice(&self.prefix);
         id[16..].copy_from_slice(&hex16(n));
-        RequestId(HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-")))
+        // Owned where it lies: its copies (the backend's field, the response's) then
+        // share it without a second allocation.
+        RequestId(
+            HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id))
+                .unwrap_or_else(|_| HeaderValue::from_static("-")),
+        )
     }
 }
 

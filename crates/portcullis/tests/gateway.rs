@@ -162,6 +162,19 @@ async fn http2_to_clients_and_grpc_to_backends_with_trailers() {
     let seen = web.requests();
     assert_eq!(seen[0].version, http::Version::HTTP_11);
     assert_eq!(seen[0].headers["host"], "h2.test");
+    // The forwarding fields, once each, whether written by the gateway's own HTTP/1.1
+    // encoder (here) or put in the map for an HTTP/2 backend (gRPC, below).
+    let forwarded = |headers: &http::HeaderMap| {
+        for (name, value) in [
+            ("x-forwarded-for", "127.0.0.1"),
+            ("x-real-ip", "127.0.0.1"),
+            ("x-forwarded-proto", "https"),
+        ] {
+            let all: Vec<_> = headers.get_all(name).iter().collect();
+            assert_eq!(all, [value], "{name}");
+        }
+    };
+    forwarded(&seen[0].headers);
 
     let stream = client::tls(gw.https, "grpc.test", trusting(&pki, &[b"h2"]))
         .await
@@ -182,6 +195,7 @@ async fn http2_to_clients_and_grpc_to_backends_with_trailers() {
     assert_eq!(trailers["grpc-status"], "0");
     assert_eq!(collected.to_bytes(), "grpc over HTTP/2.0");
     assert_eq!(grpc.requests()[0].headers["te"], "trailers");
+    forwarded(&grpc.requests()[0].headers);
 }
 
 /// The HTTP version comes from ALPN when the client names one, and from what the
