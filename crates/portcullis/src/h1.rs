@@ -844,7 +844,7 @@ mod tests {
         paths: Arc<StdMutex<Vec<String>>>,
         /// How often each closed connection was parked.
         parks: Arc<StdMutex<Vec<u32>>>,
-        stop: tokio::sync::watch::Sender<bool>,
+        stop: crate::server::Stop,
     }
 
     impl Server {
@@ -1214,7 +1214,7 @@ mod tests {
         let mut idle = TcpStream::connect(srv.addr).await.unwrap();
         get(&mut idle, "/").await;
         srv.parked_now(1).await;
-        srv.stop.send(true).unwrap();
+        srv.stop.begin();
         assert!(
             closes(&mut idle, Duration::from_secs(1)).await,
             "open after shutdown"
@@ -1256,7 +1256,7 @@ mod tests {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
-        srv.stop.send(true).unwrap();
+        srv.stop.begin();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let (head, body) = response(&mut s).await;
         assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
@@ -1439,7 +1439,7 @@ mod tests {
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        srv.stop.send(true).unwrap();
+        srv.stop.begin();
         let answer = until_closed(&mut s).await;
         assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
         assert!(answer.ends_with("\r\n\r\n/slow"), "{answer}");

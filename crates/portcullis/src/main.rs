@@ -768,7 +768,7 @@ async fn serve(settings: Settings, config_source: ConfigSource) -> anyhow::Resul
         "shutting down: no new connections, draining in-flight requests"
     );
     gateway.set_not_ready();
-    let _ = stop.send(true);
+    stop.begin();
     for l in accept_loops {
         let _ = l.await;
     }

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,12 +27,36 @@ use crate::metrics::ListenerLabel;
 #[derive(Clone)]
 pub struct Shutdown {
     signal: watch::Receiver<bool>,
+    /// The same news for a look without a wait: a load, where a look into the watch
+    /// channel takes and releases its lock (connections look twice per request).
+    begun: Arc<AtomicBool>,
+}
+
+/// Begins the shutdown that every [`Shutdown`] of its pair waits for.
+pub struct Stop {
+    signal: watch::Sender<bool>,
+    begun: Arc<AtomicBool>,
+}
+
+impl Stop {
+    pub fn begin(&self) {
+        // The flag first: whoever is woken by the channel then sees it set too.
+        self.begun.store(true, Ordering::Release);
+        self.signal.send_replace(true);
+    }
 }
 
 impl Shutdown {
-    pub fn new() -> (watch::Sender<bool>, Shutdown) {
-        let (tx, rx) = watch::channel(false);
-        (tx, Shutdown { signal: rx })
+    pub fn new() -> (Stop, Shutdown) {
+        let (signal, rx) = watch::channel(false);
+        let begun = Arc::new(AtomicBool::new(false));
+        (
+            Stop {
+                signal,
+                begun: begun.clone(),
+            },
+            Shutdown { signal: rx, begun },
+        )
     }
 
     pub async fn wait(&mut self) {
@@ -40,7 +65,7 @@ impl Shutdown {
 
     /// Whether shutdown has begun.
     pub fn has_begun(&self) -> bool {
-        *self.signal.borrow()
+        self.begun.load(Ordering::Acquire)
     }
 }
 
