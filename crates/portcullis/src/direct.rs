@@ -51,9 +51,10 @@ use crate::server::Shutdown;
 pub const MAX_HEAD: usize = 8 * 1024;
 /// As hyper's limit: more fields than this go to hyper, which answers 431.
 const MAX_FIELDS: usize = 100;
-/// How many fields the handler adds to a request it forwards, at most, without an
-/// identity to assert.
-const FORWARDING_FIELDS: usize = 5;
+/// How many fields the handler adds to a request's map, at most, without an identity
+/// to assert (`X-Forwarded-Prefix`, `Host`): the forwarding fields proper are
+/// kept beside the map.
+const FORWARDING_FIELDS: usize = 2;
 /// Response data up to this size is copied behind the head and sent in one write;
 /// larger data is written from where it lies.
 const COPY_LIMIT: usize = 16 * 1024;
