@@ -1534,8 +1534,8 @@ fn gateway_backend_name(route: &Route, proxy: &Proxy) -> String {
     format!("{}/{}", b.namespace, b.service)
 }
 
-/// Sets `X-Forwarded-For` and `Host` in `headers`, and returns the other forwarding
-/// fields, which stay out of the map.
+/// Sets `Host` in `headers`, and `X-Forwarded-For` when the request brought one; returns
+/// the other forwarding fields (and a new `X-Forwarded-For`), which stay out of the map.
 fn set_forwarding_headers(
     gateway: &Gateway,
     conn: &ClientConn,
@@ -1552,20 +1552,25 @@ fn set_forwarding_headers(
             .iter()
             .any(|net| net.contains(&peer))
     };
-    // A list the request brought is extended (or replaced) in the map; a new one is
-    // kept with the other forwarding fields.
-    let forwarded_for = match headers.get_mut(X_FORWARDED_FOR) {
-        Some(previous) => {
-            let chained = match previous.to_str() {
-                Ok(list) if trusted() => HeaderValue::from_str(&format!("{list}, {peer}")).ok(),
-                _ => Some(conn.peer_ip.clone()),
-            };
-            if let Some(v) = chained {
-                *previous = v;
-            }
+    // A list the request brought is replaced in the map by one field: all of its lines
+    // in order and then the peer, when the peer is a trusted proxy; the peer alone
+    // otherwise. (Replacing only the first line would let a client's second one reach
+    // the backend.) A new list is kept with the other forwarding fields.
+    let forwarded_for = match headers.entry(X_FORWARDED_FOR) {
+        header::Entry::Occupied(mut previous) => {
+            let chained = trusted()
+                .then(|| {
+                    let lines = previous
+                        .iter()
+                        .map(|v| v.to_str().ok())
+                        .collect::<Option<Vec<_>>>()?;
+                    HeaderValue::from_str(&format!("{}, {peer}", lines.join(", "))).ok()
+                })
+                .flatten();
+            previous.insert(chained.unwrap_or_else(|| conn.peer_ip.clone()));
             None
         }
-        None => Some(conn.peer_ip.clone()),
+        header::Entry::Vacant(_) => Some(conn.peer_ip.clone()),
     };
     let real_ip = if client == peer {
         conn.peer_ip.clone()

@@ -812,6 +812,9 @@ async fn one_normalized_path_and_clean_headers_reach_the_backend() {
     let h = req.headers_mut();
     h.insert("x-auth-request-user", "admin".parse().unwrap());
     h.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+    // A second line must not survive beside the gateway's (a backend that reads the
+    // rightmost hop would take it for the client).
+    h.append("x-forwarded-for", "7.7.7.7".parse().unwrap());
     h.insert("x-request-id", "trace-123".parse().unwrap());
     h.insert("x-drop-me", "1".parse().unwrap());
     h.insert("connection", "x-drop-me".parse().unwrap());
@@ -1204,7 +1207,24 @@ async fn source_ranges_trust_forwarded_for_only_from_trusted_proxies() {
     // The trusted proxy (127.0.0.1) says the client is 10.1.2.3: allowed.
     let r = from("127.0.0.1", "internal.test", Some("10.1.2.3")).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(web.requests().pop().unwrap().headers["x-real-ip"], "10.1.2.3");
+    let seen = web.requests().pop().unwrap();
+    assert_eq!(seen.headers["x-real-ip"], "10.1.2.3");
+    // The list goes on with the proxy, in one field.
+    let chain: Vec<_> = seen.headers.get_all("x-forwarded-for").iter().collect();
+    assert_eq!(chain, ["10.1.2.3, 127.0.0.1"]);
+    // Its lines are one list: all of them go on, in order, in one field.
+    let r = http_get_from(
+        "127.0.0.1",
+        gw.http,
+        "internal.test",
+        "/",
+        &[("x-forwarded-for", "192.0.2.1"), ("x-forwarded-for", "10.1.2.3")],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let seen = web.requests().pop().unwrap();
+    let chain: Vec<_> = seen.headers.get_all("x-forwarded-for").iter().collect();
+    assert_eq!(chain, ["192.0.2.1, 10.1.2.3, 127.0.0.1"]);
     // A client-written hop to the left of the proxy's proves nothing.
     let r = from("127.0.0.1", "internal.test", Some("10.1.2.3, 192.0.2.9")).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
