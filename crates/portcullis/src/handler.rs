@@ -1556,21 +1556,21 @@ fn set_forwarding_headers(
     // in order and then the peer, when the peer is a trusted proxy; the peer alone
     // otherwise. (Replacing only the first line would let a client's second one reach
     // the backend.) A new list is kept with the other forwarding fields.
-    let forwarded_for = match headers.entry(X_FORWARDED_FOR) {
-        header::Entry::Occupied(mut previous) => {
-            let chained = trusted()
-                .then(|| {
-                    let lines = previous
-                        .iter()
-                        .map(|v| v.to_str().ok())
-                        .collect::<Option<Vec<_>>>()?;
-                    HeaderValue::from_str(&format!("{}, {peer}", lines.join(", "))).ok()
-                })
-                .flatten();
-            previous.insert(chained.unwrap_or_else(|| conn.peer_ip.clone()));
-            None
-        }
-        header::Entry::Vacant(_) => Some(conn.peer_ip.clone()),
+    let forwarded_for = if headers.contains_key(X_FORWARDED_FOR) {
+        let chained = trusted()
+            .then(|| {
+                let lines = headers
+                    .get_all(X_FORWARDED_FOR)
+                    .iter()
+                    .map(|v| v.to_str().ok())
+                    .collect::<Option<Vec<_>>>()?;
+                HeaderValue::from_str(&format!("{}, {peer}", lines.join(", "))).ok()
+            })
+            .flatten();
+        headers.insert(X_FORWARDED_FOR, chained.unwrap_or_else(|| conn.peer_ip.clone()));
+        None
+    } else {
+        Some(conn.peer_ip.clone())
     };
     let real_ip = if client == peer {
         conn.peer_ip.clone()
