@@ -538,17 +538,12 @@ pub fn strip_identity_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes the gateway's own cookies (session, login) from what the backend sees.
-pub fn strip_gateway_cookies(headers: &mut HeaderMap) {
-    prepare_cookies(headers, false);
-}
-
+/// The gateway's own cookies (session, login) start with this.
 const OURS: &[u8] = b"__Host-portcullis-";
 
-/// The client's cookies as a backend gets them: without the gateway's own (see
-/// [`strip_gateway_cookies`]) and, for an HTTP/1.1 backend (`join`), in one field
-/// (see [`join_cookies`]). One lookup when there is nothing to change, as for most
-/// requests.
+/// The client's cookies as a backend (or an auth service) gets them: without the
+/// gateway's own, and in one field when `join` (HTTP/1.1; see [`join_cookies`]). One
+/// lookup when there is nothing to change, as for most requests.
 pub fn prepare_cookies(headers: &mut HeaderMap, join: bool) {
     let cookies = headers.get_all(header::COOKIE);
     let several = cookies.iter().nth(1).is_some();
@@ -672,7 +667,7 @@ pub fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// HTTP/2 clients may split `cookie` across several fields; an HTTP/1.1 backend
 /// expects one (RFC 9113 section 8.2.3).
-pub fn join_cookies(headers: &mut HeaderMap) {
+fn join_cookies(headers: &mut HeaderMap) {
     if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
         return;
     }
@@ -1039,17 +1034,17 @@ mod tests {
             "cookie",
             HeaderValue::from_static("__Host-portcullis-session.1=more; b=2"),
         );
-        strip_gateway_cookies(&mut h);
+        prepare_cookies(&mut h, false);
         assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
         let mut h = HeaderMap::new();
         h.append("cookie", HeaderValue::from_static("__Host-portcullis-login=x"));
-        strip_gateway_cookies(&mut h);
+        prepare_cookies(&mut h, false);
         assert!(!h.contains_key("cookie"));
         // Without a cookie of ours, the headers are left exactly as they came.
         let mut h = HeaderMap::new();
         h.append("cookie", HeaderValue::from_static("a=1;b=2"));
         h.append("cookie", HeaderValue::from_static("portcullis-session=theirs"));
-        strip_gateway_cookies(&mut h);
+        prepare_cookies(&mut h, false);
         let left: Vec<_> = h.get_all("cookie").iter().collect();
         assert_eq!(left, ["a=1;b=2", "portcullis-session=theirs"]);
         // A value that is not visible ASCII and carries ours is dropped whole.
@@ -1058,7 +1053,7 @@ mod tests {
             "cookie",
             HeaderValue::from_bytes(b"a=\xff; __Host-portcullis-session=s").unwrap(),
         );
-        strip_gateway_cookies(&mut h);
+        prepare_cookies(&mut h, false);
         assert!(!h.contains_key("cookie"));
     }
 

@@ -285,8 +285,7 @@ fn auth_request(
         headers.remove(*name);
     }
     proxy::strip_identity_headers(&mut headers);
-    proxy::strip_gateway_cookies(&mut headers);
-    proxy::join_cookies(&mut headers);
+    proxy::prepare_cookies(&mut headers, true);
 
     let value =
         |text: &str, what: &'static str| HeaderValue::from_str(text).map_err(|_| CheckError::Request(what));
